@@ -1,0 +1,276 @@
+"""The command line: a thin Typer layer over the library (SPEC §5).
+
+Results go to stdout (a table, ``--json``, or a bare value with ``--quiet``); progress and errors go to
+stderr. Exit status: 0 success, 1 a data or runtime error (one line, no traceback, no output file),
+2 a usage error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ._version import __version__
+from .errors import VRCurveError
+
+app = typer.Typer(
+    name="vrcurve",
+    help="Estimate a variance-reduction timestep density for flow-matching and diffusion training "
+    "(t = 0 is noise, t = 1 is data), and read it back.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Likelihood(str, Enum):
+    mean = "mean"
+    sum = "sum"
+
+
+class Form(str, Enum):
+    covariance = "covariance"
+    paper = "paper"
+
+
+class Normalize(str, Enum):
+    global_ = "global"
+    channel = "channel"
+    none = "none"
+
+
+class Convention(str, Enum):
+    t0_noise = "t0-noise"
+    t1_noise = "t1-noise"
+
+
+def _user_errors(fn):
+    """Turn VRCurveError into one line on stderr and exit status 1 (the only place that does)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VRCurveError as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; nothing was written.")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"vrcurve {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+):
+    pass
+
+
+def _parse_samples(value: str) -> Optional[int]:
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is neither a whole number nor 'all'.") from None
+
+
+def _progress_reporter(enabled: bool):
+    """A Rich progress bar on stderr, or None when quiet or stderr is not a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        return None, None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("estimating"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"), TimeElapsedColumn(),
+        TextColumn("eta"), TimeRemainingColumn(), console=err, transient=True,
+    )
+    task = bar.add_task("estimate", total=1)
+
+    def report(done: int, total: int):
+        bar.update(task, completed=done, total=total)
+
+    return bar, report
+
+
+@app.command()
+@_user_errors
+def estimate(
+    data: str = typer.Option(..., "--data", "-d", help="Samples: a .npy, .npz or HDF5 file of shape (N, ...), or 'demo'."),
+    out_path: Path = typer.Option(Path("vr.safetensors"), "--out", "-o", help="Artifact to write."),
+    key: Optional[str] = typer.Option(None, "--key", help="Array / dataset name inside .npz or HDF5 files."),
+    scheduler: str = typer.Option("linear", "--scheduler", "-s", help="linear, cosine, diffusion, custom, or module:object."),
+    shift: Optional[float] = typer.Option(None, "--shift", help="Timestep shift of the linear scheduler (SD3/Flux)."),
+    beta_min: float = typer.Option(0.1, "--beta-min", help="Diffusion (VP) beta_min."),
+    beta_max: float = typer.Option(20.0, "--beta-max", help="Diffusion (VP) beta_max."),
+    custom: Optional[str] = typer.Option(None, "--custom", help="module:object of a custom scheduler."),
+    samples: str = typer.Option("200", "--samples", "-M", help="M, samples drawn from the data (or 'all')."),
+    noise: int = typer.Option(500, "--noise", "-K", min=1, help="K, noises per sample."),
+    timesteps: int = typer.Option(1000, "--timesteps", "-T", min=2, help="T, timestep bins."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample choice and of every noise."),
+    likelihood: Likelihood = typer.Option(Likelihood.mean, "--likelihood", help="mean: tau = d (default); sum: exact posterior."),
+    form: Form = typer.Option(Form.covariance, "--form", help="covariance: h^2 trCov/d (default); paper: h^2 (1 - S)."),
+    normalize: Normalize = typer.Option(Normalize.global_, "--normalize", help="global, channel or none."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Queries per chunk (default: from free memory)."),
+    table_size: int = typer.Option(4096, "--table-size", min=2, help="U, entries of the inverse-CDF table minus one."),
+    fit_scale: bool = typer.Option(False, "--fit-scale", help="Also fit the logit-normal scale s."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing artifact."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success; no progress bar."),
+):
+    """Estimate the variance curve on a sample of DATA and write the artifact."""
+    from .pipeline import run_estimate
+    from .schedulers import get_scheduler
+
+    sched = get_scheduler(scheduler, shift=shift, beta_min=beta_min, beta_max=beta_max, custom=custom)
+    bar, report = _progress_reporter(not quiet and not as_json)
+    try:
+        if bar is not None:
+            bar.start()
+        result = run_estimate(
+            data, out_path, sched, key=key, samples=_parse_samples(samples), noise=noise, timesteps=timesteps,
+            seed=seed, likelihood=likelihood.value, form=form.value, normalization=normalize.value, device=device,
+            chunk_size=chunk_size, table_size=table_size, fit_scale=fit_scale, overwrite=overwrite, progress=report,
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    summary = result.summary()
+    if as_json:
+        print(json.dumps(summary))
+    elif not quiet:
+        table = Table(show_header=False, box=None, pad_edge=False)
+        for k in ("artifact", "scheduler", "samples", "noise", "timesteps", "dim", "likelihood", "form", "peak_t",
+                  "logitnormal_m", "logitnormal_m_grid", "ks", "elapsed_s", "device"):
+            table.add_row(k, _fmt(summary[k]))
+        out.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+@app.command("fit-logitnormal")
+@_user_errors
+def fit_logitnormal_cmd(
+    artifact: Path = typer.Argument(..., help="A vrcurve artifact."),
+    convention: Convention = typer.Option(Convention.t0_noise, "--convention", help="t0-noise (vrcurve, SiT, flow_matching) or t1-noise (kohya, OneTrainer, SimpleTuner): m is negated."),
+    fit_scale: bool = typer.Option(False, "--fit-scale", help="Also fit the scale s."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the best m."),
+):
+    """Fit a logit-normal to the artifact's density by KS distance and print its location m."""
+    from .artifact import read_artifact
+    from .fit import fit_logitnormal
+
+    arrays, meta = read_artifact(artifact)
+    fit = fit_logitnormal(arrays["cdf"].astype("float64"), fit_scale=fit_scale)
+    sign = 1.0 if convention is Convention.t0_noise else -1.0
+    m, m_grid, m_cont = sign * fit.m, sign * fit.m_grid, sign * fit.m_continuous
+    if quiet:
+        print(f"{m:.4f}")
+        return
+    if as_json:
+        print(json.dumps({
+            "artifact": str(artifact), "convention": convention.value, "m": m, "s": fit.s, "ks": fit.ks,
+            "m_grid": m_grid, "ks_grid_best": fit.ks_grid_best, "m_continuous": m_cont, "ks_continuous": fit.ks_continuous,
+            "grid": [{"m": sign * float(g), "ks": float(k)} for g, k in zip(fit.grid, fit.ks_grid)],
+        }))
+        return
+    table = Table(title=f"KS distance to logit-normal(m, 1), {convention.value}", box=None)
+    table.add_column("m", justify="right")
+    table.add_column("KS", justify="right")
+    for g, k in sorted(zip(sign * fit.grid, fit.ks_grid)):
+        mark = "  <- best on grid" if abs(g - m_grid) < 1e-9 else ""
+        table.add_row(f"{g:+.2f}", f"{k:.4f}{mark}")
+    out.print(table)
+    out.print(f"best m on the grid: {m_grid:+.2f} (KS {fit.ks_grid_best:.4f})")
+    out.print(f"continuous best m:  {m_cont:+.4f} (KS {fit.ks_continuous:.4f})")
+    if fit_scale:
+        out.print(f"best (m, s):        ({m:+.4f}, {fit.s:.4f}) (KS {fit.ks:.4f})")
+
+
+@app.command()
+@_user_errors
+def show(
+    artifact: Path = typer.Argument(..., help="A vrcurve artifact."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metadata as one JSON object."),
+):
+    """Print an artifact's metadata and a terminal picture of its density pdf(t)."""
+    from .distribution import load
+
+    dist = load(artifact)
+    if as_json:
+        print(json.dumps(dist.meta))
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    for k, v in dist.meta.items():
+        if k != "checksum":
+            table.add_row(k, _fmt(v))
+    out.print(table)
+    out.print()
+    for line in density_picture(dist.arrays["pdf"]):
+        out.print(line)
+
+
+_BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def density_picture(pdf, width: int = 64, height: int = 8) -> List[str]:
+    """A bar chart of pdf(t) in Unicode blocks: ``width`` columns of equal t-width, ``height`` rows."""
+    import numpy as np
+
+    pdf = np.asarray(pdf, dtype=np.float64)
+    cols = np.array([c.mean() for c in np.array_split(pdf, width)])
+    top = cols.max() if cols.max() > 0 else 1.0
+    levels = cols / top * height * 8
+    lines = []
+    for row in range(height - 1, -1, -1):
+        cells = np.clip(levels - row * 8, 0, 8).round().astype(int)
+        label = f"{top * (row + 1) / height:6.2f} |" if row in (height - 1, 0) else "       |"
+        lines.append(label + "".join(_BLOCKS[c] for c in cells))
+    lines.append("       +" + "-" * width)
+    lines.append("        t=0 (noise)" + " " * max(1, width - 24) + "t=1 (data)")
+    return lines
+
+
+@app.command()
+@_user_errors
+def schedulers(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    """List the noise schedulers (t = 0 is noise)."""
+    from .schedulers import SCHEDULERS
+
+    if as_json:
+        print(json.dumps(SCHEDULERS))
+        return
+    table = Table("name", "path x_t = a_t x1 + m_t eps", box=None)
+    for name, desc in SCHEDULERS.items():
+        table.add_row(name, desc)
+    out.print(table)
+
+
+def main() -> None:
+    app()

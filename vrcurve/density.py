@@ -1,0 +1,56 @@
+"""From a variance curve to a sampling density, its CDF and inverse-CDF table (SPEC §2.3).
+
+pi is piecewise constant on T equal bins of [0, 1] (t = 0 noise), proportional to max(V(t_k), 0) and
+normalised to integrate to 1. The CDF is piecewise linear, given by its T + 1 values on the bin edges, and
+the table ``icdf`` holds its exact inverse at u_j = j / U, j = 0..U. Empty bins (pdf = 0) are allowed: the
+inverse skips them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import VRCurveError
+
+
+@dataclass(frozen=True)
+class Density:
+    """pdf (T,), cdf (T + 1,) on the edges k / T, icdf (U + 1,) at u = j / U; float64."""
+
+    pdf: np.ndarray
+    cdf: np.ndarray
+    icdf: np.ndarray
+
+
+def density_from_curve(variance: np.ndarray, table_size: int = 4096) -> Density:
+    """Normalise max(V, 0) to a piecewise-constant density and tabulate its inverse CDF."""
+    v = np.maximum(np.nan_to_num(np.asarray(variance, dtype=np.float64), nan=0.0, posinf=0.0), 0.0)
+    T = v.shape[0]
+    c = np.cumsum(v)
+    total = c[-1]  # the last partial sum, so that trailing empty bins get cdf = 1 exactly
+    if not total > 0:
+        raise VRCurveError("the variance curve is zero everywhere, so it defines no density; check the data "
+                           "(it may be constant) or the scheduler.")
+    pdf = v * (T / total)
+    cdf = np.concatenate([[0.0], c / total])
+    u = np.arange(table_size + 1, dtype=np.float64) / table_size
+    return Density(pdf=pdf, cdf=cdf, icdf=invert_cdf(cdf, u))
+
+
+def invert_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The exact inverse of the piecewise-linear CDF given on T + 1 equal-spaced edges of [0, 1].
+
+    For u in (0, 1) the result is the unique t with cdf(t) = u inside a non-empty bin; u = 0 maps to the
+    left edge of the first non-empty bin and u = 1 to the right edge of the last one.
+    """
+    T = cdf.shape[0] - 1
+    u = np.asarray(u, dtype=np.float64)
+    # largest edge k with cdf[k] <= u; a run of empty bins ends where mass starts again.
+    k = np.clip(np.searchsorted(cdf, u, side="right") - 1, 0, T - 1)
+    width = cdf[k + 1] - cdf[k]
+    frac = np.divide(u - cdf[k], width, out=np.zeros_like(u), where=width > 0)
+    t = (k + np.clip(frac, 0.0, 1.0)) / T
+    last = np.flatnonzero(np.diff(cdf) > 0)[-1]
+    return np.where(u >= 1.0, (last + 1) / T, t)

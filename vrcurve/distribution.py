@@ -1,0 +1,132 @@
+"""The runtime side: load an artifact and draw training timesteps from it (SPEC §4).
+
+This module is what training code imports; it depends on torch, numpy and safetensors only.
+
+    t = vrcurve.load("vr.safetensors").sample(batch_size, device=x.device)
+
+t follows the artifact's convention, t = 0 noise and t = 1 data, unless ``.flip()`` was called.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from .artifact import PathLike, read_artifact
+
+T0_NOISE = "t0_noise"
+T1_NOISE = "t1_noise"
+
+
+class VRDistribution:
+    """A piecewise-constant density on [0, 1] with its CDF and inverse-CDF table.
+
+    Args:
+        pdf: (T,) density on T equal bins.
+        cdf: (T + 1,) CDF on the bin edges.
+        icdf: (U + 1,) inverse CDF at u = j / U; ``sample`` interpolates it linearly.
+        convention: ``"t0_noise"`` (vrcurve, flow_matching, SiT) or ``"t1_noise"`` (kohya, OneTrainer, ...).
+        meta: the artifact's parsed metadata.
+        arrays: the artifact's tensors (float32 numpy arrays), for inspection.
+    """
+
+    def __init__(self, pdf, cdf, icdf, *, convention: str = T0_NOISE, meta: Optional[Dict[str, Any]] = None,
+                 arrays: Optional[Dict[str, np.ndarray]] = None):
+        self._pdf = torch.as_tensor(np.asarray(pdf, dtype=np.float64))
+        self._cdf = torch.as_tensor(np.asarray(cdf, dtype=np.float64))
+        self._icdf = torch.as_tensor(np.asarray(icdf, dtype=np.float64))
+        self.convention = convention
+        self.meta: Dict[str, Any] = dict(meta or {})
+        self.arrays: Dict[str, np.ndarray] = dict(arrays or {})
+        self._on: Dict[torch.device, tuple] = {}
+
+    @property
+    def timesteps(self) -> int:
+        return self._pdf.shape[0]
+
+    @property
+    def logitnormal_m(self) -> float:
+        """The KS-best logit-normal location in this object's convention (negated by ``flip``)."""
+        m = float(self.meta["logitnormal_m"])
+        return m if self.convention == T0_NOISE else -m
+
+    @property
+    def logitnormal_s(self) -> float:
+        return float(self.meta.get("logitnormal_s", 1.0))
+
+    def _tables(self, device: torch.device):
+        if device not in self._on:
+            self._on[device] = tuple(a.to(device) for a in (self._pdf, self._cdf, self._icdf))
+        return self._on[device]
+
+    def icdf(self, u) -> torch.Tensor:
+        """Inverse CDF by linear interpolation in the table (what ``sample`` uses); u in [0, 1]."""
+        u = torch.as_tensor(u, dtype=torch.float64)
+        _, _, tab = self._tables(u.device)
+        U = tab.shape[0] - 1
+        pos = u.clamp(0.0, 1.0) * U
+        j = pos.floor().clamp(max=U - 1).long()
+        frac = pos - j
+        return tab[j] + frac * (tab[j + 1] - tab[j])
+
+    def sample(self, n: int, *, generator: Optional[torch.Generator] = None, device=None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Draw n timesteps in [0, 1], shape (n,), on ``device`` (the generator's device by default)."""
+        gen_device = generator.device if generator is not None else torch.device(device or "cpu")
+        u = torch.rand(n, generator=generator, device=gen_device, dtype=torch.float64)
+        t = self.icdf(u)
+        return t.to(device=device if device is not None else gen_device, dtype=dtype)
+
+    def pdf(self, t) -> torch.Tensor:
+        """Density at t (0 outside [0, 1])."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        pdf, _, _ = self._tables(t.device)
+        T = pdf.shape[0]
+        k = (t * T).floor().clamp(0, T - 1).long()
+        inside = (t >= 0) & (t <= 1)
+        return torch.where(inside, pdf[k], torch.zeros_like(t))
+
+    def cdf(self, t) -> torch.Tensor:
+        """CDF at t, linear inside each bin."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        _, cdf, _ = self._tables(t.device)
+        T = cdf.shape[0] - 1
+        pos = t.clamp(0.0, 1.0) * T
+        k = pos.floor().clamp(max=T - 1).long()
+        return cdf[k] + (pos - k) * (cdf[k + 1] - cdf[k])
+
+    def weights(self, t) -> torch.Tensor:
+        """Importance weights 1 / pdf(t): multiply per-example losses by them for the uniform-t objective."""
+        return 1.0 / self.pdf(t)
+
+    def sample_indices(self, n: int, num_train_timesteps: int = 1000, *,
+                       generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
+        """Integer timesteps for discrete-time trainers (DDPM/DiT: index 0 is almost clean, N - 1 pure noise).
+
+        The noise level (1 - t in vrcurve time) is drawn from this density and binned into N indices.
+        """
+        t = self.sample(n, generator=generator, device=device, dtype=torch.float64)
+        noise_level = 1.0 - t if self.convention == T0_NOISE else t
+        return (noise_level * num_train_timesteps).floor().clamp(0, num_train_timesteps - 1).long()
+
+    def flip(self) -> "VRDistribution":
+        """The same distribution for 1 - t: for trainers where t = 1 is noise (and back)."""
+        other = T1_NOISE if self.convention == T0_NOISE else T0_NOISE
+        return VRDistribution(
+            self._pdf.flip(0).numpy(), (1.0 - self._cdf.flip(0)).numpy(), (1.0 - self._icdf.flip(0)).numpy(),
+            convention=other, meta=self.meta, arrays=self.arrays,
+        )
+
+    def __repr__(self) -> str:
+        return (f"VRDistribution(T={self.timesteps}, convention={self.convention!r}, "
+                f"scheduler={self.meta.get('scheduler')}, logitnormal_m={self.meta.get('logitnormal_m')})")
+
+
+def load(path: PathLike) -> VRDistribution:
+    """Load and verify a vrcurve artifact (format, version, checksum) and return its distribution."""
+    arrays, meta = read_artifact(path)
+    convention = meta.get("time_convention", T0_NOISE)
+    return VRDistribution(arrays["pdf"], arrays["cdf"], arrays["icdf"], convention=convention, meta=meta,
+                          arrays=arrays)
