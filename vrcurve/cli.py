@@ -200,12 +200,12 @@ def fit_logitnormal_cmd(
             "grid": [{"m": sign * float(g), "ks": float(k)} for g, k in zip(fit.grid, fit.ks_grid)],
         }))
         return
-    table = Table(title=f"KS distance to logit-normal(m, 1), {convention.value}", box=None)
+    table = Table(title=f"KS distance to logit-normal(m, 1), {convention.value}", box=None, title_justify="left")
     table.add_column("m", justify="right")
     table.add_column("KS", justify="right")
+    table.add_column("")
     for g, k in sorted(zip(sign * fit.grid, fit.ks_grid)):
-        mark = "  <- best on grid" if abs(g - m_grid) < 1e-9 else ""
-        table.add_row(f"{g:+.2f}", f"{k:.4f}{mark}")
+        table.add_row(f"{g:+.2f}", f"{k:.4f}", "<- best on grid" if abs(g - m_grid) < 1e-9 else "")
     out.print(table)
     out.print(f"best m on the grid: {m_grid:+.2f} (KS {fit.ks_grid_best:.4f})")
     out.print(f"continuous best m:  {m_cont:+.4f} (KS {fit.ks_continuous:.4f})")
@@ -227,15 +227,20 @@ def show(
         print(json.dumps(dist.meta))
         return
     table = Table(show_header=False, box=None, pad_edge=False)
-    for k, v in dist.meta.items():
-        if k != "checksum":
-            table.add_row(k, _fmt(v))
+    first = [k for k in _SHOW_ORDER if k in dist.meta]
+    for k in first + sorted(set(dist.meta) - set(first) - {"checksum"}):
+        table.add_row(k, _fmt(dist.meta[k]))
     out.print(table)
     out.print()
     for line in density_picture(dist.arrays["pdf"]):
         out.print(line)
 
 
+_SHOW_ORDER = (
+    "scheduler", "likelihood", "form", "samples", "noise", "timesteps", "dim", "shape", "seed", "normalization",
+    "data", "logitnormal_m", "logitnormal_m_grid", "logitnormal_s", "ks", "time_convention", "device", "elapsed_s",
+    "created", "format", "format_version", "vrcurve_version",
+)
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
