@@ -139,8 +139,11 @@ def estimate(
 ):
     """Estimate the variance curve on a sample of DATA and write the artifact."""
     from .pipeline import run_estimate
-    from .schedulers import get_scheduler
+    from .schedulers import SCHEDULERS, get_scheduler
 
+    if scheduler not in SCHEDULERS and ":" not in scheduler:
+        raise typer.BadParameter(f"{scheduler!r} is not one of {', '.join(SCHEDULERS)} nor module:object.",
+                                 param_hint="--scheduler")
     sched = get_scheduler(scheduler, shift=shift, beta_min=beta_min, beta_max=beta_max, custom=custom)
     bar, report = _progress_reporter(not quiet and not as_json)
     try:

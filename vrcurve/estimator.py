@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -108,6 +108,7 @@ def estimate(
     chunk_size: Optional[int] = None,
     device="cpu",
     dtype: torch.dtype = torch.float32,
+    source_ids: Optional[Sequence[int]] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Curve:
     """Estimate S_t, tr Cov and V(t) on the T-point grid (SPEC §2.1-2.3).
@@ -117,7 +118,9 @@ def estimate(
         scheduler: the path's a_t, m_t.
         noise: K, noises per sample.
         timesteps: T, grid size.
-        seed: the noise of query (source i, k) depends on (seed, i, k) only.
+        seed: the noise of query (source i, k) depends on (seed, source_ids[i], k) only.
+        source_ids: an identity per sample (the pipeline passes its index in the dataset), so that the
+            result does not depend on the order of the rows of x; default 0..M-1.
         likelihood: "mean" (tau = d) or "sum" (tau = 1, the exact posterior of the empirical distribution).
         form: "covariance" (V = h^2 tr Cov / d) or "paper" (V = h^2 (1 - S)).
         chunk_size: queries per chunk; by default chosen from the memory of ``device``.
@@ -154,6 +157,9 @@ def estimate(
     D = D64.to(dtype)
     n = n64.to(dtype)
 
+    ids = np.arange(M) if source_ids is None else np.asarray(source_ids, dtype=np.int64)
+    if ids.shape != (M,):
+        raise ValueError(f"source_ids must have shape ({M},), got {ids.shape}")
     Q = M * noise
     qchunk, tblock = _plan(Q, M, d, timesteps, chunk_size, device, dtype)
     coef_p = torch.tensor(1.0 / (s * tau), dtype=dtype, device=device)  # multiplies P
@@ -166,7 +172,7 @@ def estimate(
     xt = xd.to(dtype).T.contiguous()  # (d, M)
     for q0 in range(0, Q, qchunk):
         q1 = min(Q, q0 + qchunk)
-        P, src = _projections(q0, q1, noise, seed, xt, device, dtype)
+        P, src = _projections(q0, q1, noise, seed, ids, xt, device, dtype)
         Drow = D[src]  # (Qc, M): queries of one source share a row of D
         for t0 in range(0, timesteps, tblock):
             t1 = min(timesteps, t0 + tblock)
@@ -197,13 +203,13 @@ def estimate(
     )
 
 
-def _projections(q0: int, q1: int, noise: int, seed: int, xt: torch.Tensor, device, dtype):
+def _projections(q0: int, q1: int, noise: int, seed: int, ids: np.ndarray, xt: torch.Tensor, device, dtype):
     """P for queries [q0, q1): (Qc, M), and the source index of each query, (Qc,) int64."""
     d = xt.shape[0]
     rows = []
     for i in range(q0 // noise, (q1 - 1) // noise + 1):
         k0, k1 = max(q0 - i * noise, 0), min(q1 - i * noise, noise)
-        eps = source_noise(seed, i, noise, d, device=device, dtype=torch.float32)[k0:k1]
+        eps = source_noise(seed, int(ids[i]), noise, d, device=device, dtype=torch.float32)[k0:k1]
         rows.append(eps.to(dtype) @ xt)
     src = torch.arange(q0, q1, device=device) // noise
     return torch.cat(rows), src

@@ -93,7 +93,7 @@ def run_estimate(
     chosen = load_samples(source, samples, seed, normalization)
     curve = estimate(
         torch.from_numpy(chosen.x), scheduler, noise=noise, timesteps=timesteps, seed=seed, likelihood=likelihood,
-        form=form, chunk_size=chunk_size, device=dev, progress=progress,
+        form=form, chunk_size=chunk_size, device=dev, source_ids=chosen.indices, progress=progress,
     )
     density = density_from_curve(curve.variance, table_size)
     fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)
