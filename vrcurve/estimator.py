@@ -152,7 +152,8 @@ def estimate(
     h2 = scheduler.h(tt).numpy() ** 2
     tau = float(d) if likelihood == "mean" else 1.0
 
-    xd = x.to(device=device, dtype=torch.float32)
+    # The data and the O(d) projections stay in at least float32 whatever the product dtype.
+    xd = x.to(device=device, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     _, n64, D64 = gram(xd)
     D = D64.to(dtype)
     n = n64.to(dtype)
@@ -169,7 +170,7 @@ def estimate(
     sum_tr = torch.zeros((timesteps, M), dtype=torch.float64, device=device)
     n_chunks = math.ceil(Q / qchunk)
     total, done = n_chunks * timesteps, 0
-    xt = xd.to(dtype).T.contiguous()  # (d, M)
+    xt = xd.T.contiguous()  # (d, M)
     for q0 in range(0, Q, qchunk):
         q1 = min(Q, q0 + qchunk)
         P, src = _projections(q0, q1, noise, seed, ids, xt, device, dtype)
@@ -210,7 +211,7 @@ def _projections(q0: int, q1: int, noise: int, seed: int, ids: np.ndarray, xt: t
     for i in range(q0 // noise, (q1 - 1) // noise + 1):
         k0, k1 = max(q0 - i * noise, 0), min(q1 - i * noise, noise)
         eps = source_noise(seed, int(ids[i]), noise, d, device=device, dtype=torch.float32)[k0:k1]
-        rows.append(eps.to(dtype) @ xt)
+        rows.append((eps.to(xt.dtype) @ xt).to(dtype))
     src = torch.arange(q0, q1, device=device) // noise
     return torch.cat(rows), src
 
