@@ -3,3 +3,26 @@ from pathlib import Path
 
 # tests/reference.py is a helper module, imported as `reference`.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_npy(tmp_path_factory):
+    """A .npy file of 40 samples of shape 3 x 4 x 4 (float32), not normalised."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "tiny.npy"
+    np.save(path, (rng.standard_normal((40, 3, 4, 4)) * 2 + 1).astype(np.float32))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory, tiny_npy):
+    """An artifact estimated from ``tiny_npy`` with small settings (M=16, K=8, T=100)."""
+    from vrcurve.pipeline import run_estimate
+    from vrcurve.schedulers import get_scheduler
+
+    out = tmp_path_factory.mktemp("artifact") / "tiny.safetensors"
+    run_estimate(str(tiny_npy), out, get_scheduler("linear"), samples=16, noise=8, timesteps=100, seed=1)
+    return out

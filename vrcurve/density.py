@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .errors import VRCurveError
 
@@ -39,18 +40,21 @@ def density_from_curve(variance: np.ndarray, table_size: int = 4096) -> Density:
     return Density(pdf=pdf, cdf=cdf, icdf=invert_cdf(cdf, u))
 
 
-def invert_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+def invert_cdf(cdf, u):
     """The exact inverse of the piecewise-linear CDF given on T + 1 equal-spaced edges of [0, 1].
 
-    For u in (0, 1) the result is the unique t with cdf(t) = u inside a non-empty bin; u = 0 maps to the
-    left edge of the first non-empty bin and u = 1 to the right edge of the last one.
+    For u in (0, 1) the result is the unique t with cdf(t) = u inside a non-empty bin, so no t ever falls
+    in an empty bin; u = 0 maps to the left edge of the first non-empty bin and u = 1 to the right edge of
+    the last one. Works on numpy arrays (float64 result) and on torch tensors (on their device).
     """
+    if isinstance(cdf, np.ndarray):
+        return invert_cdf(torch.from_numpy(np.asarray(cdf, dtype=np.float64)),
+                          torch.as_tensor(np.asarray(u, dtype=np.float64))).numpy()
     T = cdf.shape[0] - 1
-    u = np.asarray(u, dtype=np.float64)
     # largest edge k with cdf[k] <= u; a run of empty bins ends where mass starts again.
-    k = np.clip(np.searchsorted(cdf, u, side="right") - 1, 0, T - 1)
-    width = cdf[k + 1] - cdf[k]
-    frac = np.divide(u - cdf[k], width, out=np.zeros_like(u), where=width > 0)
-    t = (k + np.clip(frac, 0.0, 1.0)) / T
-    last = np.flatnonzero(np.diff(cdf) > 0)[-1]
-    return np.where(u >= 1.0, (last + 1) / T, t)
+    k = (torch.searchsorted(cdf, u, right=True) - 1).clamp(0, T - 1)
+    lo, width = cdf[k], cdf[k + 1] - cdf[k]
+    frac = torch.where(width > 0, (u - lo) / torch.where(width > 0, width, torch.ones_like(width)), torch.zeros_like(u))
+    t = (k + frac.clamp(0.0, 1.0)) / T
+    last = int(torch.nonzero(cdf[1:] > cdf[:-1])[-1])
+    return torch.where(u >= 1.0, torch.full_like(t, (last + 1) / T), t)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .artifact import PathLike, read_artifact
+from .density import invert_cdf
 
 T0_NOISE = "t0_noise"
 T1_NOISE = "t1_noise"
@@ -26,7 +27,8 @@ class VRDistribution:
     Args:
         pdf: (T,) density on T equal bins.
         cdf: (T + 1,) CDF on the bin edges.
-        icdf: (U + 1,) inverse CDF at u = j / U; ``sample`` interpolates it linearly.
+        icdf: (U + 1,) inverse CDF at u = j / U, for tools without vrcurve (linear interpolation in it is
+            accurate to 1/U in u); ``sample`` and ``icdf`` here invert the CDF exactly.
         convention: ``"t0_noise"`` (vrcurve, flow_matching, SiT) or ``"t1_noise"`` (kohya, OneTrainer, ...).
         meta: the artifact's parsed metadata.
         arrays: the artifact's tensors (float32 numpy arrays), for inspection.
@@ -56,20 +58,21 @@ class VRDistribution:
     def logitnormal_s(self) -> float:
         return float(self.meta.get("logitnormal_s", 1.0))
 
+    @property
+    def icdf_table(self) -> torch.Tensor:
+        """The (U + 1,) inverse-CDF table at u = j / U, as stored in the artifact."""
+        return self._icdf
+
     def _tables(self, device: torch.device):
         if device not in self._on:
-            self._on[device] = tuple(a.to(device) for a in (self._pdf, self._cdf, self._icdf))
+            self._on[device] = (self._pdf.to(device), self._cdf.to(device))
         return self._on[device]
 
     def icdf(self, u) -> torch.Tensor:
-        """Inverse CDF by linear interpolation in the table (what ``sample`` uses); u in [0, 1]."""
+        """The exact inverse of the piecewise-linear CDF at u in [0, 1] (never inside an empty bin)."""
         u = torch.as_tensor(u, dtype=torch.float64)
-        _, _, tab = self._tables(u.device)
-        U = tab.shape[0] - 1
-        pos = u.clamp(0.0, 1.0) * U
-        j = pos.floor().clamp(max=U - 1).long()
-        frac = pos - j
-        return tab[j] + frac * (tab[j + 1] - tab[j])
+        _, cdf = self._tables(u.device)
+        return invert_cdf(cdf, u.clamp(0.0, 1.0))
 
     def sample(self, n: int, *, generator: Optional[torch.Generator] = None, device=None,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -82,7 +85,7 @@ class VRDistribution:
     def pdf(self, t) -> torch.Tensor:
         """Density at t (0 outside [0, 1])."""
         t = torch.as_tensor(t, dtype=torch.float64)
-        pdf, _, _ = self._tables(t.device)
+        pdf, _ = self._tables(t.device)
         T = pdf.shape[0]
         k = (t * T).floor().clamp(0, T - 1).long()
         inside = (t >= 0) & (t <= 1)
@@ -91,7 +94,7 @@ class VRDistribution:
     def cdf(self, t) -> torch.Tensor:
         """CDF at t, linear inside each bin."""
         t = torch.as_tensor(t, dtype=torch.float64)
-        _, cdf, _ = self._tables(t.device)
+        _, cdf = self._tables(t.device)
         T = cdf.shape[0] - 1
         pos = t.clamp(0.0, 1.0) * T
         k = pos.floor().clamp(max=T - 1).long()
