@@ -1,0 +1,186 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import vrcurve
+from vrcurve.artifact import read_artifact
+from vrcurve.cli import app, density_picture
+
+runner = CliRunner()
+SMALL = ["-M", "12", "-K", "4", "-T", "50"]
+SPEC_METADATA = {
+    "format", "format_version", "vrcurve_version", "time_convention", "scheduler", "likelihood", "form", "samples",
+    "noise", "timesteps", "dim", "shape", "seed", "normalization", "data", "logitnormal_m", "logitnormal_m_grid",
+    "logitnormal_s", "ks", "created", "elapsed_s", "device", "checksum",
+}
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_estimate_writes_a_complete_artifact(tiny_npy, tmp_path):
+    out = tmp_path / "vr.safetensors"
+    res = run("estimate", "--data", tiny_npy, "-o", out, *SMALL, "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    for key in ("artifact", "samples", "noise", "timesteps", "dim", "logitnormal_m", "logitnormal_m_grid", "ks",
+                "peak_t", "elapsed_s"):
+        assert key in summary
+    assert (summary["samples"], summary["noise"], summary["timesteps"], summary["dim"]) == (12, 4, 50, 48)
+    arrays, meta = read_artifact(out)
+    assert SPEC_METADATA <= set(meta)
+    assert meta["time_convention"] == "t0_noise" and meta["shape"] == [3, 4, 4]
+    assert meta["data"]["samples_total"] == 40 and meta["data"]["samples_chosen"] == 12
+    assert arrays["t"].shape == (50,) and arrays["cdf"].shape == (51,) and arrays["icdf"].shape == (4097,)
+    assert summary["logitnormal_m"] == pytest.approx(meta["logitnormal_m"])
+    assert summary["peak_t"] == pytest.approx(float(arrays["t"][np.argmax(arrays["pdf"])]))
+
+
+def test_same_seed_same_artifact_tensors(tiny_npy, tmp_path):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert run("estimate", "--data", tiny_npy, "-o", a, *SMALL, "-q").exit_code == 0
+    assert run("estimate", "--data", tiny_npy, "-o", b, *SMALL, "-q").exit_code == 0
+    (ta, ma), (tb, mb) = read_artifact(a), read_artifact(b)
+    assert ma["checksum"] == mb["checksum"] and ma["data"]["fingerprint"] == mb["data"]["fingerprint"]
+    c = tmp_path / "c.safetensors"
+    assert run("estimate", "--data", tiny_npy, "-o", c, *SMALL, "-q", "--seed", "5").exit_code == 0
+    assert read_artifact(c)[1]["data"]["fingerprint"] != ma["data"]["fingerprint"]
+
+
+def test_quiet_prints_nothing(tiny_npy, tmp_path):
+    res = run("estimate", "--data", tiny_npy, "-o", tmp_path / "q.safetensors", *SMALL, "--quiet")
+    assert res.exit_code == 0 and res.stdout == "" and res.stderr == ""
+
+
+def test_human_output(tiny_npy, tmp_path):
+    res = run("estimate", "--data", tiny_npy, "-o", tmp_path / "h.safetensors", *SMALL, "--scheduler", "cosine")
+    assert res.exit_code == 0
+    assert "logitnormal_m" in res.stdout and "name=cosine" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "missing.npy"], "data path missing.npy does not exist"),
+        (["--data", "{npy}", "-M", "400"], "holds 40 samples, fewer than --samples 400"),
+        (["--data", "{npy}", "--scheduler", "custom"], "needs --custom"),
+        (["--data", "{npy}", "--scheduler", "cosine", "--shift", "3"], "--shift applies to the linear scheduler only"),
+        (["--data", "{npy}", "--scheduler", "nomod_xyz:Thing"], "cannot import module 'nomod_xyz'"),
+        (["--data", "{npy}", "--device", "cuda:7"], "cuda"),
+        (["--data", "{npy}", "-o", "{tmp}/no/such/dir/a.safetensors"], "does not exist"),
+    ],
+)
+def test_user_errors_exit_1_with_one_line_and_no_file(tiny_npy, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    args = [a.format(npy=tiny_npy, tmp=tmp_path) for a in args]
+    res = run("estimate", *SMALL, *args)
+    assert res.exit_code == 1, res.output
+    assert message in res.stderr
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1
+    assert "Traceback" not in res.output
+    assert not list(tmp_path.rglob("*.safetensors")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_existing_output_needs_overwrite(tiny_npy, tmp_path):
+    out = tmp_path / "vr.safetensors"
+    out.write_bytes(b"keep me")
+    res = run("estimate", "--data", tiny_npy, "-o", out, *SMALL)
+    assert res.exit_code == 1 and "--overwrite" in res.stderr
+    assert out.read_bytes() == b"keep me"
+    assert run("estimate", "--data", tiny_npy, "-o", out, *SMALL, "--overwrite", "-q").exit_code == 0
+    read_artifact(out)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--likelihood", "max"], ["--form", "other"], ["--normalize", "minmax"], ["-K", "0"], ["-M", "many"],
+     ["--scheduler", "lineer"], ["--no-such-option"]],
+)
+def test_usage_errors_exit_2(tiny_npy, tmp_path, args):
+    res = run("estimate", "--data", tiny_npy, "-o", tmp_path / "u.safetensors", *args)
+    assert res.exit_code == 2, res.output
+    assert not (tmp_path / "u.safetensors").exists()
+
+
+def test_fit_logitnormal(tiny_artifact):
+    meta = read_artifact(tiny_artifact)[1]
+    res = run("fit-logitnormal", tiny_artifact, "--quiet")
+    assert res.exit_code == 0 and float(res.stdout) == pytest.approx(meta["logitnormal_m"], abs=6e-5)
+    res = run("fit-logitnormal", tiny_artifact, "--quiet", "--convention", "t1-noise")
+    assert float(res.stdout) == pytest.approx(-meta["logitnormal_m"], abs=6e-5)
+    res = run("fit-logitnormal", tiny_artifact, "--json")
+    data = json.loads(res.stdout)
+    assert data["m_grid"] == meta["logitnormal_m_grid"] and len(data["grid"]) == 25
+    assert min(g["ks"] for g in data["grid"]) == pytest.approx(data["ks_grid_best"])
+    res = run("fit-logitnormal", tiny_artifact)
+    assert "best m on the grid" in res.stdout and "<- best on grid" in res.stdout
+    res = run("fit-logitnormal", tiny_artifact, "--fit-scale", "--json")
+    assert json.loads(res.stdout)["ks"] <= data["ks"] + 1e-12
+
+
+def test_fit_logitnormal_bad_artifact(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("nope")
+    res = run("fit-logitnormal", bad)
+    assert res.exit_code == 1 and "not a readable safetensors file" in res.stderr
+    res = run("fit-logitnormal", tmp_path / "missing.safetensors")
+    assert res.exit_code == 1 and "does not exist" in res.stderr
+
+
+def test_show(tiny_artifact):
+    res = run("show", tiny_artifact)
+    assert res.exit_code == 0
+    assert "logitnormal_m" in res.stdout and "t=0 (noise)" in res.stdout and "checksum" not in res.stdout
+    meta = json.loads(run("show", tiny_artifact, "--json").stdout)
+    assert meta["format"] == "vrcurve" and meta["samples"] == 16
+
+
+def test_density_picture_puts_the_peak_where_it_is():
+    pdf = np.zeros(100)
+    pdf[70:80] = 1.0
+    lines = density_picture(pdf, width=10, height=4)
+    top = lines[0][8:]
+    assert top[7] == "█" and top.replace("█", "").strip() == ""
+
+
+def test_schedulers_lists_all():
+    res = run("schedulers", "--json")
+    assert set(json.loads(res.stdout)) == {"linear", "cosine", "diffusion", "custom"}
+
+
+def test_version():
+    res = run("--version")
+    assert res.exit_code == 0 and vrcurve.__version__ in res.stdout
+
+
+def test_console_script_end_to_end(tiny_npy, tmp_path):
+    exe = shutil.which("vrcurve", path=str(Path(sys.executable).parent)) or shutil.which("vrcurve")
+    assert exe, "the vrcurve console script is not installed"
+    out = tmp_path / "vr.safetensors"
+    env = {**os.environ, "COLUMNS": "120"}
+    p = subprocess.run([exe, "estimate", "--data", str(tiny_npy), "-o", str(out), *SMALL, "-q"], capture_output=True,
+                       text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "" and p.stderr == ""
+    p = subprocess.run([exe, "fit-logitnormal", str(out), "-q"], capture_output=True, text=True, env=env)
+    assert p.returncode == 0 and float(p.stdout) == pytest.approx(read_artifact(out)[1]["logitnormal_m"], abs=6e-5)
+    p = subprocess.run([sys.executable, "-m", "vrcurve", "show", str(tmp_path / "none.safetensors")],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 1 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr
+    p = subprocess.run([exe, "estimate", "--likelihood", "max", "--data", str(tiny_npy)], capture_output=True, text=True)
+    assert p.returncode == 2
+
+
+def test_import_and_sampling_stay_light(tiny_artifact):
+    code = ("import sys, vrcurve; t = vrcurve.load(sys.argv[1]).sample(4); "
+            "print([m for m in ['typer', 'rich', 'h5py', 'scipy', 'PIL', 'matplotlib'] if m in sys.modules])")
+    p = subprocess.run([sys.executable, "-c", code, str(tiny_artifact)], capture_output=True, text=True, check=True)
+    assert p.stdout.strip() == "[]"
