@@ -139,6 +139,7 @@ def test_show(tiny_artifact):
     res = run("show", tiny_artifact)
     assert res.exit_code == 0
     assert "logitnormal_m" in res.stdout and "t=0 (noise)" in res.stdout and "checksum" not in res.stdout
+    assert "standard errors" in res.stdout
     meta = json.loads(run("show", tiny_artifact, "--json").stdout)
     assert meta["format"] == "vrcurve" and meta["samples"] == 16
 
@@ -149,6 +150,19 @@ def test_density_picture_puts_the_peak_where_it_is():
     lines = density_picture(pdf, width=10, height=4)
     top = lines[0][8:]
     assert top[7] == "█" and top.replace("█", "").strip() == ""
+
+
+def test_density_picture_shades_the_error_band():
+    pdf = np.full(64, 0.5)
+    pdf[0] = 1.0  # sets the scale: 8 rows = 1.0, so 0.5 fills rows 0-3
+    upper = pdf.copy()
+    upper[1:32] = 0.75  # a band up to row 5 over columns 1-31 only
+    body = density_picture(pdf, width=64, height=8, upper=upper)[:8]  # top row first
+    for row_from_top, line in enumerate(body):
+        row = 7 - row_from_top
+        shaded = {i for i, ch in enumerate(line[8:]) if ch == "░"}
+        assert shaded == (set(range(1, 32)) if row in (4, 5) else set()), row
+    assert "░" not in "".join(density_picture(pdf, width=64, height=8))
 
 
 def test_schedulers_lists_all():

@@ -223,6 +223,8 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print the metadata as one JSON object."),
 ):
     """Print an artifact's metadata and a terminal picture of its density pdf(t)."""
+    import numpy as np
+
     from .distribution import load
 
     dist = load(artifact)
@@ -235,8 +237,17 @@ def show(
         table.add_row(k, _fmt(dist.meta[k]))
     out.print(table)
     out.print()
-    for line in density_picture(dist.arrays["pdf"]):
+    arrays = dist.arrays
+    upper = None
+    if "variance_stderr" in arrays:
+        # pdf is proportional to V, so 2 standard errors of V scale to 2 standard errors of pdf.
+        var = np.maximum(arrays["variance"].astype(np.float64), 0)
+        rel = np.divide(arrays["variance_stderr"], var, out=np.zeros_like(var), where=var > 0)
+        upper = arrays["pdf"] * (1 + 2 * rel)
+    for line in density_picture(arrays["pdf"], upper=upper):
         out.print(line)
+    if upper is not None:
+        out.print("        ░ = pdf + 2 standard errors (over sources)")
 
 
 _SHOW_ORDER = (
@@ -247,19 +258,29 @@ _SHOW_ORDER = (
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
-def density_picture(pdf, width: int = 64, height: int = 8) -> List[str]:
-    """A bar chart of pdf(t) in Unicode blocks: ``width`` columns of equal t-width, ``height`` rows."""
+def density_picture(pdf, width: int = 64, height: int = 8, upper=None) -> List[str]:
+    """A bar chart of pdf(t) in Unicode blocks: ``width`` columns of equal t-width, ``height`` rows.
+
+    ``upper`` (same shape as pdf), when given, is the top of an error band, drawn in light shade above the bars.
+    """
     import numpy as np
 
-    pdf = np.asarray(pdf, dtype=np.float64)
-    cols = np.array([c.mean() for c in np.array_split(pdf, width)])
+    def columns(values):
+        return np.array([c.mean() for c in np.array_split(np.asarray(values, dtype=np.float64), width)])
+
+    cols = columns(pdf)
     top = cols.max() if cols.max() > 0 else 1.0
     levels = cols / top * height * 8
+    band = None if upper is None else columns(upper) / top * height * 8
     lines = []
     for row in range(height - 1, -1, -1):
         cells = np.clip(levels - row * 8, 0, 8).round().astype(int)
+        chars = [_BLOCKS[c] for c in cells]
+        if band is not None:
+            shaded = (cells == 0) & (band - row * 8 >= 4)
+            chars = ["░" if sh else ch for ch, sh in zip(chars, shaded)]
         label = f"{top * (row + 1) / height:6.2f} |" if row in (height - 1, 0) else "       |"
-        lines.append(label + "".join(_BLOCKS[c] for c in cells))
+        lines.append(label + "".join(chars))
     lines.append("       +" + "-" * width)
     lines.append("        t=0 (noise)" + " " * max(1, width - 24) + "t=1 (data)")
     return lines
