@@ -15,6 +15,7 @@ class DemoSource(Source):
     """The demo images as 1 x 28 x 28 float32, scaled from [0, 255] to [-1, 1] as image trainers do."""
 
     name = "demo"
+    format = "demo"
 
     def __init__(self):
         with np.load(DEMO_FILE) as f:

@@ -1,0 +1,97 @@
+"""Turn ``--data PATH`` (a file, a folder or a glob) into a format and a sorted list of files."""
+
+from __future__ import annotations
+
+import glob as _glob
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from ..errors import VRCurveError
+from .base import natural_key
+
+# File suffix -> format. A folder or glob must hold files of one format only.
+FORMATS: Dict[str, str] = {
+    ".npy": "npy", ".npz": "npz", ".safetensors": "safetensors",
+    ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
+    ".png": "images", ".jpg": "images", ".jpeg": "images", ".webp": "images",
+}
+_GLOB_CHARS = "*?["
+
+
+def suffixes_of(fmt: str) -> List[str]:
+    return [s for s, f in FORMATS.items() if f == fmt]
+
+
+def _all_suffixes() -> str:
+    return ", ".join(FORMATS)
+
+
+@dataclass(frozen=True)
+class Found:
+    """What PATH names.
+
+    Attributes:
+        fmt: one of the values of FORMATS.
+        files: the files, sorted by path with digit runs compared by value (``2.npy`` before ``10.npy``).
+        single: PATH named one file directly (rather than a folder or glob that matched files).
+    """
+
+    fmt: str
+    files: Tuple[Path, ...]
+    single: bool
+
+
+def _visible(path: Path, root: Path) -> bool:
+    """Skip hidden files and folders (``.ipynb_checkpoints``, ``.DS_Store``) below the root."""
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _classify(where: str, candidates: List[Path], how: str) -> Found:
+    by_fmt: Dict[str, List[Path]] = {}
+    for p in candidates:
+        fmt = FORMATS.get(p.suffix.lower())
+        if fmt is not None:
+            by_fmt.setdefault(fmt, []).append(p)
+    if not by_fmt:
+        raise VRCurveError(f"{how} {where} found no data files (looked for {_all_suffixes()}); check --data.")
+    if len(by_fmt) > 1:
+        counts = ", ".join(f"{len(v)} {fmt}" for fmt, v in sorted(by_fmt.items()))
+        example = by_fmt[sorted(by_fmt)[0]][0].suffix
+        hint = (f"pass a glob that matches one of them, e.g. --data '{where.rstrip('/')}/**/*{example}'"
+                if how == "the folder" else "narrow the glob to one suffix, e.g. *" + example)
+        raise VRCurveError(f"{how} {where} found files of several formats ({counts}); {hint}.")
+    fmt, files = next(iter(by_fmt.items()))
+    files = sorted(files, key=lambda p: natural_key(str(p)))
+    if fmt in ("npz", "hdf5") and len(files) > 1:
+        raise VRCurveError(f"{how} {where} found {len(files)} {fmt} files ({files[0]}, {files[1]}, ...); vrcurve "
+                           f"reads one {fmt} file at a time, so pass one of them.")
+    return Found(fmt, tuple(files), single=False)
+
+
+def discover(path: str) -> Found:
+    """Resolve PATH into a format and its files.
+
+    Raises:
+        VRCurveError: the path does not exist, a folder or glob holds no data files (the message lists the
+            suffixes looked for) or files of several formats, or the file type is not supported.
+    """
+    p = Path(path)
+    if p.is_file():
+        fmt = FORMATS.get(p.suffix.lower())
+        if fmt is None:
+            raise VRCurveError(f"cannot read {path}: unsupported file type {p.suffix or '(none)'}; vrcurve reads "
+                               f"{_all_suffixes()} files, folders of them, or a glob.")
+        return Found(fmt, (p,), single=True)
+    if p.is_dir():
+        try:
+            files = [f for f in p.rglob("*") if f.is_file() and _visible(f, p)]
+        except OSError as exc:
+            raise VRCurveError(f"cannot list folder {path} ({exc}); check its permissions.") from None
+        return _classify(path, files, "the folder")
+    if any(c in path for c in _GLOB_CHARS):
+        files = [Path(f) for f in _glob.glob(path, recursive=True) if Path(f).is_file()]
+        return _classify(path, files, "the glob")
+    if p.exists():
+        raise VRCurveError(f"data path {path} is neither a file nor a folder; pass a file, a folder or a glob.")
+    raise VRCurveError(f"data path {path} does not exist; check --data (or use --data demo).")

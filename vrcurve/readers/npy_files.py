@@ -1,0 +1,61 @@
+"""A folder or glob of per-sample .npy files (one latent per file, as DiT feature extractors write)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence, Tuple
+
+import numpy as np
+
+from ..errors import VRCurveError
+from .base import BadSample, PerFileSource, is_real_numeric
+
+
+def _header(path: Path) -> Tuple[Tuple[int, ...], np.dtype]:
+    """Shape and dtype from the .npy header alone (the data is not read)."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BadSample(str(exc) or type(exc).__name__) from None
+    return tuple(int(s) for s in arr.shape), arr.dtype
+
+
+class NpyFilesSource(PerFileSource):
+    """N .npy files in sorted order; file i is sample i.
+
+    A file of 4 or more dimensions whose first axis has length 1, such as (1, 4, 32, 32), is a batch of one
+    (fast-DiT's extract_features.py writes these) and is read as (4, 32, 32), so that axis 0 of a sample is
+    its channel axis for --normalize channel and --moments. Only the chosen files are opened; each must have
+    the shape and a numeric dtype like the first file.
+    """
+
+    format = "npy-files"
+    what = "file"
+
+    def __init__(self, name: str, files: Sequence[Path], skip_bad: bool = False):
+        self.name = name
+        self.files = list(files)
+        self.skip_bad = skip_bad
+        self.n = len(self.files)
+        self._first, (shape, dtype) = self._probe_first(_header)
+        self._check_dtype(self._first, dtype)
+        self._file_shape = shape
+        self._drop_batch_axis = len(shape) >= 4 and shape[0] == 1
+        self.shape = shape[1:] if self._drop_batch_axis else shape
+
+    def _check_dtype(self, path: Path, dtype: np.dtype) -> None:
+        if not is_real_numeric(dtype):
+            raise VRCurveError(f"{path} has dtype {dtype}, not a real numeric type; vrcurve needs float or integer samples.")
+
+    def _decode(self, path: Path) -> np.ndarray:
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise BadSample(str(exc) or type(exc).__name__) from None
+        self._check_dtype(path, arr.dtype)
+        if arr.shape != self._file_shape:
+            raise VRCurveError(f"samples differ in shape: {self._first} is {self._file_shape} but {path} is "
+                               f"{tuple(arr.shape)}; every file must hold one sample of the same shape.")
+        if self._drop_batch_axis:
+            arr = arr[0]
+        return np.asarray(arr, dtype=np.float32)
