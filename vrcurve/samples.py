@@ -1,10 +1,22 @@
-"""Choose the M samples, read them, check them and normalise them (SPEC §5)."""
+"""Choose the M samples, read them, check them, turn them into latents and normalise them (SPEC §5).
+
+The order of the steps, for rows read from any source:
+
+1. choose M distinct indices out of N, uniformly with the seed, sorted (``choose_indices``);
+2. read only those rows; with ``skip_bad``, undecodable files are replaced by further seeded draws;
+3. refuse NaN or Inf, naming the sample; fingerprint the indices and the values as stored;
+4. VAE moments (``--moments``): keep the mean, or draw z = mean + std * eps with eps seeded by
+   (seed, sample index) only;
+5. the trainer's rescaling z -> (z - shift_factor) * scaling_factor;
+6. normalise (``--normalize global|channel|none``) with statistics of the chosen samples.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any, Dict, Optional
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -12,52 +24,177 @@ from .errors import VRCurveError
 from .readers import Source
 
 NORMALIZATIONS = ("global", "channel", "none")
+MOMENTS = ("mean", "sample")
+MOMENTS_KINDS = ("auto", "std", "logvar")
+
+# diffusers' DiagonalGaussianDistribution clamps the log-variance to this range before exp().
+LOGVAR_CLAMP = (-30.0, 20.0)
+
+# Tags that keep the seeded streams of this module apart from each other and from the estimator's noise,
+# which is seeded by (seed, source) alone.
+_MOMENTS_STREAM = 0x6D6F6D656E7473  # "moments"
+_REPLACEMENT_STREAM = 0x736B6970  # "skip"
+
+_NAMED_SKIPS = 5  # skipped files named in the metadata
+
+
+@dataclass(frozen=True)
+class LatentTransform:
+    """How stored rows become the latents a trainer feeds its model (SPEC §5).
+
+    Attributes:
+        moments: None (rows are latents), ``"mean"`` (rows are VAE moments: keep the mean) or ``"sample"``
+            (draw z = mean + std * eps, as ``latent_dist.sample()`` does). Moments are the mean and the
+            std or log-variance concatenated on the channel axis (axis 0 of a sample): (2C, ...) -> (C, ...).
+        moments_kind: the second half of the channels: ``"std"``, ``"logvar"`` (diffusers'
+            ``latent_dist.parameters``), or ``"auto"``: logvar when any chosen value there is negative
+            (a std cannot be), std otherwise.
+        scaling_factor, shift_factor: the trainer's z -> (z - shift_factor) * scaling_factor, with the names
+            of diffusers' VAE configs (0.18215 and 0 for SD 1.x/2.x; 1.5305 and 0.0609 for SD3).
+    """
+
+    moments: Optional[str] = None
+    moments_kind: str = "auto"
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
+
+    def __post_init__(self):
+        if self.moments is not None and self.moments not in MOMENTS:
+            raise VRCurveError(f"unknown --moments {self.moments!r}; choose {' or '.join(MOMENTS)}.")
+        if self.moments_kind not in MOMENTS_KINDS:
+            raise VRCurveError(f"unknown --moments-kind {self.moments_kind!r}; choose one of {', '.join(MOMENTS_KINDS)}.")
+        if not (math.isfinite(self.scaling_factor) and self.scaling_factor != 0):
+            raise VRCurveError(f"--scaling-factor must be a finite non-zero number, got {self.scaling_factor}.")
+        if not math.isfinite(self.shift_factor):
+            raise VRCurveError(f"--shift-factor must be a finite number, got {self.shift_factor}.")
 
 
 @dataclass(frozen=True)
 class Samples:
-    """The chosen samples, normalised, as float32 of shape (M, *shape), with how they were obtained."""
+    """The chosen samples, ready for the estimator, and how they were obtained.
+
+    Attributes:
+        x: float32 (M, *shape), after moments, rescaling and normalisation.
+        indices: int64 (M,), sorted: the samples' indices in the source.
+        fingerprint: ``fingerprint(indices, rows as stored)``.
+        normalization: the mode, its statistics, and the rescaling applied before it.
+        moments: None, or {"mode": "mean"|"sample", "kind": "std"|"logvar"|None}.
+        skipped: indices of chosen files that could not be decoded and were replaced (``skip_bad``).
+        skipped_names: the first few of those, as the source names them.
+    """
 
     x: np.ndarray
     indices: np.ndarray
     fingerprint: str
     normalization: Dict[str, Any]
+    moments: Optional[Dict[str, Any]] = None
+    skipped: Tuple[int, ...] = ()
+    skipped_names: Tuple[str, ...] = field(default=())
+
+
+def _check_seed(seed: int) -> None:
+    if seed < 0:
+        raise VRCurveError(f"--seed must be 0 or more, got {seed}.")
 
 
 def choose_indices(n: int, samples: Optional[int], seed: int) -> np.ndarray:
-    """M distinct indices out of N, uniformly with ``seed``, sorted; all of them when ``samples`` is None."""
+    """M distinct indices out of N, uniformly with ``seed``, sorted int64 (M,); all of them when ``samples`` is None."""
+    _check_seed(seed)
     if samples is None:
-        return np.arange(n)
+        return np.arange(n, dtype=np.int64)
     if samples < 1:
         raise VRCurveError(f"--samples must be at least 1, got {samples}.")
     if samples > n:
-        raise VRCurveError(f"the data holds {n} samples, fewer than --samples {samples}; pass --samples {n} or fewer.")
-    return np.sort(np.random.default_rng(seed).choice(n, size=samples, replace=False))
+        raise VRCurveError(f"the data holds {n} samples, fewer than --samples {samples}; pass --samples {n} or fewer "
+                           "(or --samples all).")
+    return np.sort(np.random.default_rng(seed).choice(n, size=samples, replace=False)).astype(np.int64)
 
 
 def fingerprint(indices: np.ndarray, x: np.ndarray) -> str:
-    """sha256 (first 16 hex digits) of the chosen indices and their raw float32 values."""
+    """sha256 (first 16 hex digits) of the chosen indices and their values as stored, in float32.
+
+    Two runs on the same data with the same seed and M give the same fingerprint, whatever the file
+    format, the moments or the normalisation.
+    """
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(indices, dtype="<i8").tobytes())
     h.update(np.ascontiguousarray(x, dtype="<f4").tobytes())
     return h.hexdigest()[:16]
 
 
-def normalize(x: np.ndarray, mode: str, name: str = "the data") -> tuple:
-    """Normalise in place of a copy: ``global`` (one mean/std), ``channel`` (per sample axis 0) or ``none``.
+def moments_noise(seed: int, index: int, shape: Tuple[int, ...]) -> np.ndarray:
+    """eps ~ N(0, I) of shape ``shape`` (float64) for sample ``index``: a function of (seed, index) only.
 
-    Returns (normalised x, statistics recorded in the artifact).
+    So the latent drawn for a sample does not depend on M, on which other samples were chosen, or on the
+    order they were read in.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([_MOMENTS_STREAM, int(seed), int(index)]))
+    return rng.standard_normal(shape)
+
+
+def apply_moments(x: np.ndarray, indices: np.ndarray, seed: int, mode: str, kind: str,
+                  source: Source) -> Tuple[np.ndarray, Optional[str]]:
+    """VAE moments (M, 2C, ...) -> latents (M, C, ...), float32.
+
+    Args:
+        x: the moments, mean then std or log-variance on axis 1 (the channel axis of each sample).
+        indices: (M,) the samples' indices, which seed their noise.
+        mode: ``"mean"`` (z = mean) or ``"sample"`` (z = mean + std * eps).
+        kind: ``"std"``, ``"logvar"`` or ``"auto"`` (see LatentTransform).
+        source: for messages.
+
+    Returns:
+        (latents, the kind used: "std" or "logvar" for ``sample``, None for ``mean``).
+    """
+    if x.ndim < 2:
+        raise VRCurveError(f"--moments needs samples with a channel axis holding mean and std/logvar, but "
+                           f"{source.name} has samples of shape {x.shape[1:]}; drop --moments.")
+    channels = x.shape[1]
+    if channels % 2:
+        raise VRCurveError(f"--moments needs an even number of channels (mean and std/logvar concatenated on axis 0 "
+                           f"of each sample), but {source.name} has {channels} in samples of shape {x.shape[1:]}; "
+                           "drop --moments if these are latents already.")
+    half = channels // 2
+    mean = x[:, :half].astype(np.float64)
+    if mode == "mean":
+        return mean.astype(np.float32), None
+    second = x[:, half:].astype(np.float64)
+    negative = (second.reshape(len(x), -1) < 0).any(axis=1)
+    if kind == "auto":
+        kind = "logvar" if negative.any() else "std"
+    if kind == "std":
+        if negative.any():
+            i = int(indices[np.flatnonzero(negative)[0]])
+            raise VRCurveError(f"{source.sample_name(i)} has negative values in its std channels, which a standard "
+                               "deviation cannot have; pass --moments-kind logvar if they are log-variances.")
+        std = second
+    else:
+        std = np.exp(0.5 * np.clip(second, *LOGVAR_CLAMP))
+    eps = np.stack([moments_noise(seed, int(i), mean.shape[1:]) for i in indices])
+    return (mean + std * eps).astype(np.float32), kind
+
+
+def normalize(x: np.ndarray, mode: str, name: str = "the data") -> tuple:
+    """Normalise a copy: ``global`` (one mean/std), ``channel`` (per sample axis 0) or ``none``.
+
+    Args:
+        x: float32 (M, *shape).
+        mode: one of NORMALIZATIONS.
+        name: the source, for messages.
+
+    Returns:
+        (normalised x as float32, statistics recorded in the artifact).
     """
     if mode not in NORMALIZATIONS:
         raise VRCurveError(f"unknown normalisation {mode!r}; choose one of {', '.join(NORMALIZATIONS)}.")
-    x64 = x.astype(np.float64)
     if mode == "none":
         return x, {"mode": "none"}
+    x64 = x.astype(np.float64)
     if mode == "global":
         mean, std = float(x64.mean()), float(x64.std())
         if not std > 0:
-            raise VRCurveError(f"{name}: the chosen samples are constant (std 0), so they cannot be normalised; "
-                               "check the data or pass --normalize none.")
+            raise VRCurveError(f"{name}: all {len(x)} chosen samples hold the one value {mean:g} (variance 0), so "
+                               "--normalize cannot scale them; check the data, or pass --normalize none.")
         return ((x64 - mean) / std).astype(np.float32), {"mode": "global", "mean": mean, "std": std}
     if x.ndim < 3:
         raise VRCurveError(f"{name}: --normalize channel needs samples with a channel axis (shape C x ...), "
@@ -66,19 +203,84 @@ def normalize(x: np.ndarray, mode: str, name: str = "the data") -> tuple:
     mean, std = x64.mean(axis=axes, keepdims=True), x64.std(axis=axes, keepdims=True)
     if not (std > 0).all():
         c = int(np.flatnonzero(~(std.ravel() > 0))[0])
-        raise VRCurveError(f"{name}: channel {c} is constant over the chosen samples (std 0); pass --normalize global or none.")
+        raise VRCurveError(f"{name}: channel {c} holds one value in all {len(x)} chosen samples (variance 0), so "
+                           "--normalize channel cannot scale it; pass --normalize global or none.")
     stats = {"mode": "channel", "mean": mean.ravel().tolist(), "std": std.ravel().tolist()}
     return ((x64 - mean) / std).astype(np.float32), stats
 
 
-def load_samples(source: Source, samples: Optional[int], seed: int, normalization: str = "global") -> Samples:
-    """Choose, read, check and normalise M samples of ``source``."""
+def _read(source: Source, idx: np.ndarray, samples: Optional[int], seed: int) -> Tuple[np.ndarray, np.ndarray, List[int]]:
+    """Read the rows at ``idx``; replace the ones a ``skip_bad`` source skips by further seeded draws.
+
+    Returns:
+        (indices, sorted; their rows; indices of skipped samples).
+    """
+    x, bad = source.read_good(idx)
+    if not bad:
+        return idx, x, []
+    skipped = [int(i) for i in idx[bad]]
+    got_idx, got_x = [np.delete(idx, bad)], [x]
+    need = len(bad)
+    if samples is not None:
+        # Replacements come, in a seeded order, from the samples not yet tried; the same data and seed
+        # therefore always give the same M samples.
+        pool = np.setdiff1d(np.arange(source.n, dtype=np.int64), idx)
+        order = np.random.default_rng([_REPLACEMENT_STREAM, seed]).permutation(pool)
+        pos = 0
+        while need and pos < len(order):
+            cand = np.sort(order[pos:pos + need])
+            pos += len(cand)
+            xc, badc = source.read_good(cand)
+            skipped += [int(i) for i in cand[badc]]
+            got_idx.append(np.delete(cand, badc))
+            got_x.append(xc)
+            need = len(badc)
+    idx = np.concatenate(got_idx)
+    # With --samples all every decodable sample is used; with M, fewer than M is an error.
+    if (need and samples is not None) or len(idx) == 0:
+        names = ", ".join(source.sample_name(i) for i in skipped[:2])
+        raise VRCurveError(f"only {len(idx)} of the {source.n} samples of {source.name} could be decoded "
+                           f"({len(skipped)} skipped, e.g. {names}), fewer than --samples {samples or 'all'}; "
+                           f"fix the files or pass --samples {max(len(idx), 1)} or fewer.")
+    order = np.argsort(idx)
+    return idx[order], np.concatenate(got_x)[order], sorted(skipped)
+
+
+def load_samples(source: Source, samples: Optional[int], seed: int, normalization: str = "global",
+                 transform: Optional[LatentTransform] = None) -> Samples:
+    """Choose, read, check, transform and normalise M samples of ``source`` (the steps in the module docstring).
+
+    Args:
+        source: an open Source.
+        samples: M, or None for all N.
+        seed: the sample choice, replacements of skipped files and the moments' noise all derive from it.
+        normalization: one of NORMALIZATIONS.
+        transform: moments and rescaling; None for neither.
+
+    Raises:
+        VRCurveError: fewer than M samples; a chosen sample unreadable, of another shape, or holding NaN or
+            Inf (named); moments that do not fit; data that cannot be normalised.
+    """
+    transform = transform or LatentTransform()
+    if normalization not in NORMALIZATIONS:
+        raise VRCurveError(f"unknown normalisation {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}.")
     idx = choose_indices(source.n, samples, seed)
-    x = source.read(idx)
+    idx, x, skipped = _read(source, idx, samples, seed)
     bad = ~np.isfinite(x.reshape(len(idx), -1)).all(axis=1)
     if bad.any():
-        raise VRCurveError(f"{source.name}: sample {int(idx[np.flatnonzero(bad)[0]])} contains NaN or Inf; "
-                           "clean the data or choose other samples with --seed.")
+        raise VRCurveError(f"{source.sample_name(int(idx[np.flatnonzero(bad)[0]]))} contains NaN or Inf; clean the "
+                           "data or choose other samples with --seed.")
     fp = fingerprint(idx, x)
+    moments = None
+    if transform.moments is not None:
+        x, kind = apply_moments(x, idx, seed, transform.moments, transform.moments_kind, source)
+        moments = {"mode": transform.moments, "kind": kind}
+    if transform.scaling_factor != 1.0 or transform.shift_factor != 0.0:
+        x = ((x.astype(np.float64) - transform.shift_factor) * transform.scaling_factor).astype(np.float32)
+        if not np.isfinite(x).all():
+            raise VRCurveError(f"--scaling-factor {transform.scaling_factor} makes values of {source.name} overflow "
+                               "float32; check the factor.")
     x, stats = normalize(x, normalization, source.name)
-    return Samples(x=x, indices=idx, fingerprint=fp, normalization=stats)
+    stats = {**stats, "scaling_factor": transform.scaling_factor, "shift_factor": transform.shift_factor}
+    return Samples(x=x, indices=idx, fingerprint=fp, normalization=stats, moments=moments, skipped=tuple(skipped),
+                   skipped_names=tuple(source.sample_name(i) for i in skipped[:_NAMED_SKIPS]))
