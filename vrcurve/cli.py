@@ -49,6 +49,17 @@ class Normalize(str, Enum):
     none = "none"
 
 
+class Moments(str, Enum):
+    mean = "mean"
+    sample = "sample"
+
+
+class MomentsKind(str, Enum):
+    auto = "auto"
+    std = "std"
+    logvar = "logvar"
+
+
 class Convention(str, Enum):
     t0_noise = "t0-noise"
     t1_noise = "t1-noise"
@@ -114,9 +125,11 @@ def _progress_reporter(enabled: bool):
 @app.command()
 @_user_errors
 def estimate(
-    data: str = typer.Option(..., "--data", "-d", help="Samples: a .npy, .npz or HDF5 file of shape (N, ...), or 'demo'."),
+    data: str = typer.Option(..., "--data", "-d", help="Samples: a .npy, .npz, HDF5 or safetensors file; a folder or glob of "
+                             "safetensors shards, per-sample .npy files or images (png/jpg/webp); or 'demo'."),
     out_path: Path = typer.Option(Path("vr.safetensors"), "--out", "-o", help="Artifact to write."),
-    key: Optional[str] = typer.Option(None, "--key", help="Array / dataset name inside .npz or HDF5 files."),
+    key: Optional[str] = typer.Option(None, "--key", help="Array, dataset or tensor name in .npz, HDF5 or safetensors files "
+                                      "(HDF5 per-sample layouts: 'group/*' or '*/name'); detected when unambiguous."),
     scheduler: str = typer.Option("linear", "--scheduler", "-s", help="linear, cosine, diffusion, custom, or module:object."),
     shift: Optional[float] = typer.Option(None, "--shift", help="Timestep shift of the linear scheduler (SD3/Flux)."),
     beta_min: float = typer.Option(0.1, "--beta-min", help="Diffusion (VP) beta_min."),
@@ -129,6 +142,18 @@ def estimate(
     likelihood: Likelihood = typer.Option(Likelihood.mean, "--likelihood", help="mean: tau = d (default); sum: exact posterior."),
     form: Form = typer.Option(Form.covariance, "--form", help="covariance: h^2 trCov/d (default); paper: h^2 (1 - S)."),
     normalize: Normalize = typer.Option(Normalize.global_, "--normalize", help="global, channel or none."),
+    moments: Optional[Moments] = typer.Option(None, "--moments", help="The data holds VAE moments (mean and std/logvar "
+                                              "concatenated on the channel axis): use the mean, or sample z = mean + std * eps."),
+    moments_kind: MomentsKind = typer.Option(MomentsKind.auto, "--moments-kind", help="Second half of the moments: std, logvar, "
+                                             "or auto (logvar if any value is negative)."),
+    scaling_factor: float = typer.Option(1.0, "--scaling-factor", help="The trainer's latent rescaling (z - shift_factor) * "
+                                         "scaling_factor, e.g. 0.18215 for SD 1.x/2.x."),
+    shift_factor: float = typer.Option(0.0, "--shift-factor", help="The trainer's latent offset (diffusers' shift_factor; "
+                                       "not the timestep --shift)."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", min=1, help="Image folders: center-crop and resize to R x R "
+                                             "(default: the images' own size, which must then be the same for all)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip chosen images or .npy files that cannot be decoded, draw "
+                                  "others instead, and record how many."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Queries per chunk (default: from free memory)."),
     table_size: int = typer.Option(4096, "--table-size", min=2, help="U, entries of the inverse-CDF table minus one."),
@@ -153,6 +178,8 @@ def estimate(
             data, out_path, sched, key=key, samples=_parse_samples(samples), noise=noise, timesteps=timesteps,
             seed=seed, likelihood=likelihood.value, form=form.value, normalization=normalize.value, device=device,
             chunk_size=chunk_size, table_size=table_size, fit_scale=fit_scale, overwrite=overwrite, progress=report,
+            moments=moments.value if moments is not None else None, moments_kind=moments_kind.value,
+            scaling_factor=scaling_factor, shift_factor=shift_factor, resolution=resolution, skip_bad=skip_bad,
         )
     finally:
         if bar is not None:

@@ -17,7 +17,7 @@ from .errors import VRCurveError
 from .estimator import Curve, estimate
 from .fit import LogitNormalFit, fit_logitnormal
 from .readers import open_source
-from .samples import load_samples
+from .samples import LatentTransform, load_samples
 from .schedulers import Scheduler
 
 
@@ -80,8 +80,18 @@ def run_estimate(
     fit_scale: bool = False,
     overwrite: bool = False,
     progress: Optional[Callable[[int, int], None]] = None,
+    moments: Optional[str] = None,
+    moments_kind: str = "auto",
+    scaling_factor: float = 1.0,
+    shift_factor: float = 0.0,
+    resolution: Optional[int] = None,
+    skip_bad: bool = False,
 ) -> EstimateResult:
-    """Run the whole estimate and write the artifact to ``out`` (atomically; nothing on failure)."""
+    """Run the whole estimate and write the artifact to ``out`` (atomically; nothing on failure).
+
+    ``data``, ``key``, ``resolution`` and ``skip_bad`` go to ``open_source``; ``moments``, ``moments_kind``,
+    ``scaling_factor`` and ``shift_factor`` say how stored rows become latents (``LatentTransform``).
+    """
     started = time.perf_counter()
     out = Path(out)
     if out.exists() and not overwrite:
@@ -89,8 +99,10 @@ def run_estimate(
     if timesteps < 2 or table_size < 2:
         raise VRCurveError(f"--timesteps and the table size must be at least 2, got {timesteps} and {table_size}.")
     dev = resolve_device(device)
-    source = open_source(data, key=key)
-    chosen = load_samples(source, samples, seed, normalization)
+    transform = LatentTransform(moments=moments, moments_kind=moments_kind, scaling_factor=scaling_factor,
+                                shift_factor=shift_factor)
+    source = open_source(data, key=key, resolution=resolution, skip_bad=skip_bad)
+    chosen = load_samples(source, samples, seed, normalization, transform)
     curve = estimate(
         torch.from_numpy(chosen.x), scheduler, noise=noise, timesteps=timesteps, seed=seed, likelihood=likelihood,
         form=form, chunk_size=chunk_size, device=dev, source_ids=chosen.indices, progress=progress,
@@ -107,10 +119,13 @@ def run_estimate(
         "noise": noise,
         "timesteps": timesteps,
         "dim": curve.dim,
-        "shape": list(source.shape),
+        "shape": list(chosen.x.shape[1:]),
         "seed": seed,
         "normalization": chosen.normalization,
-        "data": {**source.describe(), "samples_chosen": int(len(chosen.indices)), "fingerprint": chosen.fingerprint},
+        "data": {
+            **source.describe(), "samples_chosen": int(len(chosen.indices)), "fingerprint": chosen.fingerprint,
+            "moments": chosen.moments, "skipped": len(chosen.skipped), "skipped_files": list(chosen.skipped_names),
+        },
         "logitnormal_m": fit.m,
         "logitnormal_m_grid": fit.m_grid,
         "logitnormal_s": fit.s,
