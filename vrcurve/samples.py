@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -89,7 +89,7 @@ class Samples:
     normalization: Dict[str, Any]
     moments: Optional[Dict[str, Any]] = None
     skipped: Tuple[int, ...] = ()
-    skipped_names: Tuple[str, ...] = field(default=())
+    skipped_names: Tuple[str, ...] = ()
 
 
 def _check_seed(seed: int) -> None:
