@@ -165,6 +165,11 @@ def test_density_picture_shades_the_error_band():
     assert "░" not in "".join(density_picture(pdf, width=64, height=8))
 
 
+def test_density_picture_of_a_short_curve():
+    lines = density_picture(np.array([1.0, 2.0, 0.0]), width=64, height=2)
+    assert lines[0][8:] == " █ " and lines[1][8:] == "██ "
+
+
 def test_schedulers_lists_all():
     res = run("schedulers", "--json")
     assert set(json.loads(res.stdout)) == {"linear", "cosine", "diffusion", "custom"}

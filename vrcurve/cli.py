@@ -292,6 +292,8 @@ def density_picture(pdf, width: int = 64, height: int = 8, upper=None) -> List[s
     """
     import numpy as np
 
+    width = min(width, len(pdf))  # never an empty column
+
     def columns(values):
         return np.array([c.mean() for c in np.array_split(np.asarray(values, dtype=np.float64), width)])
 
