@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ._version import __version__
@@ -73,7 +74,8 @@ def _user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except VRCurveError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            # escape: a message may hold brackets (pip install 'vrcurve[plot]') that are not markup.
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted; nothing was written.")
