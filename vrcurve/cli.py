@@ -332,5 +332,52 @@ def schedulers(as_json: bool = typer.Option(False, "--json", help="Print one JSO
     out.print(table)
 
 
+class Target(str, Enum):
+    diffusers = "diffusers"
+    kohya = "kohya"
+    simpletuner = "simpletuner"
+    onetrainer = "onetrainer"
+    sit = "sit"
+    json = "json"
+
+
+@app.command("export")
+@_user_errors
+def export_cmd(
+    artifact: Path = typer.Argument(..., help="A vrcurve artifact."),
+    to: Target = typer.Option(..., "--to", help="The trainer: diffusers, kohya, simpletuner, onetrainer, sit, or json "
+                              "(everything, with the pdf and icdf tables)."),
+    shift: Optional[float] = typer.Option(None, "--shift", help="diffusers only: the shift of the trainer's scheduler "
+                                          "(SD3: 3; Flux, whose config sets use_dynamic_shifting: 1). Default 1."),
+    fit_scale: bool = typer.Option(False, "--fit-scale", help="Refit the logit-normal with its scale s instead of using "
+                                   "the artifact's fit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the flags or config lines, no comment lines."),
+):
+    """Print the flags or config lines that make a trainer sample the artifact's logit-normal fit."""
+    import math
+
+    from .artifact import read_artifact
+    from .export import describe_fit, export_artifact, export_json
+
+    if shift is not None and to is not Target.diffusers:
+        raise typer.BadParameter("applies to --to diffusers only; the other trainers take the shift from the fit.",
+                                 param_hint="--shift")
+    if shift is not None and not (shift > 0 and math.isfinite(shift)):
+        raise typer.BadParameter(f"must be a positive number, got {shift}; use 1 for no shift.", param_hint="--shift")
+    arrays, meta = read_artifact(artifact)
+    m, s = float(meta["logitnormal_m"]), float(meta.get("logitnormal_s", 1.0))
+    if fit_scale:
+        from .fit import fit_logitnormal
+
+        fit = fit_logitnormal(arrays["cdf"].astype("float64"), fit_scale=True)
+        m, s = fit.m, fit.s
+    if to is Target.json:
+        print(json.dumps(export_json(arrays, meta, m, s)))
+        return
+    result = export_artifact(arrays, meta, to.value, trainer_shift=1.0 if shift is None else shift, m=m, s=s,
+                             where=str(artifact))
+    print(result.text(describe_fit(meta, m, s), comments=not quiet))
+
+
 def main() -> None:
     app()

@@ -1,0 +1,320 @@
+"""Export an artifact's logit-normal fit to the flags and config lines of other trainers.
+
+vrcurve's time runs from t = 0 (noise) to t = 1 (data). An artifact holds the KS-best logit-normal location m
+and scale s (1 unless fitted) of its density, in the artifact's own time u: logit(u) ~ N(m, s^2). A linear
+artifact estimated with ``--shift s_a`` runs on the shifted time u, whose noise level is
+
+    sigma = s_a (1 - u) / (1 + (s_a - 1) (1 - u)),   so   logit(sigma) = logit(1 - u) + ln(s_a).
+
+In the unshifted time of the same path, t_p = 1 - sigma, the location is therefore
+
+    m_p = m - ln(s_a)        (m_p = m for an unshifted artifact)                              (1)
+
+and every trainer below is told m_p (and s) in its own words. Each mapping is a pure function with the
+trainer's definition in its docstring; tests/test_export.py re-implements each definition, samples from it
+and checks the samples against logit-normal(m_p, s) in vrcurve time.
+
+The flow trainers (diffusers, kohya, SimpleTuner, OneTrainer) train the linear (rectified-flow) path
+x = (1 - sigma) x1 + sigma eps. The curve depends on the path, not only on the noise level, so the fit of
+an artifact of another scheduler does not carry over to them: ``export_artifact`` refuses it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from .errors import VRCurveError
+
+FLOW_TARGETS = ("diffusers", "kohya", "simpletuner", "onetrainer")
+TARGETS = FLOW_TARGETS + ("sit", "json")
+
+# SiT's path types (transport/path.py): ICPlan is a = t, m = 1 - t; GVPCPlan a = sin(pi t / 2),
+# m = cos(pi t / 2); VPCPlan the VP diffusion with sigma_min = 0.1, sigma_max = 20 (its beta_min, beta_max).
+SIT_PATH_TYPES = {"linear": "Linear", "cosine": "GVP", "diffusion": "VP"}
+_SIT_VP_BETAS = (0.1, 20.0)
+
+
+@dataclass(frozen=True)
+class Export:
+    """What ``vrcurve export`` prints for one target.
+
+    Attributes:
+        target: the target's name (one of ``TARGETS``).
+        convention: one line naming the target's time convention.
+        definition: one line with the target's sampling formula, in its own variables.
+        lines: the flags or config lines, ready to paste.
+        values: the numbers in ``lines``, by the target's own option names.
+    """
+
+    target: str
+    convention: str
+    definition: str
+    lines: Tuple[str, ...]
+    values: Dict[str, Any] = field(default_factory=dict)
+
+    def text(self, source: Optional[str] = None, *, comments: bool = True) -> str:
+        """The flags (or config lines) after ``#`` comment lines: convention, definition, then ``source``."""
+        head = [f"# {self.target}: {self.convention}", f"# {self.definition}"]
+        if source:
+            head.append(f"# {source}")
+        return "\n".join((head if comments else []) + list(self.lines))
+
+
+def num(x: float) -> str:
+    """A float for a command line: at most 6 decimals, no trailing zeros, never '-0'."""
+    s = f"{float(x) + 0.0:.6f}".rstrip("0")
+    s = s + "0" if s.endswith(".") else s
+    return "0.0" if s in ("-0.0", "0.0") else s
+
+
+def path_location(m: float, shift: float = 1.0) -> float:
+    """m_p = m - ln(s_a): the logit-normal location in the unshifted time of a linear path, eq. (1)."""
+    return float(m) - math.log(float(shift))
+
+
+def artifact_shift(meta: Mapping[str, Any]) -> float:
+    """The artifact's linear ``--shift`` s_a (1 for an unshifted or non-linear artifact)."""
+    sched = meta.get("scheduler") or {}
+    if isinstance(sched, dict) and sched.get("name") == "linear":
+        return float(sched.get("shift", 1.0) or 1.0)
+    return 1.0
+
+
+def _check_scale(s: float) -> float:
+    if not (s > 0 and math.isfinite(s)):
+        raise VRCurveError(f"the logit-normal scale s must be a positive number, got {s}.")
+    return float(s)
+
+
+def to_diffusers(m_p: float, s: float, shift: float = 1.0) -> Export:
+    """diffusers' SD3/Flux DreamBooth/LoRA scripts (``train_dreambooth*_sd3.py``, ``*_flux.py``).
+
+    Definition (``compute_density_for_timestep_sampling`` with ``weighting_scheme="logit_normal"``):
+    u = sigmoid(N(logit_mean, logit_std^2)); index i = floor(u N) into the scheduler's descending
+    ``timesteps``, whose noise level is sigma = shift sigma0 / (1 + (shift - 1) sigma0) with sigma0 = 1 - i / N
+    (FlowMatchEulerDiscreteScheduler, ``shift`` from its config; no shift when ``use_dynamic_shifting``);
+    x = (1 - sigma) x1 + sigma eps. So u runs with t = 0 noise, and logit(1 - sigma) ~ N(logit_mean - ln shift,
+    logit_std^2): logit_mean = m_p + ln(shift), logit_std = s.
+
+    Args:
+        m_p: location in the unshifted path time, eq. (1).
+        s: logit-normal scale.
+        shift: the ``shift`` that the trainer's scheduler applies at training time (SD3: 3.0; Flux, whose
+            config sets ``use_dynamic_shifting``, and an unshifted scheduler: 1.0).
+    """
+    s = _check_scale(s)
+    if not (shift > 0 and math.isfinite(shift)):
+        raise VRCurveError(f"--shift must be a positive number, got {shift}; use the trainer scheduler's shift "
+                           "(1 for none).")
+    mean = float(m_p) + math.log(shift)
+    return Export(
+        target="diffusers",
+        convention="u runs with t = 0 noise, like vrcurve (u = 1 - sigma before the scheduler's shift); the "
+        "timesteps it feeds the model run the other way (1000 = noise)",
+        definition=f"u = sigmoid(N(logit_mean, logit_std^2)), sigma = shift*(1-u)/(1+(shift-1)*(1-u)) with the "
+        f"trainer scheduler's shift = {num(shift)}",
+        lines=(f"--weighting_scheme logit_normal --logit_mean {num(mean)} --logit_std {num(s)}",),
+        values={"weighting_scheme": "logit_normal", "logit_mean": mean, "logit_std": s, "shift": float(shift)},
+    )
+
+
+def to_kohya(m_p: float, s: float) -> Export:
+    """kohya sd-scripts, FLUX.1 (``flux_train.py``, ``flux_train_network.py``), ``--timestep_sampling shift``.
+
+    Definition (``library/flux_train_utils.py``): sigma = sigmoid(sigmoid_scale z), z ~ N(0, 1), then
+    sigma = shift sigma / (1 + (shift - 1) sigma) with shift = ``discrete_flow_shift``;
+    x = (1 - sigma) x1 + sigma eps. So t = 1 is noise, logit(sigma) ~ N(ln shift, sigmoid_scale^2), and in
+    vrcurve time logit(1 - sigma) ~ N(-ln shift, sigmoid_scale^2): sigmoid_scale = s, shift = exp(-m_p).
+    """
+    s = _check_scale(s)
+    shift = math.exp(-float(m_p))
+    return Export(
+        target="kohya",
+        convention="t = 1 is noise (sigma), the opposite of vrcurve: the location -m_p becomes the shift exp(-m_p)",
+        definition="sigma = sigmoid(sigmoid_scale*z), z ~ N(0,1), then sigma = shift*sigma/(1+(shift-1)*sigma), "
+        "shift = discrete_flow_shift",
+        lines=(f"--timestep_sampling shift --sigmoid_scale {num(s)} --discrete_flow_shift {num(shift)}",),
+        values={"timestep_sampling": "shift", "sigmoid_scale": s, "discrete_flow_shift": shift},
+    )
+
+
+def to_simpletuner(m_p: float, s: float) -> Export:
+    """SimpleTuner, flow-matching models (SD3, Flux, ...), default sigmoid schedule.
+
+    Definition: sigma = sigmoid(flow_sigmoid_scale z), z ~ N(0, 1), then ``apply_flow_schedule_shift``:
+    sigma = shift sigma / (1 + (shift - 1) sigma) with shift = ``flow_schedule_shift`` when it is > 0 (it then
+    overrides ``flow_schedule_auto_shift``); x = (1 - sigma) x1 + sigma eps. t = 1 is noise:
+    flow_sigmoid_scale = s, flow_schedule_shift = exp(-m_p). The uniform, beta and fast schedules must be off.
+    """
+    s = _check_scale(s)
+    shift = math.exp(-float(m_p))
+    return Export(
+        target="simpletuner",
+        convention="t = 1 is noise (sigma), the opposite of vrcurve: the location -m_p becomes the shift exp(-m_p)",
+        definition="sigma = sigmoid(flow_sigmoid_scale*z), z ~ N(0,1), then sigma = shift*sigma/(1+(shift-1)*sigma), "
+        "shift = flow_schedule_shift; leave --flow_use_uniform_schedule, --flow_use_beta_schedule off",
+        lines=(f"--flow_sigmoid_scale {num(s)} --flow_schedule_shift {num(shift)}",),
+        values={"flow_sigmoid_scale": s, "flow_schedule_shift": shift},
+    )
+
+
+def to_onetrainer(m_p: float, s: float) -> Export:
+    """OneTrainer, flow-matching models, timestep distribution LOGIT_NORMAL (config JSON keys).
+
+    Definition (``ModelSetupNoiseMixin._get_timestep_discrete``): v = sigmoid(N(noising_bias,
+    (noising_weight + 1)^2)), timestep = floor(v N) (min/max noising strength 0 and 1, timestep_shift 1,
+    no dynamic shifting); the flow-matching mixin uses sigma = (timestep + 1) / N and
+    x = (1 - sigma) x1 + sigma eps. t = 1 is noise: noising_bias = -m_p, noising_weight = s - 1.
+    """
+    s = _check_scale(s)
+    bias, weight = -float(m_p), s - 1.0
+    return Export(
+        target="onetrainer",
+        convention="t = 1 is noise (timestep / 1000 = sigma), the opposite of vrcurve: the location is -m_p",
+        definition="timestep = 1000*sigmoid(N(noising_bias, (noising_weight+1)^2)), sigma = timestep/1000; "
+        "config lines for the training JSON",
+        lines=(
+            '"timestep_distribution": "LOGIT_NORMAL",',
+            f'"noising_bias": {num(bias)},',
+            f'"noising_weight": {num(weight)},',
+            '"timestep_shift": 1.0,',
+            '"dynamic_timestep_shifting": false,',
+            '"min_noising_strength": 0.0,',
+            '"max_noising_strength": 1.0,',
+        ),
+        values={"timestep_distribution": "LOGIT_NORMAL", "noising_bias": bias, "noising_weight": weight,
+                "timestep_shift": 1.0, "dynamic_timestep_shifting": False, "min_noising_strength": 0.0,
+                "max_noising_strength": 1.0},
+    )
+
+
+def to_sit(m_p: float, s: float, path_type: str) -> Export:
+    """A SiT-style transport (willisma/SiT and its descendants) with logit-normal time sampling.
+
+    Definition: x_t = alpha_t x1 + sigma_t x0 with x0 noise, t = 0 noise like vrcurve, path ``Linear``, ``GVP``
+    (cosine) or ``VP`` (diffusion); t = sigmoid(ln_mu + ln_sigma z), z ~ N(0, 1): ln_mu = m_p, ln_sigma = s.
+    Upstream SiT draws t uniformly; ``--ln_mu``/``--ln_sigma`` are the flags of the patch in docs/integration.md.
+    """
+    s = _check_scale(s)
+    if path_type not in SIT_PATH_TYPES.values():
+        raise VRCurveError(f"SiT has no path type {path_type!r}; it has {', '.join(SIT_PATH_TYPES.values())}.")
+    return Export(
+        target="sit",
+        convention="t = 0 is noise (x0 noise, x1 data), the same as vrcurve",
+        definition="t = sigmoid(ln_mu + ln_sigma*z), z ~ N(0,1), in Transport.sample() (see docs/integration.md: "
+        "upstream SiT draws t uniformly)",
+        lines=(f"--path-type {path_type} --ln_mu {num(m_p)} --ln_sigma {num(s)}",),
+        values={"path_type": path_type, "ln_mu": float(m_p), "ln_sigma": s},
+    )
+
+
+def scheduler_text(sched: Any) -> str:
+    """A scheduler's metadata in a few words, e.g. ``linear(shift=3)``."""
+    if isinstance(sched, dict):
+        params = ",".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                          for k, v in sched.items() if k != "name")
+        return f"{sched.get('name', '?')}" + (f"({params})" if params else "")
+    return str(sched)
+
+
+def _require_linear(meta: Mapping[str, Any], target: str, where: str) -> None:
+    sched = meta.get("scheduler") or {}
+    name = sched.get("name") if isinstance(sched, dict) else str(sched)
+    if name != "linear":
+        raise VRCurveError(
+            f"{where} was estimated with the {name} scheduler, but {target} trains the linear (rectified-flow) "
+            "path: the curve depends on the path, not only on the noise level, so its fit does not carry over; "
+            "re-estimate with --scheduler linear (and the trainer's --shift)."
+        )
+
+
+def _sit_path_type(meta: Mapping[str, Any], where: str) -> str:
+    sched = meta.get("scheduler") or {}
+    name = sched.get("name") if isinstance(sched, dict) else str(sched)
+    if name not in SIT_PATH_TYPES:
+        raise VRCurveError(
+            f"{where} was estimated with the {name} scheduler, which matches none of SiT's path types (Linear, "
+            "GVP, VP); re-estimate with --scheduler linear, cosine or diffusion, or use --to json."
+        )
+    if name == "diffusion":
+        betas = (float(sched.get("beta_min", 0.1)), float(sched.get("beta_max", 20.0)))
+        if not np.allclose(betas, _SIT_VP_BETAS):
+            raise VRCurveError(
+                f"{where} was estimated with beta_min={betas[0]}, beta_max={betas[1]}, but SiT's VP path uses "
+                "0.1 and 20; re-estimate with the default --beta-min/--beta-max, or use --to json."
+            )
+    return SIT_PATH_TYPES[name]
+
+
+def export_json(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], m: float, s: float) -> Dict[str, Any]:
+    """Everything, for tools with their own densities: the fit, every applicable target's values, the
+    pdf/cdf/icdf tables (in the artifact's time u, t = 0 noise) and the artifact's metadata."""
+    shift = artifact_shift(meta)
+    m_p = path_location(m, shift)
+    targets: Dict[str, Any] = {}
+    name = (meta.get("scheduler") or {}).get("name") if isinstance(meta.get("scheduler"), dict) else None
+    if name == "linear":
+        for t, ex in (("diffusers", to_diffusers(m_p, s)), ("kohya", to_kohya(m_p, s)),
+                      ("simpletuner", to_simpletuner(m_p, s)), ("onetrainer", to_onetrainer(m_p, s))):
+            targets[t] = ex.values
+    if name in SIT_PATH_TYPES:
+        try:
+            targets["sit"] = to_sit(m_p, s, _sit_path_type(meta, "artifact")).values
+        except VRCurveError:
+            pass
+    T = int(np.asarray(arrays["pdf"]).shape[0])
+    return {
+        "time_convention": "t0_noise",
+        "time": "the artifact's time u: t = 0 is noise, t = 1 is data; a linear artifact with shift s_a has noise "
+                "level sigma = s_a*(1-u)/(1+(s_a-1)*(1-u))",
+        "scheduler": meta.get("scheduler"),
+        "artifact_shift": shift,
+        "logitnormal": {"m": float(m), "s": float(s), "m_path": m_p},
+        "targets": targets,
+        "bins": T,
+        "pdf": [float(v) for v in np.asarray(arrays["pdf"], dtype=np.float64)],
+        "cdf": [float(v) for v in np.asarray(arrays["cdf"], dtype=np.float64)],
+        "icdf": [float(v) for v in np.asarray(arrays["icdf"], dtype=np.float64)],
+        "meta": {k: v for k, v in meta.items()},
+    }
+
+
+def export_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], target: str, *,
+                    trainer_shift: float = 1.0, m: Optional[float] = None, s: Optional[float] = None,
+                    where: str = "the artifact") -> Export:
+    """The export of an artifact to ``target`` (any of ``TARGETS`` but ``json``; see ``export_json``).
+
+    Args:
+        arrays, meta: the artifact, as ``read_artifact`` returns it.
+        target: the trainer.
+        trainer_shift: diffusers only: the shift of the trainer's scheduler.
+        m, s: the logit-normal fit in the artifact's time (default: the artifact's ``logitnormal_m``/``_s``).
+        where: the artifact's name, for messages.
+
+    Raises:
+        VRCurveError: a scheduler that the target does not train.
+    """
+    m = float(meta["logitnormal_m"]) if m is None else float(m)
+    s = float(meta.get("logitnormal_s", 1.0)) if s is None else float(s)
+    m_p = path_location(m, artifact_shift(meta))
+    if target in FLOW_TARGETS:
+        _require_linear(meta, target, where)
+        if target == "diffusers":
+            return to_diffusers(m_p, s, trainer_shift)
+        return {"kohya": to_kohya, "simpletuner": to_simpletuner, "onetrainer": to_onetrainer}[target](m_p, s)
+    if target == "sit":
+        return to_sit(m_p, s, _sit_path_type(meta, where))
+    raise VRCurveError(f"unknown export target {target!r}; choose one of {', '.join(TARGETS)}.")
+
+
+def describe_fit(meta: Mapping[str, Any], m: float, s: float) -> str:
+    """One line: the fit in the artifact's time and in the path's unshifted time."""
+    shift = artifact_shift(meta)
+    m_p = path_location(m, shift)
+    where = f", shift {num(shift)}: m_p = m - ln(shift) = {num(m_p)}" if shift != 1.0 else ""
+    return (f"logit-normal fit of the artifact (scheduler {scheduler_text(meta.get('scheduler'))}): "
+            f"m = {num(m)}, s = {num(s)} in vrcurve time (t = 0 noise){where}")
