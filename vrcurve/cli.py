@@ -379,5 +379,45 @@ def export_cmd(
     print(result.text(describe_fit(meta, m, s), comments=not quiet))
 
 
+@app.command("compare")
+@_user_errors
+def compare_cmd(
+    artifacts: List[Path] = typer.Argument(..., help="Two or more artifacts; each is compared with the first."),
+    fail_above: Optional[float] = typer.Option(None, "--fail-above", min=0.0, help="Exit with status 1 when the KS "
+                                               "distance of any artifact to the first exceeds this."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """KS distance between the artifacts' densities and the difference of their m, side by side."""
+    from .artifact import read_artifact
+    from .compare import compare, differing_schedulers
+    from .export import scheduler_text
+
+    if len(artifacts) < 2:
+        raise typer.BadParameter("give at least two artifacts; each is compared with the first.",
+                                 param_hint="ARTIFACTS")
+    rows = compare([(str(p), *read_artifact(p)) for p in artifacts])
+    worst = max(rows[1:], key=lambda r: r.ks)
+    failed = fail_above is not None and worst.ks > fail_above
+    if as_json:
+        print(json.dumps({"reference": rows[0].path, "artifacts": [r.as_dict() for r in rows], "max_ks": worst.ks,
+                          "fail_above": fail_above, "failed": failed}))
+    else:
+        table = Table(box=None, title=f"compared with {escape(rows[0].path)} (t = 0 noise)", title_justify="left")
+        for col in ("artifact", "scheduler", "M", "K", "d", "T", "m", "s", "KS", "Δm"):
+            table.add_column(col, justify="left" if col in ("artifact", "scheduler") else "right", no_wrap=True)
+        for r in rows:
+            table.add_row(escape(r.path), escape(scheduler_text(r.scheduler)), str(r.samples), str(r.noise),
+                          str(r.dim), str(r.timesteps), f"{r.m:+.4f}", f"{r.s:.4f}", f"{r.ks:.4f}", f"{r.dm:+.4f}")
+        # Piped output is not cut to 80 columns: paths are long, and a pipeline reads whole rows.
+        (out if out.is_terminal else Console(highlight=False, width=1000)).print(table)
+    differing = differing_schedulers(rows)
+    if differing:
+        err.print(f"note: {', '.join(differing)} used another scheduler than {rows[0].path}, so their times are "
+                  "different variables.", markup=False)
+    if failed:
+        raise VRCurveError(f"{worst.path} differs from {rows[0].path} by KS {worst.ks:.4f} > --fail-above "
+                           f"{fail_above:g}; re-estimate or refresh the cached curve.")
+
+
 def main() -> None:
     app()

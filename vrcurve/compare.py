@@ -1,0 +1,83 @@
+"""Compare artifacts: KS distance between their densities and the difference of their logit-normal fits.
+
+For pipelines that keep a cached curve: re-estimate on today's data, compare with the cache, and fail when
+the densities moved by more than a threshold (``vrcurve compare cached.safetensors new.safetensors
+--fail-above 0.02``). Time runs from t = 0 (noise) to t = 1 (data) in each artifact's own time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from .export import artifact_shift, path_location
+
+
+def ks_between_cdfs(cdf_a: np.ndarray, cdf_b: np.ndarray) -> float:
+    """sup_t |F_A(t) - F_B(t)| of two piecewise-linear CDFs on equal bins of [0, 1], exactly.
+
+    Args:
+        cdf_a: (T_a + 1,) CDF values on the edges k / T_a.
+        cdf_b: (T_b + 1,) CDF values on the edges k / T_b; T_b may differ from T_a.
+
+    Both CDFs are linear between consecutive points of the union of their edges, so their difference is too,
+    and the sup of its absolute value is reached at one of those points.
+    """
+    a = np.asarray(cdf_a, dtype=np.float64)
+    b = np.asarray(cdf_b, dtype=np.float64)
+    ea = np.linspace(0.0, 1.0, a.shape[0])
+    eb = np.linspace(0.0, 1.0, b.shape[0])
+    t = np.union1d(ea, eb)
+    return float(np.max(np.abs(np.interp(t, ea, a) - np.interp(t, eb, b))))
+
+
+@dataclass(frozen=True)
+class Compared:
+    """One artifact, against the first (the reference).
+
+    Attributes:
+        path: the artifact's path, as given.
+        scheduler: its scheduler metadata.
+        samples, noise, dim, timesteps: M, K, d and T.
+        m, s: its logit-normal fit in its own time; m_path: the location in the path's unshifted time.
+        ks: KS distance of its density to the reference's (0 for the reference).
+        dm: m - m of the reference.
+    """
+
+    path: str
+    scheduler: Any
+    samples: Any
+    noise: Any
+    dim: Any
+    timesteps: int
+    m: float
+    s: float
+    m_path: float
+    ks: float
+    dm: float
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def compare(artifacts: Sequence[Tuple[str, Mapping[str, np.ndarray], Mapping[str, Any]]]) -> List[Compared]:
+    """Compare each (path, arrays, meta) with the first; returns one row per artifact, the first included."""
+    ref_cdf = np.asarray(artifacts[0][1]["cdf"], dtype=np.float64)
+    ref_m = float(artifacts[0][2]["logitnormal_m"])
+    rows = []
+    for path, arrays, meta in artifacts:
+        m = float(meta["logitnormal_m"])
+        rows.append(Compared(
+            path=str(path), scheduler=meta.get("scheduler"), samples=meta.get("samples"), noise=meta.get("noise"),
+            dim=meta.get("dim"), timesteps=int(np.asarray(arrays["pdf"]).shape[0]), m=m,
+            s=float(meta.get("logitnormal_s", 1.0)), m_path=path_location(m, artifact_shift(meta)),
+            ks=ks_between_cdfs(ref_cdf, arrays["cdf"]), dm=m - ref_m,
+        ))
+    return rows
+
+
+def differing_schedulers(rows: Sequence[Compared]) -> List[str]:
+    """Paths whose scheduler differs from the reference's: their times are different variables."""
+    return [r.path for r in rows[1:] if r.scheduler != rows[0].scheduler]
