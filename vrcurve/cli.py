@@ -379,6 +379,29 @@ def export_cmd(
     print(result.text(describe_fit(meta, m, s), comments=not quiet))
 
 
+@app.command("plot")
+@_user_errors
+def plot_cmd(
+    artifact: Path = typer.Argument(..., help="A vrcurve artifact."),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Image to write (.png, .pdf, .svg); default: "
+                                            "the artifact's name with .png."),
+    log: bool = typer.Option(False, "--log", help="Draw V(t) on a log scale."),
+    width: int = typer.Option(900, "--width", min=1, help="Image width in pixels."),
+    height: int = typer.Option(1000, "--height", min=1, help="Image height in pixels."),
+    dpi: int = typer.Option(100, "--dpi", min=1, help="Pixels per inch (text size scales with it)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
+):
+    """Draw S_t, V(t) and pdf(t) with its logit-normal fit in one figure (needs vrcurve[plot])."""
+    from .artifact import read_artifact
+    from .plot import plot_artifact
+
+    arrays, meta = read_artifact(artifact)
+    target = out_path if out_path is not None else artifact.with_suffix(".png")
+    plot_artifact(arrays, meta, target, log_variance=log, width=width, height=height, dpi=dpi, title=artifact.name)
+    if not quiet:
+        print(target)
+
+
 @app.command("compare")
 @_user_errors
 def compare_cmd(

@@ -1,0 +1,160 @@
+"""A picture of an artifact: the separation S_t, the variance V(t) and the density pdf(t), t = 0 noise.
+
+matplotlib is an optional extra (``pip install 'vrcurve[plot]'``) and is imported only when a plot is drawn;
+the figure is built with ``matplotlib.figure.Figure`` (no pyplot, no global backend state) and rendered by
+Agg. The file is written atomically: a temporary file in the same folder, then a rename.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from .errors import VRCurveError
+
+
+def _matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise VRCurveError(
+            "vrcurve plot needs matplotlib, which is not installed; install it with `pip install 'vrcurve[plot]'`."
+        ) from None
+    return Figure
+
+
+def logitnormal_pdf(t: np.ndarray, m: float, s: float = 1.0) -> np.ndarray:
+    """Density of logit-normal(m, s) at t in (0, 1): phi((logit t - m) / s) / (s t (1 - t)); 0 at the ends."""
+    t = np.asarray(t, dtype=np.float64)
+    out = np.zeros_like(t)
+    inside = (t > 0) & (t < 1)
+    ti = t[inside]
+    z = (np.log(ti) - np.log1p(-ti) - m) / s
+    out[inside] = np.exp(-0.5 * z * z) / (s * math.sqrt(2 * math.pi) * ti * (1 - ti))
+    return out
+
+
+def caption(meta: Mapping[str, Any]) -> str:
+    """One line: scheduler, M, K, d and the logit-normal fit."""
+    sched = meta.get("scheduler")
+    if isinstance(sched, dict):
+        params = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                           for k, v in sched.items() if k != "name")
+        sched = f"{sched.get('name', '?')}" + (f" ({params})" if params else "")
+    m = meta.get("logitnormal_m")
+    s = meta.get("logitnormal_s", 1.0)
+    fit = f"m = {m:+.4f}" if isinstance(m, (int, float)) else f"m = {m}"
+    if isinstance(s, (int, float)) and s != 1.0:
+        fit += f", s = {s:.4f}"
+    return (f"scheduler {sched}  ·  M = {meta.get('samples')}  ·  K = {meta.get('noise')}  ·  "
+            f"d = {meta.get('dim')}  ·  logit-normal {fit}")
+
+
+def plot_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], out: Path, *,
+                  log_variance: bool = False, width: int = 900, height: int = 1000, dpi: int = 100,
+                  title: Optional[str] = None) -> Path:
+    """Draw S_t, V(t) and pdf(t) (with the fitted logit-normal) in one figure and write it to ``out``.
+
+    Args:
+        arrays, meta: the artifact, as ``read_artifact`` returns it.
+        out: the image file; its suffix picks the format (png, pdf, svg, ...).
+        log_variance: draw V(t) on a log scale (non-positive values are left out).
+        width, height: the image size in pixels (for raster formats); dpi: pixels per inch.
+        title: a title above the panels (e.g. the artifact's name).
+
+    Shaded bands are +-2 standard errors over sources, where the artifact has them.
+    """
+    Figure = _matplotlib()
+    out = Path(out)
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise VRCurveError(f"cannot write {out}: folder {folder} does not exist; create it or choose another -o.")
+    if width < 1 or height < 1 or dpi < 1:
+        raise VRCurveError(f"--width, --height and --dpi must be positive, got {width}, {height}, {dpi}.")
+
+    t = np.asarray(arrays["t"], dtype=np.float64)
+    S = np.asarray(arrays["S"], dtype=np.float64)
+    V = np.asarray(arrays["variance"], dtype=np.float64)
+    pdf = np.asarray(arrays["pdf"], dtype=np.float64)
+    T = pdf.shape[0]
+    edges = np.arange(T + 1) / T
+    S_se = arrays.get("S_stderr")
+    V_se = arrays.get("variance_stderr")
+
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    ax_s, ax_v, ax_p = fig.subplots(3, 1, sharex=True)
+
+    ax_s.plot(t, S, color="C0", lw=1.2, label="S_t")
+    if S_se is not None:
+        se = 2 * np.asarray(S_se, dtype=np.float64)
+        ax_s.fill_between(t, S - se, S + se, color="C0", alpha=0.25, lw=0, label="±2 s.e.")
+    ax_s.set_ylabel("separation S_t")
+    ax_s.legend(loc="best", fontsize="small")
+
+    if log_variance:
+        ok = V > 0
+        ax_v.plot(t[ok], V[ok], color="C1", lw=1.2, label="V(t)")
+        ax_v.set_yscale("log")
+    else:
+        ax_v.plot(t, V, color="C1", lw=1.2, label="V(t)")
+    if V_se is not None:
+        se = 2 * np.asarray(V_se, dtype=np.float64)
+        lo, hi = V - se, V + se
+        if log_variance:
+            ok = hi > 0
+            lo = np.where(lo > 0, lo, np.nan)
+            ax_v.fill_between(t[ok], lo[ok], hi[ok], color="C1", alpha=0.25, lw=0, label="±2 s.e.")
+        else:
+            ax_v.fill_between(t, lo, hi, color="C1", alpha=0.25, lw=0, label="±2 s.e.")
+    ax_v.set_ylabel("variance V(t)" + (" (log)" if log_variance else ""))
+    ax_v.legend(loc="best", fontsize="small")
+
+    ax_p.stairs(pdf, edges, color="C2", lw=1.2, label="pdf(t)")
+    if V_se is not None:
+        # pdf is proportional to V, so the relative standard error of V is that of pdf.
+        Vp = np.maximum(V, 0)
+        rel = np.divide(np.asarray(V_se, dtype=np.float64), Vp, out=np.zeros_like(Vp), where=Vp > 0)
+        lo, hi = (pdf * (1 - 2 * rel)).clip(min=0), pdf * (1 + 2 * rel)
+        # step="post" holds each value over its bin; the last value is repeated for the right edge.
+        ax_p.fill_between(edges, np.append(lo, lo[-1]), np.append(hi, hi[-1]), step="post",
+                          color="C2", alpha=0.25, lw=0, label="±2 s.e.")
+    m = meta.get("logitnormal_m")
+    if isinstance(m, (int, float)):
+        s = float(meta.get("logitnormal_s", 1.0))
+        fine = np.linspace(0.0, 1.0, 2001)
+        ax_p.plot(fine, logitnormal_pdf(fine, float(m), s), color="k", lw=1.0, ls="--",
+                  label=f"logit-normal(m = {m:+.3f}, s = {s:.3g})")
+    ax_p.set_ylabel("density pdf(t)")
+    ax_p.set_xlabel("t   (0 = noise, 1 = data)")
+    ax_p.set_xlim(0.0, 1.0)
+    ax_p.legend(loc="best", fontsize="small")
+
+    for ax in (ax_s, ax_v, ax_p):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.text(0.5, 0.01, caption(meta), ha="center", va="bottom", fontsize="small")
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.94 if title else 0.97, bottom=0.09, hspace=0.12)
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format=(out.suffix.lstrip(".").lower() or "png"))
+        os.replace(tmp, out)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, ValueError):  # matplotlib's word for an unknown format
+            raise VRCurveError(f"cannot write {out}: {exc}; use a .png, .pdf or .svg name.") from None
+        if isinstance(exc, OSError):
+            raise VRCurveError(f"cannot write {out}: {exc.strerror or exc}; check the path and free space.") from None
+        raise
+    return out
