@@ -58,3 +58,21 @@ def invert_cdf(cdf, u):
     t = (k + frac.clamp(0.0, 1.0)) / T
     last = int(torch.nonzero(cdf[1:] > cdf[:-1])[-1])
     return torch.where(u >= 1.0, torch.full_like(t, (last + 1) / T), t)
+
+
+def ks_between_cdfs(cdf_a: np.ndarray, cdf_b: np.ndarray) -> float:
+    """sup_t |F_A(t) - F_B(t)| of two piecewise-linear CDFs on equal bins of [0, 1], exactly.
+
+    Args:
+        cdf_a: (T_a + 1,) CDF values on the edges k / T_a.
+        cdf_b: (T_b + 1,) CDF values on the edges k / T_b; T_b may differ from T_a.
+
+    Both CDFs are linear between consecutive points of the union of their edges, so their difference is too,
+    and the sup of its absolute value is reached at one of those points.
+    """
+    a = np.asarray(cdf_a, dtype=np.float64)
+    b = np.asarray(cdf_b, dtype=np.float64)
+    ea = np.linspace(0.0, 1.0, a.shape[0])
+    eb = np.linspace(0.0, 1.0, b.shape[0])
+    t = np.union1d(ea, eb)
+    return float(np.max(np.abs(np.interp(t, ea, a) - np.interp(t, eb, b))))
