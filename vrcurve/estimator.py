@@ -7,18 +7,34 @@ sample, the Q = M K queries are q = x_i + s_t eps_q (s_t = m_t / a_t). The poste
 
 and, with G = X X^T, n_j = G_jj, D_ij = n_i + n_j - 2 G_ij and P_qj = <eps_q, x_j> (computed once),
 
-    logits_qj = (2 s_t P_qj - D_ij) / (2 s_t^2 tau)               (up to terms constant in j)
+    logits_qj = (2 s_t (P_qj - P_qi) - D_ij) / (2 s_t^2 tau)     (up to terms constant in j; 0 at j = i)
     tr Cov(x1|q) = (1/2) w^T D w,   E[||x1||^2 | q] = w^T n,   ||E[x1|q]||^2 = w^T n - tr Cov(x1|q).
 
 tr Cov is computed in the pairwise form: every term is non-negative, so it keeps its relative accuracy
-where the posterior collapses onto one sample. Per timestep the work is O(Q M^2) and independent of d; the O(d) work (G and P) is done once.
+where the posterior collapses onto one sample. Per timestep the work is O(Q M^2) and independent of d; the
+O(d) work (G and P) is done once.
+
+How the engine spends its time (measurements: docs/performance.md):
+- The logit of a query's own sample is exactly 0 and no logit exceeds ||eps_q||^2 / (2 tau) (about 1/2
+  for the "mean" likelihood), so the unnormalised weights exp(logit) need no max-subtraction pass; the
+  rare runs where that bound is large (the "sum" likelihood in many dimensions) subtract the row maximum.
+- Queries of one source share a row of D: the logits of a block of timesteps are one fused
+  multiply-add of P with a small (timesteps x sources x M) table, never a gathered (Q, M) copy of D.
+- e^T D e for symmetric D is summed by column blocks of D, each needing only the rows of D up to its own
+  block, which saves a third of the products at M = 200 (half as the number of blocks grows).
+- The products can run in bfloat16 (CPU with native bf16 dot products) or TF32 (CUDA); logits, their
+  exponentials' row sums and everything after stay in float32, and the sums over queries in float64.
+  tests/test_engine_precision.py shows the density unchanged (KS < 1e-4, logit-normal m within 0.005).
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from functools import lru_cache
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,10 +44,20 @@ from .schedulers import Scheduler
 
 LIKELIHOODS = ("mean", "sum")
 FORMS = ("covariance", "paper")
+PRECISIONS = ("auto", "float32", "bf16", "tf32")
 
-# Elements of one (timesteps x queries x samples) work block: large enough to amortise Python overhead,
-# small enough that the block's arrays stay near the cache.
-_BLOCK_ELEMENTS = 1 << 21
+_LOG2E = 1.0 / math.log(2.0)
+# Elements of one (timesteps x queries x samples) work block: large enough to amortise the Python overhead
+# of a dozen tensor operations, small enough to stay in the last-level cache on CPU (tuned by
+# benchmarks/bench_engine.py --tune) and to fill a GPU.
+_CPU_BLOCK_ELEMENTS = 1 << 21
+_CUDA_BLOCK_ELEMENTS = 1 << 26
+# Without a max-subtraction the weights reach exp(||eps||^2 / (2 tau)); above this many nats that could
+# overflow float32 in (sum_j w_j)^2 D, so such chunks subtract the row maximum instead.
+_MAX_UNSHIFTED_LOGIT = 20.0
+# exp2 of arguments below -126 gives subnormals, which the vectorised CPU exp2 handles on a slow path
+# (twice the time per block); weights 2^-126 below the query's own weight 1 change nothing.
+_MIN_LOG2_WEIGHT = -126.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +71,7 @@ class Curve:
         h2: h_t^2.
         variance: V(t) = h_t^2 trcov ("covariance" form) or h_t^2 (1 - S) ("paper" form).
         S_stderr, variance_stderr: standard errors over the M sources (queries of one source are correlated).
+        precision: the precision the heavy products ran in ("float64", "float32", "bf16" or "tf32").
     """
 
     t: np.ndarray
@@ -59,6 +86,7 @@ class Curve:
     dim: int
     likelihood: str
     form: str
+    precision: str = "float32"
 
 
 def timestep_grid(timesteps: int) -> np.ndarray:
@@ -96,6 +124,49 @@ def gram(x: torch.Tensor):
     return G, n, D
 
 
+def resolve_precision(precision: str = "auto", device="cpu", dtype: torch.dtype = torch.float32) -> str:
+    """The precision the heavy products w @ D run in: "float64", "float32", "bf16" or "tf32".
+
+    ``auto`` keeps float64 runs in float64 and otherwise picks the fastest precision that
+    tests/test_engine_precision.py shows to leave the density unchanged: bf16 on CPUs with native bf16 dot
+    products (AVX512-BF16 or AMX), TF32 on CUDA devices of compute capability 8.0 or newer, else float32.
+    Logits, exponentials, row sums and everything after them stay in ``dtype`` whatever the choice.
+    """
+    if precision not in PRECISIONS:
+        raise VRCurveError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    if dtype not in (torch.float32, torch.float64):
+        raise VRCurveError(f"the working dtype must be float32 or float64, got {dtype}; "
+                           "choose reduced-precision products with precision='bf16' or 'tf32'.")
+    device = torch.device(device)
+    if dtype == torch.float64:
+        if precision in ("bf16", "tf32"):
+            raise VRCurveError(f"precision {precision!r} applies to float32 runs; pass dtype float32 or "
+                               "precision 'auto' for a float64 run.")
+        return "float64"
+    if precision == "tf32" and device.type != "cuda":
+        raise VRCurveError("precision 'tf32' is a CUDA tensor-core format; on this device use 'bf16' or 'float32'.")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "tf32" if torch.cuda.get_device_capability(device)[0] >= 8 else "float32"
+    if device.type == "cpu" and _cpu_has_native_bf16():
+        return "bf16"
+    return "float32"
+
+
+@lru_cache(maxsize=None)
+def _cpu_has_native_bf16() -> bool:
+    """True where bf16 matrix products run on bf16 dot-product instructions (about 2.5x float32 here)."""
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except (OSError, RuntimeError, AttributeError):
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def estimate(
     x: torch.Tensor,
     scheduler: Scheduler,
@@ -109,7 +180,8 @@ def estimate(
     device="cpu",
     dtype: torch.dtype = torch.float32,
     source_ids: Optional[Sequence[int]] = None,
-    progress: Optional[Callable[[int, int], None]] = None,
+    progress: Optional[Callable[[float, int], None]] = None,
+    precision: str = "float32",
 ) -> Curve:
     """Estimate S_t, tr Cov and V(t) on the T-point grid (SPEC §2.1-2.3).
 
@@ -125,8 +197,11 @@ def estimate(
         form: "covariance" (V = h^2 tr Cov / d) or "paper" (V = h^2 (1 - S)).
         chunk_size: queries per chunk; by default chosen from the memory of ``device``.
         device: where the products run.
-        dtype: working precision of the products (accumulation over queries is float64 always).
-        progress: called as progress(done, total) in work units as chunks complete.
+        dtype: working precision, float32 or float64 (accumulation over queries is float64 always).
+        progress: called as progress(done, total) after each work block, with ``done`` the timesteps'
+            worth of work finished (fractional while a chunk of queries is in flight) and ``total`` = T.
+        precision: of the heavy products w @ D: "float32" (products in ``dtype``), "bf16", "tf32" (CUDA)
+            or "auto" (see ``resolve_precision``; the command line's default).
     """
     if likelihood not in LIKELIHOODS:
         raise VRCurveError(f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}.")
@@ -138,7 +213,10 @@ def estimate(
     M, d = x.shape
     if M < 2:
         raise VRCurveError(f"the estimate needs at least 2 samples, got {M}; pass --samples 2 or more.")
+    if chunk_size is not None and chunk_size < 1:
+        raise VRCurveError(f"chunk size must be at least 1, got {chunk_size}.")
     device = torch.device(device)
+    prec = resolve_precision(precision, device, dtype)
     t = timestep_grid(timesteps)
     tt = torch.from_numpy(t)
     a, m = scheduler.alpha(tt), scheduler.sigma(tt)
@@ -151,42 +229,39 @@ def estimate(
     s = (m / a).numpy()
     h2 = scheduler.h(tt).numpy() ** 2
     tau = float(d) if likelihood == "mean" else 1.0
-
-    # The data and the O(d) projections stay in at least float32 whatever the product dtype.
-    xd = x.to(device=device, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
-    _, n64, D64 = gram(xd)
-    D = D64.to(dtype)
-    n = n64.to(dtype)
-
     ids = np.arange(M) if source_ids is None else np.asarray(source_ids, dtype=np.int64)
     if ids.shape != (M,):
         raise ValueError(f"source_ids must have shape ({M},), got {ids.shape}")
-    Q = M * noise
-    qchunk, tblock = _plan(Q, M, d, timesteps, chunk_size, device, dtype)
-    coef_p = torch.tensor(1.0 / (s * tau), dtype=dtype, device=device)  # multiplies P
-    coef_d = torch.tensor(1.0 / (2.0 * s * s * tau), dtype=dtype, device=device)  # multiplies D
+
+    work = torch.float64 if prec == "float64" else torch.float32
+    xd = x.to(device=device, dtype=work)
+    _, n64, D64 = gram(xd)
+    engine = _Engine(D64, n64, s, tau, prec, form)
+    plan = _plan(M, noise, d, chunk_size, device, work, engine.forms.dtype)
+    engine.allocate(plan.buffer_rows)
 
     sum_sep = torch.zeros((timesteps, M), dtype=torch.float64, device=device)
     sum_tr = torch.zeros((timesteps, M), dtype=torch.float64, device=device)
-    n_chunks = math.ceil(Q / qchunk)
-    total, done = n_chunks * timesteps, 0
+    Q = M * noise
     xt = xd.T.contiguous()  # (d, M)
-    for q0 in range(0, Q, qchunk):
-        q1 = min(Q, q0 + qchunk)
-        P, src = _projections(q0, q1, noise, seed, ids, xt, device, dtype)
-        Drow = D[src]  # (Qc, M): queries of one source share a row of D
-        for t0 in range(0, timesteps, tblock):
-            t1 = min(timesteps, t0 + tblock)
-            logits = torch.addcmul(coef_p[t0:t1, None, None] * P, coef_d[t0:t1, None, None], Drow, value=-1.0)
-            w = torch.softmax(logits, dim=-1)  # (Tb, Qc, M)
-            wd = (w.reshape(-1, M) @ D).view_as(w)
-            tr = 0.5 * (wd * w).sum(-1)  # (Tb, Qc)
-            sep = w @ n - tr
-            sum_sep[t0:t1].index_add_(1, src, sep.to(torch.float64))
-            sum_tr[t0:t1].index_add_(1, src, tr.to(torch.float64))
-            done += t1 - t0
-            if progress is not None:
-                progress(done, total)
+    done = 0
+    with _noise_pool(device, plan.sources) as pool:
+        for i0 in range(0, M, plan.sources):
+            i1 = min(M, i0 + plan.sources)
+            P, max_logit = _projections(i0, i1, noise, seed, ids, xt, tau, pool)
+            chunk = engine.chunk(P, i0, max_logit)
+            for k0 in range(0, noise, plan.noise):
+                k1 = min(noise, k0 + plan.noise)
+                rows = (i1 - i0) * (k1 - k0)
+                tb = max(1, min(timesteps, plan.block_rows // rows))
+                for t0 in range(0, timesteps, tb):
+                    t1 = min(timesteps, t0 + tb)
+                    tr, sep = engine.block(chunk, k0, k1, t0, t1)
+                    sum_tr[t0:t1, i0:i1] += tr
+                    sum_sep[t0:t1, i0:i1] += sep
+                    done += (t1 - t0) * rows
+                    if progress is not None:
+                        progress(done / Q, timesteps)
 
     per_source_sep = (sum_sep / (noise * d)).cpu().numpy()  # (T, M)
     per_source_tr = (sum_tr / (noise * d)).cpu().numpy()
@@ -200,35 +275,249 @@ def estimate(
         variance, variance_se = h2 * (1.0 - S), h2 * S_se
     return Curve(
         t=t, S=S, trcov=trcov, h2=h2, variance=variance, S_stderr=S_se, variance_stderr=variance_se,
-        samples=M, noise=noise, dim=d, likelihood=likelihood, form=form,
+        samples=M, noise=noise, dim=d, likelihood=likelihood, form=form, precision=prec,
     )
 
 
-def _projections(q0: int, q1: int, noise: int, seed: int, ids: np.ndarray, xt: torch.Tensor, device, dtype):
-    """P for queries [q0, q1): (Qc, M), and the source index of each query, (Qc,) int64."""
-    d = xt.shape[0]
-    rows = []
-    for i in range(q0 // noise, (q1 - 1) // noise + 1):
-        k0, k1 = max(q0 - i * noise, 0), min(q1 - i * noise, noise)
-        eps = source_noise(seed, int(ids[i]), noise, d, device=device, dtype=torch.float32)[k0:k1]
-        rows.append((eps.to(xt.dtype) @ xt).to(dtype))
-    src = torch.arange(q0, q1, device=device) // noise
-    return torch.cat(rows), src
+@dataclass(frozen=True)
+class _Chunk:
+    P: torch.Tensor  # (ns, K, M): <eps_q, x_j> - <eps_q, x_i> for the queries of sources i0 .. i0 + ns - 1
+    Drows: torch.Tensor  # (ns, M): their rows of D, shared by all queries of a source
+    shift: bool  # subtract each row's maximum logit (the bound on the logits is too large to skip it)
+    lowest: Optional[np.ndarray]  # (T,) a lower bound on the logits of each timestep, where it is used
+    collapsed: np.ndarray  # (T,) bool: every other sample's weight is below 2^-126 of the own sample's
+    n_own: torch.Tensor  # (ns,) float64: ||x_i||^2 of the chunk's sources
 
 
-def _plan(Q: int, M: int, d: int, timesteps: int, chunk_size: Optional[int], device, dtype):
-    """Queries per chunk and timesteps per block, bounded by the memory of ``device``."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
+class _Engine:
+    """The per-timestep work of the Gram form: constants, block buffers, and one block of work.
+
+    A block is (timesteps t0..t1) x (the queries of a chunk); its arrays have R = (t1 - t0) * queries rows
+    of M entries, and it returns the per-source sums of tr Cov and of ||E[x1|q]||^2 over its queries.
+    """
+
+    def __init__(self, D64: torch.Tensor, n64: torch.Tensor, s: np.ndarray, tau: float, precision: str, form: str):
+        self.work = torch.float64 if precision == "float64" else torch.float32
+        self.device = D64.device
+        # The paper form's V = h^2 (1 - S) subtracts S from 1 where S -> 1, so there w . n must not carry
+        # the rounding of a bf16 product: it is then taken from the float32 weights.
+        self.n_apart = precision == "bf16" and form == "paper"
+        self.forms = _PairForms(D64, n64, precision, with_n=not self.n_apart)
+        self.dn = self.forms.dn.to(self.work)
+        self.D = D64.to(self.work)
+        self.n = n64
+        # Logits in log2 units (exp2 is the cheaper exponential): L = ca_t (P_qj - P_qi) - cb_t D_ij.
+        self.ca = [float(v) for v in torch.tensor(_LOG2E / (s * tau), dtype=self.work)]
+        self.cb = [float(v) for v in torch.tensor(_LOG2E / (2.0 * s * s * tau), dtype=self.work)]
+        self.clamp = self.device.type == "cpu" and self.work == torch.float32
+        # Row sums of the float32 weights in float64 where the products are float32 too (the rounding of
+        # a float32 sum would dominate that of tr Cov); next to bf16 products a float32 sum is enough.
+        self.z_dtype = torch.float32 if self.forms.dtype == torch.bfloat16 else torch.float64
+
+    def allocate(self, rows: int):
+        M = self.D.shape[0]
+        self.logits = torch.empty(rows * M, dtype=self.work, device=self.device)
+        self.weights = (self.logits if self.forms.dtype == self.work
+                        else torch.empty(rows * M, dtype=self.forms.dtype, device=self.device))
+        self.products = torch.empty(rows * self.forms.width, dtype=self.forms.dtype, device=self.device)
+        self.z = torch.empty(rows, dtype=self.z_dtype, device=self.device)
+        self.tail = torch.empty((3, rows), dtype=torch.float64, device=self.device)
+
+    def chunk(self, P: torch.Tensor, i0: int, max_logit: float) -> _Chunk:
+        Drows = self.D[i0 : i0 + P.shape[0]]
+        shift = max_logit > _MAX_UNSHIFTED_LOGIT
+        lowest = None
+        if self.clamp and not shift:
+            # the smallest logit of timestep t is at least ca_t min(P') - cb_t max(D): clamp only the
+            # blocks that can reach the subnormal range.
+            lowest = np.array(self.ca) * float(P.min()) - np.array(self.cb) * float(Drows.max())
+        # and the largest logit of any other sample: below 2^-126 the posterior is the own sample alone.
+        off = Drows.clone()
+        off[torch.arange(P.shape[0]), torch.arange(i0, i0 + P.shape[0])] = math.inf
+        highest = np.array(self.ca) * float(P.max()) - np.array(self.cb) * float(off.min())
+        n_own = self.n[i0 : i0 + P.shape[0]]
+        return _Chunk(P=P, Drows=Drows, shift=shift, lowest=lowest, collapsed=highest < _MIN_LOG2_WEIGHT, n_own=n_own)
+
+    def block(self, c: _Chunk, k0: int, k1: int, t0: int, t1: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Sums over the queries k0..k1 of each source of tr Cov and of w . n - tr Cov: (t1 - t0, ns) float64."""
+        P = c.P[:, k0:k1]
+        ns, kk, M = P.shape
+        nt = t1 - t0
+        R = nt * ns * kk
+        if c.collapsed[t0:t1].all():
+            # w = the own sample: tr Cov = 0 and ||E[x1|q]||^2 = n_i, which is what the block would compute
+            tr = torch.zeros((nt, ns), dtype=torch.float64, device=self.device)
+            return tr, (c.n_own * kk).expand(nt, ns).clone()
+        logits = self.logits[: R * M].view(nt, ns, kk, M)
+        for j in range(nt):  # one fused pass per timestep: ca_t P' + (-cb_t D_i), D_i broadcast over queries
+            torch.add(c.Drows[:, None, :] * -self.cb[t0 + j], P, alpha=self.ca[t0 + j], out=logits[j])
+        logits = logits.view(R, M)
+        if c.shift:
+            logits.sub_(logits.amax(-1, keepdim=True))
+        if self.clamp and (c.shift or c.lowest[t0:t1].min() < _MIN_LOG2_WEIGHT):
+            logits.clamp_(min=_MIN_LOG2_WEIGHT)
+        weights = logits.exp2_()  # unnormalised: the own sample (or the row maximum) weighs 1 ...
+        z = torch.sum(weights, -1, out=self.z[:R])  # ... so z >= 1
+        dn = torch.mv(weights, self.dn) if self.n_apart else None
+        if self.forms.dtype != self.work:
+            weights = self.weights[: R * M].view(R, M).copy_(weights)
+        y = self.products[: R * self.forms.width].view(R, self.forms.width)
+        quad = self.forms(weights, y)
+        # Per query (R values, not R x M) in float64, so that w . n - tr Cov, a difference of two O(d)
+        # numbers, loses nothing beyond the rounding of its inputs.
+        f = self.forms
+        inv, tr, sep = self.tail[:, :R]
+        torch.reciprocal(z, out=inv)
+        torch.mul(quad, inv, out=tr).mul_(inv).mul_(0.5 * f.dscale)
+        if dn is not None:
+            torch.mul(dn, inv, out=sep)
+        else:
+            torch.mul(y[:, M], inv, out=sep)
+            for col in range(M + 1, f.width):  # the lo part of n - nbar in bf16
+                sep.addcmul_(y[:, col], inv)
+        sep.mul_(f.nscale).add_(f.nbar).sub_(tr)
+        return tr.view(nt, ns, kk).sum(-1), sep.view(nt, ns, kk).sum(-1)
+
+class _PairForms:
+    """Per-query e^T D e and e . (n - nbar) for a block of unnormalised weights e (R, M), by column blocks.
+
+    For symmetric D, e^T D e = sum_b e_b . (sum_{a<b} 2 D_ab^T e_a + D_bb e_b): column block b of the
+    product needs only the rows of D up to the end of block b, so with nb blocks the products cost
+    (nb + 1) / (2 nb) of a full e @ D. D is divided by its mean off-diagonal entry and n by its mean, so
+    that float32 never overflows; n enters as the deviation n - nbar (hi + lo in bf16, which keeps it to
+    16 bits), so that w . n = nbar + w . (n - nbar) keeps its accuracy when the weights are nearly uniform.
+    """
+
+    def __init__(self, D64: torch.Tensor, n64: torch.Tensor, precision: str, with_n: bool = True):
+        M = self.M = D64.shape[0]
+        self.dtype = {"float64": torch.float64, "bf16": torch.bfloat16}.get(precision, torch.float32)
+        self.tf32 = precision == "tf32"
+        off = float(D64.sum()) / (M * (M - 1))
+        self.dscale = off if off > 0 else 1.0
+        self.nbar = float(n64.mean())
+        self.nscale = self.nbar if self.nbar > 0 else 1.0
+        self.with_n = with_n
+        Dn = D64 / self.dscale
+        dn = (n64 - self.nbar) / self.nscale
+        self.dn = dn
+        if self.dtype == torch.bfloat16:
+            hi = dn.to(torch.bfloat16).to(torch.float64)
+            ncols = torch.stack([hi, dn - hi], 1)
+        else:
+            ncols = dn[:, None]
+        self.n_columns = ncols.shape[1] if with_n else 0
+        self.width = M + self.n_columns
+        self.blocks: List[Tuple[int, int, torch.Tensor]] = []
+        edges = _column_edges(M)
+        for e0, e1 in zip(edges[:-1], edges[1:]):
+            W = Dn[:e1, e0:e1].clone()
+            W[:e0] *= 2.0
+            if e1 == M and with_n:
+                W = torch.cat([W, ncols], 1)
+            self.blocks.append((e0, e1, W.to(self.dtype).contiguous()))
+
+    def __call__(self, e: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """e^T D e / dscale per row of e (R, M), as e's dtype; y (R, width) receives the products, its
+        last columns the parts of e . (n - nbar) / nscale (see ``n_columns``)."""
+        with _tf32(self.tf32):
+            for e0, e1, W in self.blocks:
+                torch.mm(e[:, :e1], W, out=y[:, e0 : e0 + W.shape[1]])
+        # the row dot products, multiplying in place: a temporary of R x M would cost page faults per block
+        return torch.mul(y[:, : self.M], e, out=y[:, : self.M]).sum(-1)
+
+
+def _column_edges(M: int) -> List[int]:
+    """Column-block edges of D: one block below M = 96, else up to 8 blocks, at multiples of 16."""
+    nb = 1 if M < 96 else min(8, M // 64)
+    inner = {min(M - 1, max(1, int(round(M * b / nb / 16.0)) * 16)) for b in range(1, nb)}
+    return [0] + sorted(inner) + [M]
+
+
+@contextmanager
+def _tf32(enabled: bool):
+    """TF32 tensor-core products for float32 CUDA matmuls inside the block, restored after it."""
+    if not enabled:
+        yield
+        return
+    m = torch.backends.cuda.matmul
+    if hasattr(m, "fp32_precision"):
+        old = m.fp32_precision
+        m.fp32_precision = "tf32"
+        try:
+            yield
+        finally:
+            m.fp32_precision = old
+    else:  # torch < 2.9
+        old = m.allow_tf32
+        m.allow_tf32 = True
+        try:
+            yield
+        finally:
+            m.allow_tf32 = old
+
+
+@dataclass(frozen=True)
+class _Plan:
+    sources: int  # whole sources per chunk (1 when a source's queries are split)
+    noise: int  # queries of one source per chunk (K unless chunk_size < K)
+    block_rows: int  # (timesteps x queries) rows per work block
+    buffer_rows: int  # rows of the block buffers
+
+
+def _plan(M: int, K: int, d: int, chunk_size: Optional[int], device, work: torch.dtype, gemm: torch.dtype) -> _Plan:
+    """Chunks of queries and blocks of timesteps, bounded by the memory of ``device``."""
+    wi = torch.empty((), dtype=work).element_size()
+    gi = torch.empty((), dtype=gemm).element_size()
+    # logits, weights (aliasing the logits when they share a dtype) and one column block of products
+    per_element = wi + (0 if gemm == work else gi) + gi
+    budget = min(_free_memory(device) // 4, 16 << 30)
+    target = _CUDA_BLOCK_ELEMENTS if device.type == "cuda" else _CPU_BLOCK_ELEMENTS
+    block_rows = max(1, min(target, budget // per_element) // M)
     if chunk_size is None:
-        budget = min(_free_memory(device) // 8, 1 << 30)
-        # noise (one source at a time) + P + Drow + block arrays (w, wb: 3 M) for one timestep.
-        per_query = 4 * d + itemsize * M * 5
-        chunk_size = max(1, min(Q, budget // per_query, max(1, _BLOCK_ELEMENTS // M)))
-    if chunk_size < 1:
-        raise VRCurveError(f"chunk size must be at least 1, got {chunk_size}.")
-    chunk_size = min(chunk_size, Q)
-    tblock = max(1, min(timesteps, _BLOCK_ELEMENTS // (chunk_size * M)))
-    return chunk_size, tblock
+        # a chunk holds its projections P (M floats per query) and fills at least one block
+        per_query = M * wi
+        chunk_size = max(1, min(max(block_rows, K), budget // per_query))
+    if chunk_size >= K:
+        sources, noise = max(1, min(M, chunk_size // K)), K
+    else:
+        sources, noise = 1, chunk_size
+    rows = sources * noise
+    return _Plan(sources=sources, noise=noise, block_rows=block_rows, buffer_rows=max(rows, (block_rows // rows) * rows))
+
+
+@contextmanager
+def _noise_pool(device: torch.device, sources: int):
+    """Threads for drawing the noise of several sources at once: torch.randn on CPU runs on one core."""
+    workers = min(torch.get_num_threads(), sources, 8) if device.type == "cpu" else 1
+    if workers < 2:
+        yield None
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        yield pool
+
+
+def _projections(i0: int, i1: int, noise: int, seed: int, ids: np.ndarray, xt: torch.Tensor, tau: float, pool):
+    """P - P_own for the queries of sources [i0, i1): (ns, K, M), and the largest logit bound in nats.
+
+    Row k of source i holds <eps_k, x_j> - <eps_k, x_i>; max_k ||eps_k||^2 / (2 tau) bounds every logit.
+    """
+    d, M = xt.shape
+    device = xt.device
+    P = torch.empty((i1 - i0, noise, M), dtype=xt.dtype, device=device)
+    bound = 0.0
+    step = pool._max_workers if pool is not None else 1
+    for g0 in range(i0, i1, step):
+        group = range(g0, min(i1, g0 + step))
+
+        def draw(i):
+            return source_noise(seed, int(ids[i]), noise, d, device=device, dtype=torch.float32)
+
+        noises = list(pool.map(draw, group)) if pool is not None else [draw(i) for i in group]
+        for i, eps in zip(group, noises):
+            Pi = torch.mm(eps.to(xt.dtype), xt, out=P[i - i0])
+            Pi -= Pi[:, i].clone()[:, None]
+            bound = max(bound, float(torch.linalg.vector_norm(eps, dim=-1).max()) ** 2 / (2.0 * tau))
+    return P, bound
 
 
 def _free_memory(device: torch.device) -> int:
