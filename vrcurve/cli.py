@@ -44,6 +44,13 @@ class Form(str, Enum):
     paper = "paper"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bf16 = "bf16"
+    tf32 = "tf32"
+
+
 class Normalize(str, Enum):
     global_ = "global"
     channel = "channel"
@@ -107,18 +114,28 @@ def _parse_samples(value: str) -> Optional[int]:
 
 
 def _progress_reporter(enabled: bool):
-    """A Rich progress bar on stderr, or None when quiet or stderr is not a terminal."""
+    """A Rich progress bar on stderr (timesteps done / total, rate, elapsed, ETA), or None when quiet or
+    stderr is not a terminal. The estimator reports fractional timesteps while a chunk of queries is in flight."""
     if not enabled or not sys.stderr.isatty():
         return None, None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Timesteps(ProgressColumn):
+        def render(self, task):
+            return Text("" if task.total is None else f"{task.completed:,.0f}/{task.total:,.0f} timesteps")
+
+    class Rate(ProgressColumn):
+        def render(self, task):
+            return Text(f"{task.speed:,.1f}/s" if task.speed else "")
 
     bar = Progress(
-        TextColumn("estimating"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"), TimeElapsedColumn(),
-        TextColumn("eta"), TimeRemainingColumn(), console=err, transient=True,
+        TextColumn("estimating"), BarColumn(), Timesteps(), Rate(), TimeElapsedColumn(), TextColumn("eta"),
+        TimeRemainingColumn(), console=err, transient=True,
     )
-    task = bar.add_task("estimate", total=1)
+    task = bar.add_task("estimate", total=None)
 
-    def report(done: int, total: int):
+    def report(done: float, total: int):
         bar.update(task, completed=done, total=total)
 
     return bar, report
@@ -158,6 +175,8 @@ def estimate(
                                   "others instead, and record how many."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Queries per chunk (default: from free memory)."),
+    precision: Precision = typer.Option(Precision.auto, "--precision", help="Of the heavy products: auto (bf16 on CPUs with "
+                                        "bf16 dot products, TF32 on recent GPUs, else float32), float32, bf16, tf32 (CUDA)."),
     table_size: int = typer.Option(4096, "--table-size", min=2, help="U, entries of the inverse-CDF table minus one."),
     fit_scale: bool = typer.Option(False, "--fit-scale", help="Also fit the logit-normal scale s."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing artifact."),
@@ -182,6 +201,7 @@ def estimate(
             chunk_size=chunk_size, table_size=table_size, fit_scale=fit_scale, overwrite=overwrite, progress=report,
             moments=moments.value if moments is not None else None, moments_kind=moments_kind.value,
             scaling_factor=scaling_factor, shift_factor=shift_factor, resolution=resolution, skip_bad=skip_bad,
+            precision=precision.value,
         )
     finally:
         if bar is not None:

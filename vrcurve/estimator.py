@@ -240,8 +240,7 @@ def estimate(
     plan = _plan(M, noise, d, chunk_size, device, work, engine.forms.dtype)
     engine.allocate(plan.buffer_rows)
 
-    sum_sep = torch.zeros((timesteps, M), dtype=torch.float64, device=device)
-    sum_tr = torch.zeros((timesteps, M), dtype=torch.float64, device=device)
+    sums = torch.zeros((2, timesteps, M), dtype=torch.float64, device=device)  # tr Cov, ||E[x1|q]||^2
     Q = M * noise
     xt = xd.T.contiguous()  # (d, M)
     done = 0
@@ -256,15 +255,12 @@ def estimate(
                 tb = max(1, min(timesteps, plan.block_rows // rows))
                 for t0 in range(0, timesteps, tb):
                     t1 = min(timesteps, t0 + tb)
-                    tr, sep = engine.block(chunk, k0, k1, t0, t1)
-                    sum_tr[t0:t1, i0:i1] += tr
-                    sum_sep[t0:t1, i0:i1] += sep
+                    sums[:, t0:t1, i0:i1] += engine.block(chunk, k0, k1, t0, t1)
                     done += (t1 - t0) * rows
                     if progress is not None:
                         progress(done / Q, timesteps)
 
-    per_source_sep = (sum_sep / (noise * d)).cpu().numpy()  # (T, M)
-    per_source_tr = (sum_tr / (noise * d)).cpu().numpy()
+    per_source_tr, per_source_sep = (sums / (noise * d)).cpu().numpy()  # (T, M) each
     S = per_source_sep.mean(axis=1)
     trcov = per_source_tr.mean(axis=1)
     S_se = per_source_sep.std(axis=1, ddof=1) / math.sqrt(M)
@@ -333,21 +329,23 @@ class _Engine:
             lowest = np.array(self.ca) * float(P.min()) - np.array(self.cb) * float(Drows.max())
         # and the largest logit of any other sample: below 2^-126 the posterior is the own sample alone.
         off = Drows.clone()
-        off[torch.arange(P.shape[0]), torch.arange(i0, i0 + P.shape[0])] = math.inf
+        rows = torch.arange(P.shape[0], device=off.device)
+        off[rows, rows + i0] = math.inf
         highest = np.array(self.ca) * float(P.max()) - np.array(self.cb) * float(off.min())
         n_own = self.n[i0 : i0 + P.shape[0]]
         return _Chunk(P=P, Drows=Drows, shift=shift, lowest=lowest, collapsed=highest < _MIN_LOG2_WEIGHT, n_own=n_own)
 
-    def block(self, c: _Chunk, k0: int, k1: int, t0: int, t1: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Sums over the queries k0..k1 of each source of tr Cov and of w . n - tr Cov: (t1 - t0, ns) float64."""
+    def block(self, c: _Chunk, k0: int, k1: int, t0: int, t1: int) -> torch.Tensor:
+        """Sums over the queries k0..k1 of each source of tr Cov and of w . n - tr Cov: (2, t1 - t0, ns), float64."""
         P = c.P[:, k0:k1]
         ns, kk, M = P.shape
         nt = t1 - t0
         R = nt * ns * kk
         if c.collapsed[t0:t1].all():
             # w = the own sample: tr Cov = 0 and ||E[x1|q]||^2 = n_i, which is what the block would compute
-            tr = torch.zeros((nt, ns), dtype=torch.float64, device=self.device)
-            return tr, (c.n_own * kk).expand(nt, ns).clone()
+            sums = torch.zeros((2, nt, ns), dtype=torch.float64, device=self.device)
+            sums[1] = c.n_own * kk
+            return sums
         logits = self.logits[: R * M].view(nt, ns, kk, M)
         for j in range(nt):  # one fused pass per timestep: ca_t P' + (-cb_t D_i), D_i broadcast over queries
             torch.add(c.Drows[:, None, :] * -self.cb[t0 + j], P, alpha=self.ca[t0 + j], out=logits[j])
@@ -366,17 +364,18 @@ class _Engine:
         # Per query (R values, not R x M) in float64, so that w . n - tr Cov, a difference of two O(d)
         # numbers, loses nothing beyond the rounding of its inputs.
         f = self.forms
-        inv, tr, sep = self.tail[:, :R]
+        tail = self.tail[:, :R]
+        inv, tr, sep = tail
         torch.reciprocal(z, out=inv)
-        torch.mul(quad, inv, out=tr).mul_(inv).mul_(0.5 * f.dscale)
+        torch.mul(quad, inv, out=tr).mul_(inv).mul_(0.5 * f.dscale)  # tr Cov
         if dn is not None:
             torch.mul(dn, inv, out=sep)
         else:
             torch.mul(y[:, M], inv, out=sep)
             for col in range(M + 1, f.width):  # the lo part of n - nbar in bf16
                 sep.addcmul_(y[:, col], inv)
-        sep.mul_(f.nscale).add_(f.nbar).sub_(tr)
-        return tr.view(nt, ns, kk).sum(-1), sep.view(nt, ns, kk).sum(-1)
+        sep.mul_(f.nscale).add_(f.nbar).sub_(tr)  # w . n - tr Cov
+        return tail[1:].view(2, nt, ns, kk).sum(-1)
 
 class _PairForms:
     """Per-query e^T D e and e . (n - nbar) for a block of unnormalised weights e (R, M), by column blocks.
@@ -419,7 +418,7 @@ class _PairForms:
     def __call__(self, e: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """e^T D e / dscale per row of e (R, M), as e's dtype; y (R, width) receives the products, its
         last columns the parts of e . (n - nbar) / nscale (see ``n_columns``)."""
-        with _tf32(self.tf32):
+        with _matmul_precision(e.device, "tf32" if self.tf32 else "ieee"):
             for e0, e1, W in self.blocks:
                 torch.mm(e[:, :e1], W, out=y[:, e0 : e0 + W.shape[1]])
         # the row dot products, multiplying in place: a temporary of R x M would cost page faults per block
@@ -434,26 +433,26 @@ def _column_edges(M: int) -> List[int]:
 
 
 @contextmanager
-def _tf32(enabled: bool):
-    """TF32 tensor-core products for float32 CUDA matmuls inside the block, restored after it."""
-    if not enabled:
-        yield
-        return
-    m = torch.backends.cuda.matmul
-    if hasattr(m, "fp32_precision"):
+def _matmul_precision(device: torch.device, mode: str):
+    """float32 matrix products on ``device`` in ``mode`` ("ieee" or "tf32") inside the block, whatever a
+    caller set globally (torch.set_float32_matmul_precision would otherwise let them run in TF32 or bf16)."""
+    m = getattr(getattr(torch.backends, "cuda" if device.type == "cuda" else "mkldnn", None), "matmul", None)
+    if m is not None and hasattr(m, "fp32_precision"):
         old = m.fp32_precision
-        m.fp32_precision = "tf32"
+        m.fp32_precision = mode
         try:
             yield
         finally:
             m.fp32_precision = old
-    else:  # torch < 2.9
-        old = m.allow_tf32
-        m.allow_tf32 = True
+    elif device.type == "cuda":  # torch < 2.9
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
         try:
             yield
         finally:
-            m.allow_tf32 = old
+            torch.backends.cuda.matmul.allow_tf32 = old
+    else:
+        yield
 
 
 @dataclass(frozen=True)
@@ -474,9 +473,11 @@ def _plan(M: int, K: int, d: int, chunk_size: Optional[int], device, work: torch
     target = _CUDA_BLOCK_ELEMENTS if device.type == "cuda" else _CPU_BLOCK_ELEMENTS
     block_rows = max(1, min(target, budget // per_element) // M)
     if chunk_size is None:
-        # a chunk holds its projections P (M floats per query) and fills at least one block
-        per_query = M * wi
-        chunk_size = max(1, min(max(block_rows, K), budget // per_query))
+        # Whole sources per chunk where they fit. On CPU a chunk is a quarter of a block, so that a block
+        # spans four timesteps of projections that stay in cache; a GPU takes one timestep of many queries.
+        want = max(1, block_rows // (4 if device.type == "cpu" else 1))
+        chunk_size = want if K >= want else (want // K) * K
+        chunk_size = max(1, min(chunk_size, budget // (M * wi)))
     if chunk_size >= K:
         sources, noise = max(1, min(M, chunk_size // K)), K
     else:
@@ -487,36 +488,39 @@ def _plan(M: int, K: int, d: int, chunk_size: Optional[int], device, work: torch
 
 @contextmanager
 def _noise_pool(device: torch.device, sources: int):
-    """Threads for drawing the noise of several sources at once: torch.randn on CPU runs on one core."""
+    """(pool, workers): threads that draw the noise of several sources at once, since torch.randn on CPU
+    runs on one core; (None, 1) on GPUs or with one thread."""
     workers = min(torch.get_num_threads(), sources, 8) if device.type == "cpu" else 1
     if workers < 2:
-        yield None
+        yield None, 1
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        yield pool
+        yield pool, workers
 
 
 def _projections(i0: int, i1: int, noise: int, seed: int, ids: np.ndarray, xt: torch.Tensor, tau: float, pool):
     """P - P_own for the queries of sources [i0, i1): (ns, K, M), and the largest logit bound in nats.
 
     Row k of source i holds <eps_k, x_j> - <eps_k, x_i>; max_k ||eps_k||^2 / (2 tau) bounds every logit.
+    ``pool`` is what ``_noise_pool`` yields.
     """
     d, M = xt.shape
     device = xt.device
+    threads, step = pool
     P = torch.empty((i1 - i0, noise, M), dtype=xt.dtype, device=device)
     bound = 0.0
-    step = pool._max_workers if pool is not None else 1
+
+    def draw(i):
+        return source_noise(seed, int(ids[i]), noise, d, device=device, dtype=torch.float32)
+
     for g0 in range(i0, i1, step):
         group = range(g0, min(i1, g0 + step))
-
-        def draw(i):
-            return source_noise(seed, int(ids[i]), noise, d, device=device, dtype=torch.float32)
-
-        noises = list(pool.map(draw, group)) if pool is not None else [draw(i) for i in group]
-        for i, eps in zip(group, noises):
-            Pi = torch.mm(eps.to(xt.dtype), xt, out=P[i - i0])
-            Pi -= Pi[:, i].clone()[:, None]
-            bound = max(bound, float(torch.linalg.vector_norm(eps, dim=-1).max()) ** 2 / (2.0 * tau))
+        noises = list(threads.map(draw, group)) if threads is not None else [draw(i) for i in group]
+        with _matmul_precision(device, "ieee"):  # P feeds the logits: never TF32 or bf16 inside
+            for i, eps in zip(group, noises):
+                Pi = torch.mm(eps.to(xt.dtype), xt, out=P[i - i0])
+                Pi -= Pi[:, i].clone()[:, None]
+                bound = max(bound, float(torch.linalg.vector_norm(eps, dim=-1).max()) ** 2 / (2.0 * tau))
     return P, bound
 
 

@@ -86,6 +86,7 @@ def run_estimate(
     shift_factor: float = 0.0,
     resolution: Optional[int] = None,
     skip_bad: bool = False,
+    precision: str = "auto",
 ) -> EstimateResult:
     """Run the whole estimate and write the artifact to ``out`` (atomically; nothing on failure).
 
@@ -106,6 +107,7 @@ def run_estimate(
     curve = estimate(
         torch.from_numpy(chosen.x), scheduler, noise=noise, timesteps=timesteps, seed=seed, likelihood=likelihood,
         form=form, chunk_size=chunk_size, device=dev, source_ids=chosen.indices, progress=progress,
+        precision=precision,
     )
     density = density_from_curve(curve.variance, table_size)
     fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)

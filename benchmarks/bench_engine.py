@@ -1,0 +1,250 @@
+"""The Gram-form engine against a direct implementation, side by side in one run (issue 4; not a test).
+
+For each data dimension d (default 3072, 4096, 16384) with M = 200 samples and K = 500 noises per sample:
+
+- direct:  a competent direct float32 implementation of SPEC §2.1: per timestep, each chunk of queries is
+           built in R^d (q = x_i + s_t eps), its squared distances to the samples come from one matrix
+           product (||q||^2 + ||x||^2 - 2 q x^T, addmm), the posterior mean from a second (w @ X), and
+           tr Cov = w . n - ||E[x1|q]||^2. The noise of a chunk is drawn once and reused for every timestep,
+           and its drawing is not timed. It is timed on a few timesteps only (--direct-timesteps), and its
+           cost per timestep is the mean over them.
+- vrcurve: ``vrcurve.estimator`` with the same samples, the same noise (``source_noise``) and the same
+           timesteps: its per-timestep work (engine blocks of 20 sources' queries at those timesteps) is
+           timed the same way; its one-time O(d) work (noise and projections) is reported apart.
+- check:   S_t and V(t) of both on those timesteps, from the same noise, and their largest relative
+           difference (vrcurve runs its products in the precision that ``--precision`` resolves to).
+- full:    the whole estimate, T = 1000, in a fresh child process: wall time and peak RSS (``ru_maxrss``
+           of the child, and its growth over the RSS after the imports and the data).
+- cli:     with --cli, the whole ``vrcurve estimate`` command on a .npy file of the samples (end to end).
+
+The samples are the embedded Fashion-MNIST demo images, resized to d (bilinear; 3072 = 3 x 32 x 32 with the
+grey image in every channel, 4096 = 64 x 64, 16384 = 128 x 128) and normalised to mean 0 and std 1, or
+Gaussian noise (--data gaussian).
+
+    python benchmarks/bench_engine.py                                  # all three d, about 10 minutes
+    python benchmarks/bench_engine.py --dims 4096 --cli                # the CPU target, end to end
+    python benchmarks/bench_engine.py --dims 1024 -M 64 -K 50 -T 100 --direct-timesteps 2   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vrcurve import estimator as est
+from vrcurve.schedulers import LinearScheduler
+
+
+def make_data(kind: str, M: int, d: int, seed: int = 0) -> torch.Tensor:
+    """M samples of dimension d, float32, normalised to mean 0 and std 1 over all their entries."""
+    if kind == "gaussian":
+        x = torch.randn(M, d, generator=torch.Generator().manual_seed(seed))
+    else:
+        from vrcurve.readers import open_source
+
+        src = open_source("demo")
+        idx = np.sort(np.random.default_rng(seed).choice(src.n, size=M, replace=False))
+        img = torch.from_numpy(src.read(idx)).float()  # (M, 1, 28, 28) in [-1, 1]
+        channels = 3 if d % 3 == 0 and math.isqrt(d // 3) ** 2 == d // 3 else 1
+        side = math.isqrt(d // channels)
+        if channels * side * side != d:
+            raise SystemExit(f"--data demo needs d = side^2 or 3 side^2, got {d}; use --data gaussian.")
+        img = torch.nn.functional.interpolate(img, size=(side, side), mode="bilinear", align_corners=False)
+        x = img.expand(M, channels, side, side).reshape(M, d)
+    x = x.double()
+    return ((x - x.mean()) / x.std(unbiased=False)).float()
+
+
+def grid_indices(T: int, n: int) -> list:
+    """n timesteps spread over t in (0, 0.9), where the posterior has not collapsed and both do full work."""
+    return [int(round(T * (0.9 * (j + 0.5) / n))) for j in range(n)]
+
+
+def direct(x, sched, ks, T, K, seed, tau, chunk_queries):
+    """Per-timestep sums over each source's queries of ||E[x1|q]||^2 and tr Cov at timesteps ``ks``.
+
+    Returns (sep, tr) of shape (len(ks), M) and the seconds of per-timestep work (noise drawing excluded).
+    """
+    M, d = x.shape
+    t = torch.from_numpy(est.timestep_grid(T))
+    s = (sched.sigma(t) / sched.alpha(t)).tolist()
+    xt = x.T.contiguous()
+    n = (x * x).sum(1)
+    per = max(1, chunk_queries // K)  # whole sources per chunk
+    sep = torch.zeros(len(ks), M, dtype=torch.float64)
+    tr = torch.zeros(len(ks), M, dtype=torch.float64)
+    work = 0.0
+    for i0 in range(0, M, per):
+        i1 = min(M, i0 + per)
+        eps = torch.stack([est.source_noise(seed, i, K, d) for i in range(i0, i1)])  # (ns, K, d), not timed
+        q = torch.empty_like(eps)
+        started = time.perf_counter()
+        for j, k in enumerate(ks):
+            st = s[k]
+            torch.add(x[i0:i1, None, :], eps, alpha=st, out=q)  # the queries in R^d
+            qf = q.view(-1, d)
+            qn = torch.linalg.vecdot(qf, qf)
+            dist = torch.addmm(qn[:, None] + n[None, :], qf, xt, alpha=-2.0)  # ||q - x_j||^2
+            w = torch.softmax(dist.mul_(-1.0 / (2.0 * st * st * tau)), dim=-1)
+            mean = w @ x  # E[x1 | q], (Q, d)
+            sq = torch.linalg.vecdot(mean, mean)
+            trq = w @ n - sq
+            sep[j, i0:i1] += sq.view(i1 - i0, K).sum(1, dtype=torch.float64)
+            tr[j, i0:i1] += trq.view(i1 - i0, K).sum(1, dtype=torch.float64)
+        work += time.perf_counter() - started
+    return sep, tr, work
+
+
+def vrcurve_timesteps(x, sched, ks, T, K, seed, tau, precision):
+    """The engine's per-source sums at timesteps ``ks``: (sep, tr) of shape (len(ks), M), the seconds of
+    per-timestep work and of the one-time work (noise and projections)."""
+    M, d = x.shape
+    t = torch.from_numpy(est.timestep_grid(T))
+    s = (sched.sigma(t) / sched.alpha(t)).numpy()
+    prec = est.resolve_precision(precision, "cpu", torch.float32)
+    _, n64, D64 = est.gram(x)
+    engine = est._Engine(D64, n64, s, tau, prec, "covariance")
+    per = 20 if K <= 500 else 1  # 20 sources of 500 queries: the engine's block of 10,000 rows
+    engine.allocate(per * K)
+    ids = np.arange(M)
+    xt = x.T.contiguous()
+    sums = torch.zeros(2, len(ks), M, dtype=torch.float64)
+    work = once = 0.0
+    with est._noise_pool(torch.device("cpu"), per) as pool:
+        for i0 in range(0, M, per):
+            i1 = min(M, i0 + per)
+            started = time.perf_counter()
+            P, bound = est._projections(i0, i1, K, seed, ids, xt, tau, pool)
+            chunk = engine.chunk(P, i0, bound)
+            mid = time.perf_counter()
+            for j, k in enumerate(ks):
+                sums[:, j : j + 1, i0:i1] += engine.block(chunk, 0, K, k, k + 1)
+            work += time.perf_counter() - mid
+            once += mid - started
+    return sums[1], sums[0], work, once, prec
+
+
+def child(args) -> None:
+    """The full estimate in this (fresh) process; prints one JSON line."""
+    x = make_data(args.data, args.samples, args.child_dim)
+
+    def rss_mib():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    before = rss_mib()
+    started = time.perf_counter()
+    curve = est.estimate(x, LinearScheduler(), noise=args.noise, timesteps=args.timesteps, seed=0,
+                         precision=args.precision)
+    wall = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"wall": wall, "peak_mib": peak, "before_mib": before, "precision": curve.precision,
+                      "variance_sum": float(curve.variance.sum())}))
+
+
+def full_curve(args, d):
+    cmd = [sys.executable, __file__, "--child-dim", str(d), "--data", args.data, "-M", str(args.samples),
+           "-K", str(args.noise), "-T", str(args.timesteps), "--precision", args.precision]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def cli_end_to_end(args, d):
+    x = make_data(args.data, args.samples, d).numpy()
+    with tempfile.TemporaryDirectory(prefix="vrcurve-bench-engine-") as tmp:
+        data, out = Path(tmp) / "x.npy", Path(tmp) / "vr.safetensors"
+        np.save(data, x)
+        cmd = [sys.executable, "-m", "vrcurve", "estimate", "--data", str(data), "-o", str(out), "--json",
+               "-M", str(args.samples), "-K", str(args.noise), "-T", str(args.timesteps),
+               "--precision", args.precision]
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        summary = json.loads(proc.stdout.read())
+        proc.stdout.close()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit("vrcurve estimate failed")
+    return wall, usage.ru_maxrss / 1024, summary
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dims", default="3072,4096,16384", help="comma-separated data dimensions d")
+    ap.add_argument("-M", "--samples", type=int, default=200)
+    ap.add_argument("-K", "--noise", type=int, default=500)
+    ap.add_argument("-T", "--timesteps", type=int, default=1000)
+    ap.add_argument("--direct-timesteps", type=int, default=3, help="timesteps the direct one is timed on")
+    ap.add_argument("--direct-chunk", type=int, default=2000, help="queries per chunk of the direct one")
+    ap.add_argument("--precision", default="auto", choices=est.PRECISIONS)
+    ap.add_argument("--data", default="demo", choices=("demo", "gaussian"))
+    ap.add_argument("--no-full", action="store_true", help="skip the full-curve child process")
+    ap.add_argument("--cli", action="store_true", help="also time the whole vrcurve estimate command")
+    ap.add_argument("--child-dim", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child_dim:
+        return child(args)
+
+    sched = LinearScheduler()
+    M, K, T = args.samples, args.noise, args.timesteps
+    ks = grid_indices(T, args.direct_timesteps)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; M = {M}, K = {K} (Q = {M * K:,} queries), "
+          f"T = {T}, linear scheduler, likelihood mean, data: {args.data}")
+    print(f"timed timesteps: t = {', '.join(f'{est.timestep_grid(T)[k]:.4f}' for k in ks)} "
+          f"(direct timed on these {len(ks)} only, per-timestep cost = their mean)")
+    rows = []
+    for d in [int(v) for v in args.dims.split(",")]:
+        x = make_data(args.data, M, d)
+        tau = float(d)
+        sep_v, tr_v, work_v, once_v, prec = vrcurve_timesteps(x, sched, ks, T, K, 0, tau, args.precision)
+        sep_d, tr_d, work_d = direct(x, sched, ks, T, K, 0, tau, args.direct_chunk)
+        per_v, per_d = work_v / len(ks), work_d / len(ks)
+        t = torch.from_numpy(est.timestep_grid(T)[ks])
+        h2 = sched.h(t).double() ** 2
+        V_v, V_d = h2 * tr_v.sum(1), h2 * tr_d.sum(1)
+        S_v, S_d = sep_v.sum(1), sep_d.sum(1)
+        dV = float(((V_v - V_d).abs() / V_d.abs()).max())
+        dS = float(((S_v - S_d).abs() / S_d.abs()).max())
+        print(f"\nd = {d}: vrcurve products in {prec}")
+        print(f"  direct   {per_d:9.3f} s per timestep")
+        print(f"  vrcurve  {per_v * 1e3:9.2f} ms per timestep (same timesteps); one-time noise + projections "
+              f"{once_v:.2f} s")
+        print(f"  ratio    {per_d / per_v:9.0f}x per timestep")
+        print(f"  check    same noise, same timesteps: max relative difference V {dV:.1e}, S {dS:.1e}")
+        row = {"d": d, "direct": per_d, "vrcurve": per_v, "ratio": per_d / per_v, "once": once_v, "dV": dV}
+        if not args.no_full:
+            full = full_curve(args, d)
+            print(f"  full     T = {T}: {full['wall']:.1f} s ({full['precision']}), peak RSS {full['peak_mib']:.0f} MiB "
+                  f"({full['peak_mib'] - full['before_mib']:+.0f} MiB over the {full['before_mib']:.0f} MiB "
+                  "after imports and data)")
+            row.update(full=full["wall"], peak=full["peak_mib"], grow=full["peak_mib"] - full["before_mib"])
+        if args.cli:
+            wall, peak, summary = cli_end_to_end(args, d)
+            print(f"  cli      vrcurve estimate --data x.npy (whole command, T = {T}): {wall:.1f} s, "
+                  f"peak RSS {peak:.0f} MiB, logit-normal m = {summary['logitnormal_m']:.3f}")
+            row.update(cli=wall, cli_peak=peak)
+        rows.append(row)
+    print("\nsummary")
+    print(f"{'d':>6} {'direct s/t':>11} {'vrcurve ms/t':>13} {'ratio':>7} {'full curve s':>13} {'peak RSS MiB':>13}")
+    for r in rows:
+        full = f"{r['full']:13.1f}" if "full" in r else f"{'-':>13}"
+        peak = f"{r['peak']:13.0f}" if "peak" in r else f"{'-':>13}"
+        print(f"{r['d']:>6} {r['direct']:11.3f} {r['vrcurve'] * 1e3:13.2f} {r['ratio']:7.0f} {full} {peak}")
+
+
+if __name__ == "__main__":
+    main()
