@@ -228,7 +228,8 @@ def main():
         row = {"d": d, "direct": per_d, "vrcurve": per_v, "ratio": per_d / per_v, "once": once_v, "dV": dV}
         if not args.no_full:
             full = full_curve(args, d)
-            print(f"  full     T = {T}: {full['wall']:.1f} s ({full['precision']}), peak RSS {full['peak_mib']:.0f} MiB "
+            print(f"  full     T = {T}: {full['wall']:.1f} s ({full['precision']}), "
+                  f"peak RSS {full['peak_mib']:.0f} MiB "
                   f"({full['peak_mib'] - full['before_mib']:+.0f} MiB over the {full['before_mib']:.0f} MiB "
                   "after imports and data)")
             row.update(full=full["wall"], peak=full["peak_mib"], grow=full["peak_mib"] - full["before_mib"])

@@ -14,16 +14,20 @@ tr Cov is computed in the pairwise form: every term is non-negative, so it keeps
 where the posterior collapses onto one sample. Per timestep the work is O(Q M^2) and independent of d; the
 O(d) work (G and P) is done once.
 
-How the engine spends its time (measurements: docs/performance.md):
+How the engine spends its time (measurements: docs/performance.md). The work is cut into blocks of a few
+timesteps x the queries of a few sources (about 10,000 rows of M on CPU, so that a block stays in cache):
 - The logit of a query's own sample is exactly 0 and no logit exceeds ||eps_q||^2 / (2 tau) (about 1/2
-  for the "mean" likelihood), so the unnormalised weights exp(logit) need no max-subtraction pass; the
-  rare runs where that bound is large (the "sum" likelihood in many dimensions) subtract the row maximum.
-- Queries of one source share a row of D: the logits of a block of timesteps are one fused
-  multiply-add of P with a small (timesteps x sources x M) table, never a gathered (Q, M) copy of D.
+  for the "mean" likelihood), so the unnormalised weights 2^logit (logits in log2 units: exp2 is the
+  cheaper exponential) need no max-subtraction pass; runs where that bound is large (the "sum"
+  likelihood in many dimensions) subtract the row maximum.
+- Queries of one source share a row of D: the logits of a timestep are one fused pass over P with a
+  small (sources x M) table, never a gathered (Q, M) copy of D.
 - e^T D e for symmetric D is summed by column blocks of D, each needing only the rows of D up to its own
   block, which saves a third of the products at M = 200 (half as the number of blocks grows).
+- Where every other sample's weight is below 2^-126 of the own sample's (late timesteps), tr Cov = 0 and
+  ||E[x1|q]||^2 = n_i exactly, and the block is not computed.
 - The products can run in bfloat16 (CPU with native bf16 dot products) or TF32 (CUDA); logits, their
-  exponentials' row sums and everything after stay in float32, and the sums over queries in float64.
+  exponentials, row sums and everything after stay in float32, and the sums over queries in float64.
   tests/test_engine_precision.py shows the density unchanged (KS < 1e-4, logit-normal m within 0.005).
 """
 
@@ -48,8 +52,8 @@ PRECISIONS = ("auto", "float32", "bf16", "tf32")
 
 _LOG2E = 1.0 / math.log(2.0)
 # Elements of one (timesteps x queries x samples) work block: large enough to amortise the Python overhead
-# of a dozen tensor operations, small enough to stay in the last-level cache on CPU (tuned by
-# benchmarks/bench_engine.py --tune) and to fill a GPU.
+# of its ~30 tensor operations, small enough to stay in the last-level cache on CPU (2^21 = 4 timesteps of
+# 5 sources' 500 queries at M = 200 was the fastest on the development machine), and enough to fill a GPU.
 _CPU_BLOCK_ELEMENTS = 1 << 21
 _CUDA_BLOCK_ELEMENTS = 1 << 26
 # Without a max-subtraction the weights reach exp(||eps||^2 / (2 tau)); above this many nats that could
@@ -244,7 +248,8 @@ def estimate(
     Q = M * noise
     xt = xd.T.contiguous()  # (d, M)
     done = 0
-    with _noise_pool(device, plan.sources) as pool:
+    fp32_products = "tf32" if prec == "tf32" else "ieee"
+    with _noise_pool(device, plan.sources) as pool, _matmul_precision(device, fp32_products):
         for i0 in range(0, M, plan.sources):
             i1 = min(M, i0 + plan.sources)
             P, max_logit = _projections(i0, i1, noise, seed, ids, xt, tau, pool)
@@ -278,7 +283,7 @@ def estimate(
 @dataclass(frozen=True)
 class _Chunk:
     P: torch.Tensor  # (ns, K, M): <eps_q, x_j> - <eps_q, x_i> for the queries of sources i0 .. i0 + ns - 1
-    Drows: torch.Tensor  # (ns, M): their rows of D, shared by all queries of a source
+    Drows4: torch.Tensor  # (1, ns, 1, M): their rows of D, shared by all queries of a source
     shift: bool  # subtract each row's maximum logit (the bound on the logits is too large to skip it)
     lowest: Optional[np.ndarray]  # (T,) a lower bound on the logits of each timestep, where it is used
     collapsed: np.ndarray  # (T,) bool: every other sample's weight is below 2^-126 of the own sample's
@@ -305,6 +310,8 @@ class _Engine:
         # Logits in log2 units (exp2 is the cheaper exponential): L = ca_t (P_qj - P_qi) - cb_t D_ij.
         self.ca = [float(v) for v in torch.tensor(_LOG2E / (s * tau), dtype=self.work)]
         self.cb = [float(v) for v in torch.tensor(_LOG2E / (2.0 * s * s * tau), dtype=self.work)]
+        self.cb_neg4 = -torch.tensor(self.cb, dtype=self.work, device=self.device)[:, None, None, None]
+        self._view_cache = {}
         self.clamp = self.device.type == "cpu" and self.work == torch.float32
         # Row sums of the float32 weights in float64 where the products are float32 too (the rounding of
         # a float32 sum would dominate that of tr Cov); next to bf16 products a float32 sum is enough.
@@ -315,9 +322,14 @@ class _Engine:
         self.logits = torch.empty(rows * M, dtype=self.work, device=self.device)
         self.weights = (self.logits if self.forms.dtype == self.work
                         else torch.empty(rows * M, dtype=self.forms.dtype, device=self.device))
-        self.products = torch.empty(rows * self.forms.width, dtype=self.forms.dtype, device=self.device)
+        if self.forms.dtype == torch.bfloat16 and self.work == torch.float32:
+            # the bf16 products live where the float32 logits were (dead once cast): a smaller working set
+            self.products = self.logits.view(torch.bfloat16)
+        else:
+            self.products = torch.empty(rows * self.forms.width, dtype=self.forms.dtype, device=self.device)
         self.z = torch.empty(rows, dtype=self.z_dtype, device=self.device)
         self.tail = torch.empty((3, rows), dtype=torch.float64, device=self.device)
+        self._view_cache = {}
 
     def chunk(self, P: torch.Tensor, i0: int, max_logit: float) -> _Chunk:
         Drows = self.D[i0 : i0 + P.shape[0]]
@@ -333,49 +345,93 @@ class _Engine:
         off[rows, rows + i0] = math.inf
         highest = np.array(self.ca) * float(P.max()) - np.array(self.cb) * float(off.min())
         n_own = self.n[i0 : i0 + P.shape[0]]
-        return _Chunk(P=P, Drows=Drows, shift=shift, lowest=lowest, collapsed=highest < _MIN_LOG2_WEIGHT, n_own=n_own)
+        return _Chunk(P=P, Drows4=Drows[None, :, None, :], shift=shift, lowest=lowest,
+                      collapsed=highest < _MIN_LOG2_WEIGHT, n_own=n_own)
 
     def block(self, c: _Chunk, k0: int, k1: int, t0: int, t1: int) -> torch.Tensor:
         """Sums over the queries k0..k1 of each source of tr Cov and of w . n - tr Cov: (2, t1 - t0, ns), float64."""
         P = c.P[:, k0:k1]
         ns, kk, M = P.shape
-        nt = t1 - t0
-        R = nt * ns * kk
-        if c.collapsed[t0:t1].all():
-            # w = the own sample: tr Cov = 0 and ||E[x1|q]||^2 = n_i, which is what the block would compute
-            sums = torch.zeros((2, nt, ns), dtype=torch.float64, device=self.device)
+        active = [t for t in range(t0, t1) if not c.collapsed[t]]
+        if len(active) < t1 - t0:
+            # where w is the own sample alone: tr Cov = 0 and ||E[x1|q]||^2 = n_i, what the block would give
+            sums = torch.zeros((2, t1 - t0, ns), dtype=torch.float64, device=self.device)
             sums[1] = c.n_own * kk
+            for a, b in _runs(active):
+                sums[:, a - t0 : b - t0] = self.block(c, k0, k1, a, b)
             return sums
-        logits = self.logits[: R * M].view(nt, ns, kk, M)
-        for j in range(nt):  # one fused pass per timestep: ca_t P' + (-cb_t D_i), D_i broadcast over queries
-            torch.add(c.Drows[:, None, :] * -self.cb[t0 + j], P, alpha=self.ca[t0 + j], out=logits[j])
-        logits = logits.view(R, M)
+        v = self._views(t1 - t0, ns, kk)
+        torch.mul(c.Drows4, self.cb_neg4[t0:t1], out=v.table)  # (nt, ns, 1, M): -cb_t D_i
+        for j, (table, logits) in enumerate(zip(v.tables, v.logits_t)):
+            # one fused pass per timestep: ca_t P' + (-cb_t D_i), D_i broadcast over the source's queries
+            torch.add(table, P, alpha=self.ca[t0 + j], out=logits)
+        logits = v.logits
         if c.shift:
             logits.sub_(logits.amax(-1, keepdim=True))
         if self.clamp and (c.shift or c.lowest[t0:t1].min() < _MIN_LOG2_WEIGHT):
             logits.clamp_(min=_MIN_LOG2_WEIGHT)
-        weights = logits.exp2_()  # unnormalised: the own sample (or the row maximum) weighs 1 ...
-        z = torch.sum(weights, -1, out=self.z[:R])  # ... so z >= 1
-        dn = torch.mv(weights, self.dn) if self.n_apart else None
-        if self.forms.dtype != self.work:
-            weights = self.weights[: R * M].view(R, M).copy_(weights)
-        y = self.products[: R * self.forms.width].view(R, self.forms.width)
-        quad = self.forms(weights, y)
-        # Per query (R values, not R x M) in float64, so that w . n - tr Cov, a difference of two O(d)
-        # numbers, loses nothing beyond the rounding of its inputs.
-        f = self.forms
-        tail = self.tail[:, :R]
-        inv, tr, sep = tail
-        torch.reciprocal(z, out=inv)
-        torch.mul(quad, inv, out=tr).mul_(inv).mul_(0.5 * f.dscale)  # tr Cov
+        logits.exp2_()  # unnormalised weights: the own sample (or the row maximum) weighs 1 ...
+        torch.sum(logits, -1, out=v.z)  # ... so z >= 1
+        dn = torch.mv(logits, self.dn) if self.n_apart else None  # before the products overwrite the logits
+        if v.weights is not logits:
+            v.weights.copy_(logits)
+        for a, out, W in v.products:
+            torch.mm(a, out=out, mat2=W)
+        quad = torch.mul(v.y_dot, v.weights, out=v.y_dot).sum(-1)  # e^T D e / dscale (in place: no temporary)
+        # Per query: e^T D e / z^2 and e . (n - nbar) / z, in float64, summed over each source's queries;
+        # the constant factors and w . n - tr Cov (a difference of two O(d) numbers) follow on the sums.
+        inv, quad_z2, dn_z = v.tail
+        torch.reciprocal(v.z, out=inv)
+        torch.mul(quad, inv, out=quad_z2).mul_(inv)
         if dn is not None:
-            torch.mul(dn, inv, out=sep)
+            torch.mul(dn, inv, out=dn_z)
         else:
-            torch.mul(y[:, M], inv, out=sep)
-            for col in range(M + 1, f.width):  # the lo part of n - nbar in bf16
-                sep.addcmul_(y[:, col], inv)
-        sep.mul_(f.nscale).add_(f.nbar).sub_(tr)  # w . n - tr Cov
-        return tail[1:].view(2, nt, ns, kk).sum(-1)
+            torch.mul(v.n_cols[0], inv, out=dn_z)
+            for col in v.n_cols[1:]:  # the lo part of n - nbar in bf16
+                dn_z.addcmul_(col, inv)
+        f = self.forms
+        sums = v.tail_sums.sum(-1)
+        sums[0] *= 0.5 * f.dscale  # tr Cov
+        sums[1] *= f.nscale  # w . n - kk nbar
+        sums[1] += kk * f.nbar - sums[0]  # ||E[x1|q]||^2 = w . n - tr Cov
+        return sums
+
+    def _views(self, nt: int, ns: int, kk: int) -> "_BlockViews":
+        """Views of the buffers for blocks of (nt, ns, kk), made once per shape (a block has ~30 operations,
+        and making their views anew would cost as much Python time as a few of them)."""
+        key = (nt, ns, kk)
+        if key not in self._view_cache:
+            M, R, f = self.D.shape[0], nt * ns * kk, self.forms
+            logits4 = self.logits[: R * M].view(nt, ns, kk, M)
+            logits = logits4.view(R, M)
+            weights = logits if self.weights is self.logits else self.weights[: R * M].view(R, M)
+            y = self.products[: R * f.width].view(R, f.width)
+            table = torch.empty((nt, ns, 1, M), dtype=self.work, device=self.device)
+            tail = self.tail[:, :R]
+            self._view_cache[key] = _BlockViews(
+                table=table, tables=list(table.unbind(0)), logits_t=list(logits4.unbind(0)), logits=logits,
+                z=self.z[:R], weights=weights,
+                products=[(weights[:, :e1], y[:, e0 : e0 + W.shape[1]], W) for e0, e1, W in f.blocks],
+                y_dot=y[:, :M], n_cols=[y[:, col] for col in range(M, f.width)], tail=list(tail.unbind(0)),
+                tail_sums=tail[1:].view(2, nt, ns, kk),
+            )
+        return self._view_cache[key]
+
+
+@dataclass
+class _BlockViews:
+    table: torch.Tensor  # (nt, ns, 1, M): -cb_t D_i
+    tables: List[torch.Tensor]  # its nt slices
+    logits_t: List[torch.Tensor]  # (ns, kk, M) per timestep, views of ``logits``
+    logits: torch.Tensor  # (R, M), the logits and then, in place, the unnormalised weights
+    z: torch.Tensor  # (R,) their row sums
+    weights: torch.Tensor  # (R, M) in the products' dtype (``logits`` itself when that is the work dtype)
+    products: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (input, output, W) per column block
+    y_dot: torch.Tensor  # (R, M) the products e @ D by column block, then their products with e
+    n_cols: List[torch.Tensor]  # (R,) e . (n - nbar) / nscale (hi, lo in bf16)
+    tail: List[torch.Tensor]  # 1 / z, e^T D e / (dscale z^2), e . (n - nbar) / (nscale z): (R,) float64
+    tail_sums: torch.Tensor  # the last two as (2, nt, ns, kk)
+
 
 class _PairForms:
     """Per-query e^T D e and e . (n - nbar) for a block of unnormalised weights e (R, M), by column blocks.
@@ -390,7 +446,6 @@ class _PairForms:
     def __init__(self, D64: torch.Tensor, n64: torch.Tensor, precision: str, with_n: bool = True):
         M = self.M = D64.shape[0]
         self.dtype = {"float64": torch.float64, "bf16": torch.bfloat16}.get(precision, torch.float32)
-        self.tf32 = precision == "tf32"
         off = float(D64.sum()) / (M * (M - 1))
         self.dscale = off if off > 0 else 1.0
         self.nbar = float(n64.mean())
@@ -415,14 +470,16 @@ class _PairForms:
                 W = torch.cat([W, ncols], 1)
             self.blocks.append((e0, e1, W.to(self.dtype).contiguous()))
 
-    def __call__(self, e: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """e^T D e / dscale per row of e (R, M), as e's dtype; y (R, width) receives the products, its
-        last columns the parts of e . (n - nbar) / nscale (see ``n_columns``)."""
-        with _matmul_precision(e.device, "tf32" if self.tf32 else "ieee"):
-            for e0, e1, W in self.blocks:
-                torch.mm(e[:, :e1], W, out=y[:, e0 : e0 + W.shape[1]])
-        # the row dot products, multiplying in place: a temporary of R x M would cost page faults per block
-        return torch.mul(y[:, : self.M], e, out=y[:, : self.M]).sum(-1)
+
+def _runs(steps: List[int]) -> List[Tuple[int, int]]:
+    """Maximal runs [a, b) of consecutive integers in the sorted list ``steps``."""
+    runs: List[Tuple[int, int]] = []
+    for t in steps:
+        if runs and runs[-1][1] == t:
+            runs[-1] = (runs[-1][0], t + 1)
+        else:
+            runs.append((t, t + 1))
+    return runs
 
 
 def _column_edges(M: int) -> List[int]:
@@ -483,7 +540,8 @@ def _plan(M: int, K: int, d: int, chunk_size: Optional[int], device, work: torch
     else:
         sources, noise = 1, chunk_size
     rows = sources * noise
-    return _Plan(sources=sources, noise=noise, block_rows=block_rows, buffer_rows=max(rows, (block_rows // rows) * rows))
+    buffer_rows = max(rows, (block_rows // rows) * rows)
+    return _Plan(sources=sources, noise=noise, block_rows=block_rows, buffer_rows=buffer_rows)
 
 
 @contextmanager
@@ -513,9 +571,15 @@ def _projections(i0: int, i1: int, noise: int, seed: int, ids: np.ndarray, xt: t
     def draw(i):
         return source_noise(seed, int(ids[i]), noise, d, device=device, dtype=torch.float32)
 
-    for g0 in range(i0, i1, step):
-        group = range(g0, min(i1, g0 + step))
-        noises = list(threads.map(draw, group)) if threads is not None else [draw(i) for i in group]
+    groups = [range(g0, min(i1, g0 + step)) for g0 in range(i0, i1, step)]
+    pending = [threads.submit(draw, i) for i in groups[0]] if threads is not None else None
+    for g, group in enumerate(groups):
+        if threads is None:
+            noises = [draw(i) for i in group]
+        else:  # the next group's noise is drawn while this group's products run
+            noises = [f.result() for f in pending]
+            if g + 1 < len(groups):
+                pending = [threads.submit(draw, i) for i in groups[g + 1]]
         with _matmul_precision(device, "ieee"):  # P feeds the logits: never TF32 or bf16 inside
             for i, eps in zip(group, noises):
                 Pi = torch.mm(eps.to(xt.dtype), xt, out=P[i - i0])
