@@ -76,6 +76,7 @@ class Curve:
         variance: V(t) = h_t^2 trcov ("covariance" form) or h_t^2 (1 - S) ("paper" form).
         S_stderr, variance_stderr: standard errors over the M sources (queries of one source are correlated).
         precision: the precision the heavy products ran in ("float64", "float32", "bf16" or "tf32").
+        per_source_S, per_source_trcov: (T, M) the averages over each source's K queries (for the bootstrap).
     """
 
     t: np.ndarray
@@ -91,6 +92,8 @@ class Curve:
     likelihood: str
     form: str
     precision: str = "float32"
+    per_source_S: Optional[np.ndarray] = None
+    per_source_trcov: Optional[np.ndarray] = None
 
 
 def timestep_grid(timesteps: int) -> np.ndarray:
@@ -277,6 +280,7 @@ def estimate(
     return Curve(
         t=t, S=S, trcov=trcov, h2=h2, variance=variance, S_stderr=S_se, variance_stderr=variance_se,
         samples=M, noise=noise, dim=d, likelihood=likelihood, form=form, precision=prec,
+        per_source_S=per_source_sep, per_source_trcov=per_source_tr,
     )
 
 
