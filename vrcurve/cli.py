@@ -179,6 +179,10 @@ def estimate(
                                         "bf16 dot products, TF32 on recent GPUs, else float32), float32, bf16, tf32 (CUDA)."),
     table_size: int = typer.Option(4096, "--table-size", min=2, help="U, entries of the inverse-CDF table minus one."),
     fit_scale: bool = typer.Option(False, "--fit-scale", help="Also fit the logit-normal scale s."),
+    bootstrap: int = typer.Option(200, "--bootstrap", min=0, help="Bootstrap replicates over sources for the 90% "
+                                  "interval of m (0: none)."),
+    check_convergence: bool = typer.Option(False, "--check-convergence", help="Also estimate on nested subsets M/4 "
+                                           "and M/2 (same noise) and say whether the density and m have settled."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing artifact."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success; no progress bar."),
@@ -201,20 +205,37 @@ def estimate(
             chunk_size=chunk_size, table_size=table_size, fit_scale=fit_scale, overwrite=overwrite, progress=report,
             moments=moments.value if moments is not None else None, moments_kind=moments_kind.value,
             scaling_factor=scaling_factor, shift_factor=shift_factor, resolution=resolution, skip_bad=skip_bad,
-            precision=precision.value,
+            precision=precision.value, bootstrap=bootstrap, check_convergence=check_convergence,
         )
     finally:
         if bar is not None:
             bar.stop()
     summary = result.summary()
+    conv = result.convergence
+    if conv is not None and not conv.settled and not quiet:
+        err.print(f"warning: {conv.message()}", markup=False)
     if as_json:
         print(json.dumps(summary))
     elif not quiet:
         table = Table(show_header=False, box=None, pad_edge=False)
         for k in ("artifact", "scheduler", "samples", "noise", "timesteps", "dim", "likelihood", "form", "peak_t",
-                  "logitnormal_m", "logitnormal_m_grid", "ks", "elapsed_s", "device"):
-            table.add_row(k, _fmt(summary[k]))
-        out.print(table)
+                  "logitnormal_m", "logitnormal_m_ci90", "logitnormal_m_grid", "ks", "elapsed_s", "device"):
+            if k in summary:
+                value = summary[k]
+                table.add_row(k, f"[{value[0]:.4f}, {value[1]:.4f}]" if k == "logitnormal_m_ci90" else _fmt(value))
+        out.print(table, markup=False)
+        if conv is not None:
+            out.print(convergence_table(conv))
+            out.print(conv.message(), markup=False)
+
+
+def convergence_table(conv) -> Table:
+    """The nested-subset table of ``--check-convergence``."""
+    table = Table("M", "KS to full M", "logit-normal m", box=None, title="convergence in M (same noise)",
+                  title_justify="left")
+    for row in conv.rows:
+        table.add_row(str(row.samples), f"{row.ks_to_full:.4f}", f"{row.m:+.4f}")
+    return table
 
 
 def _fmt(value: Any) -> str:

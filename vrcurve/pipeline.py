@@ -12,6 +12,8 @@ import numpy as np
 import torch
 
 from .artifact import write_artifact
+from .convergence import ConvergenceReport, bootstrap_m
+from .convergence import check_convergence as convergence_check
 from .density import Density, density_from_curve
 from .errors import VRCurveError
 from .estimator import Curve, estimate
@@ -28,6 +30,7 @@ class EstimateResult:
     density: Density
     fit: LogitNormalFit
     metadata: Dict[str, Any]
+    convergence: Optional[ConvergenceReport] = None
 
     @property
     def peak_t(self) -> float:
@@ -42,6 +45,7 @@ class EstimateResult:
             "form": m["form"], "logitnormal_m": m["logitnormal_m"], "logitnormal_m_grid": m["logitnormal_m_grid"],
             "logitnormal_s": m["logitnormal_s"], "ks": m["ks"], "peak_t": self.peak_t, "elapsed_s": m["elapsed_s"],
             "device": m["device"],
+            **{k: m[k] for k in ("logitnormal_m_ci90", "convergence") if k in m},
         }
 
 
@@ -87,16 +91,22 @@ def run_estimate(
     resolution: Optional[int] = None,
     skip_bad: bool = False,
     precision: str = "auto",
+    bootstrap: int = 200,
+    check_convergence: bool = False,
 ) -> EstimateResult:
     """Run the whole estimate and write the artifact to ``out`` (atomically; nothing on failure).
 
     ``data``, ``key``, ``resolution`` and ``skip_bad`` go to ``open_source``; ``moments``, ``moments_kind``,
     ``scaling_factor`` and ``shift_factor`` say how stored rows become latents (``LatentTransform``).
+    ``bootstrap`` replicates give a 90% interval for m (0: none); ``check_convergence`` also estimates the
+    curve on nested subsets M/4 and M/2 of the samples with the same noise (``vrcurve.convergence``).
     """
     started = time.perf_counter()
     out = Path(out)
     if out.exists() and not overwrite:
         raise VRCurveError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+    if bootstrap < 0:
+        raise VRCurveError(f"--bootstrap must be 0 (off) or a positive number of replicates, got {bootstrap}.")
     if timesteps < 2 or table_size < 2:
         raise VRCurveError(f"--timesteps and the table size must be at least 2, got {timesteps} and {table_size}.")
     dev = resolve_device(device)
@@ -104,13 +114,19 @@ def run_estimate(
                                 shift_factor=shift_factor)
     source = open_source(data, key=key, resolution=resolution, skip_bad=skip_bad)
     chosen = load_samples(source, samples, seed, normalization, transform)
-    curve = estimate(
-        torch.from_numpy(chosen.x), scheduler, noise=noise, timesteps=timesteps, seed=seed, likelihood=likelihood,
-        form=form, chunk_size=chunk_size, device=dev, source_ids=chosen.indices, progress=progress,
-        precision=precision,
-    )
+    x = torch.from_numpy(chosen.x)
+    settings = dict(scheduler=scheduler, noise=noise, timesteps=timesteps, seed=seed, likelihood=likelihood, form=form,
+                    chunk_size=chunk_size, device=dev, precision=precision)
+    curve = estimate(x, source_ids=chosen.indices, progress=progress, **settings)
     density = density_from_curve(curve.variance, table_size)
     fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)
+    interval = bootstrap_m(curve, fit.m_continuous, replicates=bootstrap, seed=seed) if bootstrap else None
+    convergence = None
+    if check_convergence:
+        convergence = convergence_check(
+            curve, density.cdf, fit.m_continuous,
+            lambda pos: estimate(x[pos], source_ids=chosen.indices[pos], **settings), seed,
+        )
     elapsed = time.perf_counter() - started
     metadata = {
         "time_convention": "t0_noise",
@@ -132,6 +148,12 @@ def run_estimate(
         "logitnormal_m_grid": fit.m_grid,
         "logitnormal_s": fit.s,
         "ks": fit.ks,
+        **({} if interval is None else {
+            "logitnormal_m_ci90": [interval.low, interval.high],
+            "bootstrap": {"replicates": interval.replicates, "level": interval.level, "m_std": interval.std,
+                          "over": "sources", "s": 1.0},
+        }),
+        **({} if convergence is None else {"convergence": convergence.as_metadata()}),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 3),
         "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
@@ -142,4 +164,4 @@ def run_estimate(
         "S_stderr": curve.S_stderr, "variance_stderr": curve.variance_stderr,
     }
     write_artifact(out, tensors, metadata)
-    return EstimateResult(path=out, curve=curve, density=density, fit=fit, metadata=metadata)
+    return EstimateResult(path=out, curve=curve, density=density, fit=fit, metadata=metadata, convergence=convergence)
