@@ -203,3 +203,24 @@ def test_import_and_sampling_stay_light(tiny_artifact):
             "print([m for m in ['typer', 'rich', 'h5py', 'scipy', 'PIL', 'matplotlib'] if m in sys.modules])")
     p = subprocess.run([sys.executable, "-c", code, str(tiny_artifact)], capture_output=True, text=True, check=True)
     assert p.stdout.strip() == "[]"
+
+
+def test_bootstrap_interval_and_convergence_table_are_stored_and_printed(tiny_npy, tmp_path):
+    out = tmp_path / "c.safetensors"
+    res = run("estimate", "--data", tiny_npy, "-o", out, "-M", "16", "-K", "4", "-T", "50", "--check-convergence",
+              "--bootstrap", "50", "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    meta = read_artifact(out)[1]
+    lo, hi = meta["logitnormal_m_ci90"]
+    assert lo <= meta["logitnormal_m"] <= hi and meta["bootstrap"]["replicates"] == 50
+    assert [r["samples"] for r in meta["convergence"]["rows"]] == [4, 8, 16]
+    assert summary["convergence"] == meta["convergence"] and summary["logitnormal_m_ci90"] == [lo, hi]
+    if not meta["convergence"]["settled"]:
+        assert "NOT settled" in res.stderr
+    human = run("estimate", "--data", tiny_npy, "-o", out, "-M", "16", "-K", "4", "-T", "50", "--check-convergence",
+                "--overwrite")
+    assert "convergence in M" in human.stdout and "logitnormal_m_ci90" in human.stdout
+    run("estimate", "--data", tiny_npy, "-o", out, *SMALL, "--bootstrap", "0", "--overwrite", "-q")
+    meta = read_artifact(out)[1]
+    assert "logitnormal_m_ci90" not in meta and "convergence" not in meta
