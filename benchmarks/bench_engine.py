@@ -8,11 +8,13 @@ For each data dimension d (default 3072, 4096, 16384) with M = 200 samples and K
            tr Cov = w . n - ||E[x1|q]||^2. The noise of a chunk is drawn once and reused for every timestep,
            and its drawing is not timed. It is timed on a few timesteps only (--direct-timesteps), and its
            cost per timestep is the mean over them.
-- vrcurve: ``vrcurve.estimator`` with the same samples, the same noise (``source_noise``) and the same
-           timesteps: its per-timestep work (engine blocks of 20 sources' queries at those timesteps) is
-           timed the same way; its one-time O(d) work (noise and projections) is reported apart.
-- check:   S_t and V(t) of both on those timesteps, from the same noise, and their largest relative
-           difference (vrcurve runs its products in the precision that ``--precision`` resolves to).
+- vrcurve: ``vrcurve.estimator`` with the same samples and the same noise (``source_noise``), run as
+           ``estimate`` runs it: its blocks of a few consecutive timesteps (4 at M = 200, K = 500), one
+           starting at each of the direct one's timesteps, are timed, and the cost per timestep is over all
+           the timesteps they cover; its one-time O(d) work (noise and projections) is reported apart.
+- check:   S_t and V(t) of both on the direct one's timesteps, from the same noise, and their largest
+           relative difference (vrcurve runs its products in the precision ``--precision`` resolves to).
+- load:    the share of the CPUs that other processes took meanwhile (the machine may be shared).
 - full:    the whole estimate, T = 1000, in a fresh child process: wall time and peak RSS (``ru_maxrss``
            of the child, and its growth over the RSS after the imports and the data).
 - cli:     with --cli, the whole ``vrcurve estimate`` command on a .npy file of the samples (end to end).
@@ -44,6 +46,34 @@ import torch
 
 from vrcurve import estimator as est
 from vrcurve.schedulers import LinearScheduler
+
+
+class OtherLoad:
+    """CPU time that other processes took while this one measured (the machine may be shared): the busy
+    time of /proc/stat minus this process's and its children's own CPU time, as a share of all CPUs."""
+
+    def __enter__(self):
+        self.busy, self.own, self.wall = self._busy(), self._own(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self.wall
+        others = (self._busy() - self.busy) - (self._own() - self.own)
+        self.share = max(0.0, others) / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0
+
+    @staticmethod
+    def _busy() -> float:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(a) for a in f.readline().split()[1:]]
+        except OSError:
+            return 0.0
+        return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
 
 
 def make_data(kind: str, M: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -108,31 +138,39 @@ def direct(x, sched, ks, T, K, seed, tau, chunk_queries):
 
 def vrcurve_timesteps(x, sched, ks, T, K, seed, tau, precision):
     """The engine's per-source sums at timesteps ``ks``: (sep, tr) of shape (len(ks), M), the seconds of
-    per-timestep work and of the one-time work (noise and projections)."""
+    per-timestep work, of the one-time work (noise and projections), the precision and the timesteps timed.
+
+    The engine runs as ``estimate`` runs it (its default chunks and blocks): each timed block covers the
+    block's usual number of consecutive timesteps from k on, and the cost per timestep is over all of them.
+    """
     M, d = x.shape
     t = torch.from_numpy(est.timestep_grid(T))
     s = (sched.sigma(t) / sched.alpha(t)).numpy()
-    prec = est.resolve_precision(precision, "cpu", torch.float32)
+    cpu = torch.device("cpu")
+    prec = est.resolve_precision(precision, cpu, torch.float32)
     _, n64, D64 = est.gram(x)
     engine = est._Engine(D64, n64, s, tau, prec, "covariance")
-    per = 20 if K <= 500 else 1  # 20 sources of 500 queries: the engine's block of 10,000 rows
-    engine.allocate(per * K)
+    plan = est._plan(M, K, d, None, cpu, torch.float32, engine.forms.dtype)
+    engine.allocate(plan.buffer_rows)
+    tb = max(1, plan.block_rows // (plan.sources * plan.noise))
     ids = np.arange(M)
     xt = x.T.contiguous()
     sums = torch.zeros(2, len(ks), M, dtype=torch.float64)
     work = once = 0.0
-    with est._noise_pool(torch.device("cpu"), per) as pool:
-        for i0 in range(0, M, per):
-            i1 = min(M, i0 + per)
+    with est._noise_pool(cpu, plan.sources) as pool:
+        for i0 in range(0, M, plan.sources):
+            i1 = min(M, i0 + plan.sources)
             started = time.perf_counter()
             P, bound = est._projections(i0, i1, K, seed, ids, xt, tau, pool)
             chunk = engine.chunk(P, i0, bound)
-            mid = time.perf_counter()
-            for j, k in enumerate(ks):
-                sums[:, j : j + 1, i0:i1] += engine.block(chunk, 0, K, k, k + 1)
-            work += time.perf_counter() - mid
-            once += mid - started
-    return sums[1], sums[0], work, once, prec
+            once += time.perf_counter() - started
+            started = time.perf_counter()
+            for k0 in range(0, K, plan.noise):
+                for j, k in enumerate(ks):
+                    sums[:, j, i0:i1] += engine.block(chunk, k0, min(K, k0 + plan.noise), k, min(T, k + tb))[:, 0]
+            work += time.perf_counter() - started
+    timed = sum(min(T, k + tb) - k for k in ks)
+    return sums[1], sums[0], work / timed, once, prec, tb
 
 
 def child(args) -> None:
@@ -210,9 +248,10 @@ def main():
     for d in [int(v) for v in args.dims.split(",")]:
         x = make_data(args.data, M, d)
         tau = float(d)
-        sep_v, tr_v, work_v, once_v, prec = vrcurve_timesteps(x, sched, ks, T, K, 0, tau, args.precision)
-        sep_d, tr_d, work_d = direct(x, sched, ks, T, K, 0, tau, args.direct_chunk)
-        per_v, per_d = work_v / len(ks), work_d / len(ks)
+        with OtherLoad() as side_by_side:
+            sep_v, tr_v, per_v, once_v, prec, tb = vrcurve_timesteps(x, sched, ks, T, K, 0, tau, args.precision)
+            sep_d, tr_d, work_d = direct(x, sched, ks, T, K, 0, tau, args.direct_chunk)
+        per_d = work_d / len(ks)
         t = torch.from_numpy(est.timestep_grid(T)[ks])
         h2 = sched.h(t).double() ** 2
         V_v, V_d = h2 * tr_v.sum(1), h2 * tr_d.sum(1)
@@ -221,22 +260,26 @@ def main():
         dS = float(((S_v - S_d).abs() / S_d.abs()).max())
         print(f"\nd = {d}: vrcurve products in {prec}")
         print(f"  direct   {per_d:9.3f} s per timestep")
-        print(f"  vrcurve  {per_v * 1e3:9.2f} ms per timestep (same timesteps); one-time noise + projections "
-              f"{once_v:.2f} s")
+        print(f"  vrcurve  {per_v * 1e3:9.2f} ms per timestep (its blocks of {tb} timesteps from each of those on); "
+              f"one-time noise + projections {once_v:.2f} s")
         print(f"  ratio    {per_d / per_v:9.0f}x per timestep")
         print(f"  check    same noise, same timesteps: max relative difference V {dV:.1e}, S {dS:.1e}")
+        print(f"  load     other processes took {side_by_side.share:.0%} of the CPUs meanwhile")
         row = {"d": d, "direct": per_d, "vrcurve": per_v, "ratio": per_d / per_v, "once": once_v, "dV": dV}
         if not args.no_full:
-            full = full_curve(args, d)
+            with OtherLoad() as load:
+                full = full_curve(args, d)
             print(f"  full     T = {T}: {full['wall']:.1f} s ({full['precision']}), "
                   f"peak RSS {full['peak_mib']:.0f} MiB "
                   f"({full['peak_mib'] - full['before_mib']:+.0f} MiB over the {full['before_mib']:.0f} MiB "
-                  "after imports and data)")
+                  f"after imports and data); other processes took {load.share:.0%} of the CPUs meanwhile")
             row.update(full=full["wall"], peak=full["peak_mib"], grow=full["peak_mib"] - full["before_mib"])
         if args.cli:
-            wall, peak, summary = cli_end_to_end(args, d)
+            with OtherLoad() as load:
+                wall, peak, summary = cli_end_to_end(args, d)
             print(f"  cli      vrcurve estimate --data x.npy (whole command, T = {T}): {wall:.1f} s, "
-                  f"peak RSS {peak:.0f} MiB, logit-normal m = {summary['logitnormal_m']:.3f}")
+                  f"peak RSS {peak:.0f} MiB, logit-normal m = {summary['logitnormal_m']:.3f}; "
+                  f"other processes took {load.share:.0%} of the CPUs meanwhile")
             row.update(cli=wall, cli_peak=peak)
         rows.append(row)
     print("\nsummary")

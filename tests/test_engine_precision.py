@@ -13,7 +13,8 @@ import torch
 from reference import direct_estimate
 from vrcurve.density import density_from_curve
 from vrcurve.errors import VRCurveError
-from vrcurve.estimator import _Engine, _cpu_has_native_bf16, _projections, estimate, gram, resolve_precision
+from vrcurve.estimator import (_Engine, _NoiseDraws, _cpu_has_native_bf16, _projections, estimate, gram,
+                               resolve_precision)
 from vrcurve.fit import fit_logitnormal
 from vrcurve.readers import open_source
 from vrcurve.samples import load_samples
@@ -115,7 +116,7 @@ def test_row_maximum_path_equals_direct():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(5, 100, generator=g, dtype=torch.float64) * 0.05
     xt = x.T.contiguous()
-    _, bound = _projections(0, 5, 6, 0, np.arange(5), xt, 1.0, (None, 1))
+    _, bound = _projections(0, 5, 6, 0, np.arange(5), xt, 1.0, _NoiseDraws(None, 1))
     assert bound > 20.0  # _MAX_UNSHIFTED_LOGIT: this run takes the row-maximum path
     curve = estimate(x, CosineScheduler(), noise=6, timesteps=20, likelihood="sum", dtype=torch.float64)
     S, tr, _, _ = direct_estimate(x, CosineScheduler(), noise=6, timesteps=20, likelihood="sum")
@@ -132,7 +133,7 @@ def test_collapsed_timesteps_are_skipped_and_exact():
     s = (sched.sigma(t) / sched.alpha(t)).numpy()
     _, n, D = gram(x)
     engine = _Engine(D, n, s, 1.0, "float64", "covariance")
-    P, bound = _projections(0, 6, 5, 0, np.arange(6), x.T.contiguous(), 1.0, (None, 1))
+    P, bound = _projections(0, 6, 5, 0, np.arange(6), x.T.contiguous(), 1.0, _NoiseDraws(None, 1))
     collapsed = engine.chunk(P, 0, bound).collapsed
     assert collapsed.any() and not collapsed.all()
     curve = estimate(x, sched, noise=5, timesteps=T, likelihood="sum", dtype=torch.float64)

@@ -81,14 +81,19 @@ def _user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except VRCurveError as exc:
-            # escape: a message may hold brackets (pip install 'vrcurve[plot]') that are not markup.
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
+            _print_error(exc)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted; nothing was written.")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _print_error(exc: Exception):
+    # escape: a message may hold brackets (pip install 'vrcurve[plot]') that are not markup.
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
+    err.file.flush()
 
 
 def _version(value: bool):
@@ -173,7 +178,8 @@ def estimate(
                                              "(default: the images' own size, which must then be the same for all)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip chosen images or .npy files that cannot be decoded, draw "
                                   "others instead, and record how many."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda:N, a list (cuda:0,cuda:1) to split the work over, or "
+                               "cuda for every visible GPU (under torchrun: cuda:LOCAL_RANK)."),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Queries per chunk (default: from free memory)."),
     precision: Precision = typer.Option(Precision.auto, "--precision", help="Of the heavy products: auto (bf16 on CPUs with "
                                         "bf16 dot products, TF32 on recent GPUs, else float32), float32, bf16, tf32 (CUDA)."),
@@ -195,21 +201,35 @@ def estimate(
         raise typer.BadParameter(f"{scheduler!r} is not one of {', '.join(SCHEDULERS)} nor module:object.",
                                  param_hint="--scheduler")
     sched = get_scheduler(scheduler, shift=shift, beta_min=beta_min, beta_max=beta_max, custom=custom)
-    bar, report = _progress_reporter(not quiet and not as_json)
-    try:
-        if bar is not None:
-            bar.start()
-        result = run_estimate(
-            data, out_path, sched, key=key, samples=_parse_samples(samples), noise=noise, timesteps=timesteps,
-            seed=seed, likelihood=likelihood.value, form=form.value, normalization=normalize.value, device=device,
-            chunk_size=chunk_size, table_size=table_size, fit_scale=fit_scale, overwrite=overwrite, progress=report,
-            moments=moments.value if moments is not None else None, moments_kind=moments_kind.value,
-            scaling_factor=scaling_factor, shift_factor=shift_factor, resolution=resolution, skip_bad=skip_bad,
-            precision=precision.value, bootstrap=bootstrap, check_convergence=check_convergence,
-        )
-    finally:
-        if bar is not None:
-            bar.stop()
+    from .distributed import RankFailed, launch, local_device
+
+    with launch(device) as ranks:  # None unless started by torchrun
+        if ranks is not None:
+            device = local_device(device, ranks.local_rank)
+        writer = ranks is None or ranks.rank == 0
+        bar, report = _progress_reporter(writer and not quiet and not as_json)
+        try:
+            if bar is not None:
+                bar.start()
+            result = run_estimate(
+                data, out_path, sched, key=key, samples=_parse_samples(samples), noise=noise, timesteps=timesteps,
+                seed=seed, likelihood=likelihood.value, form=form.value, normalization=normalize.value, device=device,
+                chunk_size=chunk_size, table_size=table_size, fit_scale=fit_scale, overwrite=overwrite,
+                progress=report, moments=moments.value if moments is not None else None,
+                moments_kind=moments_kind.value, scaling_factor=scaling_factor, shift_factor=shift_factor,
+                resolution=resolution, skip_bad=skip_bad, precision=precision.value, bootstrap=bootstrap,
+                check_convergence=check_convergence, ranks=ranks,
+            )
+        except RankFailed as exc:  # raised on every rank at once; the failing rank prints its message
+            if exc.show:
+                _print_error(exc)
+            ranks.settle()  # before any rank exits: torchrun stops the others when the first one does
+            raise typer.Exit(1) from None
+        finally:
+            if bar is not None:
+                bar.stop()
+    if not writer:
+        return  # under torchrun only rank 0 prints
     summary = result.summary()
     conv = result.convergence
     if conv is not None and not conv.settled and not quiet:

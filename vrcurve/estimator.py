@@ -34,11 +34,12 @@ timesteps x the queries of a few sources (about 10,000 rows of M on CPU, so that
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -96,6 +97,36 @@ class Curve:
     per_source_trcov: Optional[np.ndarray] = None
 
 
+class Ranks(Protocol):
+    """The processes of a distributed run, as ``estimate`` needs them (``vrcurve.distributed`` makes one)."""
+
+    rank: int
+    world_size: int
+
+    def sum_sources(self, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """Run ``compute`` here, agree that every rank succeeded, and return the sum over ranks of its result."""
+
+
+def share(n: int, part: int, parts: int) -> Tuple[int, int]:
+    """The contiguous block [lo, hi) of ``range(n)`` that part ``part`` of ``parts`` computes (sizes differ
+    by at most one)."""
+    return part * n // parts, (part + 1) * n // parts
+
+
+def device_list(device) -> List[torch.device]:
+    """One device, a sequence of devices, or a comma-separated string ("cuda:0,cuda:1", "cpu,cpu")."""
+    if isinstance(device, str):
+        device = [d.strip() for d in device.split(",")]
+    elif isinstance(device, torch.device) or not isinstance(device, Sequence):
+        device = [device]
+    devices = [torch.device(d) for d in device]
+    if not devices:
+        raise VRCurveError("no device given; use cpu, cuda, cuda:N or a comma-separated list of them.")
+    if len({d.type for d in devices}) > 1:
+        raise VRCurveError(f"the devices {', '.join(map(str, devices))} are of different types; list devices of one type.")
+    return devices
+
+
 def timestep_grid(timesteps: int) -> np.ndarray:
     """Bin midpoints t_k = (k + 0.5) / T, k = 0..T-1 (SPEC §2.3), float64, shape (T,)."""
     return (np.arange(timesteps, dtype=np.float64) + 0.5) / timesteps
@@ -106,14 +137,18 @@ def source_seed(seed: int, source: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(source)]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def source_noise(seed: int, source: int, noise: int, dim: int, *, device="cpu", dtype=torch.float32) -> torch.Tensor:
+def source_noise(seed: int, source: int, noise: int, dim: int, *, device="cpu", dtype=torch.float32,
+                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The K noises eps of the queries of ``source``, shape (K, d).
 
     Query q = source * K + k gets row k. The values depend on (seed, source, K, d) and the device type
-    only, so chunking, device count and rank count cannot change them.
+    only, so chunking, device count and rank count cannot change them. ``out``, a (K, d) tensor on
+    ``device``, receives the same values (its dtype then takes the place of ``dtype``).
     """
     gen = torch.Generator(device=device)
     gen.manual_seed(source_seed(seed, source))
+    if out is not None:
+        return torch.randn((noise, dim), generator=gen, out=out)
     return torch.randn((noise, dim), generator=gen, device=device, dtype=dtype)
 
 
@@ -189,6 +224,7 @@ def estimate(
     source_ids: Optional[Sequence[int]] = None,
     progress: Optional[Callable[[float, int], None]] = None,
     precision: str = "float32",
+    ranks: Optional["Ranks"] = None,
 ) -> Curve:
     """Estimate S_t, tr Cov and V(t) on the T-point grid (SPEC §2.1-2.3).
 
@@ -202,13 +238,19 @@ def estimate(
             result does not depend on the order of the rows of x; default 0..M-1.
         likelihood: "mean" (tau = d) or "sum" (tau = 1, the exact posterior of the empirical distribution).
         form: "covariance" (V = h^2 tr Cov / d) or "paper" (V = h^2 (1 - S)).
-        chunk_size: queries per chunk; by default chosen from the memory of ``device``.
-        device: where the products run.
+        chunk_size: queries per chunk (per device); by default chosen from the memory of each device.
+        device: where the products run: one device, or a sequence of devices of one type (or a string
+            "cuda:0,cuda:1"), over which the sources are split and computed concurrently.
         dtype: working precision, float32 or float64 (accumulation over queries is float64 always).
         progress: called as progress(done, total) after each work block, with ``done`` the timesteps'
             worth of work finished (fractional while a chunk of queries is in flight) and ``total`` = T.
         precision: of the heavy products w @ D: "float32" (products in ``dtype``), "bf16", "tf32" (CUDA)
             or "auto" (see ``resolve_precision``; the command line's default).
+        ranks: the processes of a distributed run (``vrcurve.distributed.Ranks``); this process then
+            computes only its share of the sources, and every rank gets the whole curve.
+
+    The sources are split into contiguous blocks (over ranks, then over this rank's devices); the noise of
+    a source depends on (seed, source id) only, so the result is the same, to round-off, whatever the split.
     """
     if likelihood not in LIKELIHOODS:
         raise VRCurveError(f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}.")
@@ -222,8 +264,8 @@ def estimate(
         raise VRCurveError(f"the estimate needs at least 2 samples, got {M}; pass --samples 2 or more.")
     if chunk_size is not None and chunk_size < 1:
         raise VRCurveError(f"chunk size must be at least 1, got {chunk_size}.")
-    device = torch.device(device)
-    prec = resolve_precision(precision, device, dtype)
+    devices = device_list(device)
+    prec = resolve_precision(precision, devices[0], dtype)
     t = timestep_grid(timesteps)
     tt = torch.from_numpy(t)
     a, m = scheduler.alpha(tt), scheduler.sigma(tt)
@@ -241,34 +283,26 @@ def estimate(
         raise ValueError(f"source_ids must have shape ({M},), got {ids.shape}")
 
     work = torch.float64 if prec == "float64" else torch.float32
-    xd = x.to(device=device, dtype=work)
-    _, n64, D64 = gram(xd)
-    engine = _Engine(D64, n64, s, tau, prec, form)
-    plan = _plan(M, noise, d, chunk_size, device, work, engine.forms.dtype)
-    engine.allocate(plan.buffer_rows)
+    lo, hi = (0, M) if ranks is None else share(M, ranks.rank, ranks.world_size)
+    job = _Job(x=x, s=s, tau=tau, prec=prec, form=form, noise=noise, timesteps=timesteps, seed=seed, ids=ids,
+               chunk_size=chunk_size, work=work, progress=_Progress(progress, (hi - lo) * noise, timesteps))
 
-    sums = torch.zeros((2, timesteps, M), dtype=torch.float64, device=device)  # tr Cov, ||E[x1|q]||^2
-    Q = M * noise
-    xt = xd.T.contiguous()  # (d, M)
-    done = 0
-    fp32_products = "tf32" if prec == "tf32" else "ieee"
-    with _noise_pool(device, plan.sources) as pool, _matmul_precision(device, fp32_products):
-        for i0 in range(0, M, plan.sources):
-            i1 = min(M, i0 + plan.sources)
-            P, max_logit = _projections(i0, i1, noise, seed, ids, xt, tau, pool)
-            chunk = engine.chunk(P, i0, max_logit)
-            for k0 in range(0, noise, plan.noise):
-                k1 = min(noise, k0 + plan.noise)
-                rows = (i1 - i0) * (k1 - k0)
-                tb = max(1, min(timesteps, plan.block_rows // rows))
-                for t0 in range(0, timesteps, tb):
-                    t1 = min(timesteps, t0 + tb)
-                    sums[:, t0:t1, i0:i1] += engine.block(chunk, k0, k1, t0, t1)
-                    done += (t1 - t0) * rows
-                    if progress is not None:
-                        progress(done / Q, timesteps)
+    def local_sums() -> np.ndarray:
+        sums = np.zeros((2, timesteps, M))
+        parts = [share(hi - lo, j, len(devices)) for j in range(len(devices))]
+        ranges = [(lo + a, lo + b) for a, b in parts]
+        if len(devices) == 1:
+            sums[:, :, lo:hi] = _device_sums(job, devices[0], lo, hi)
+        else:  # one thread per device: torch releases the GIL inside its kernels
+            with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+                futures = [pool.submit(_device_sums, job, dev, a, b) for dev, (a, b) in zip(devices, ranges)]
+                for (a, b), f in zip(ranges, futures):
+                    sums[:, :, a:b] = f.result()
+        return sums
 
-    per_source_tr, per_source_sep = (sums / (noise * d)).cpu().numpy()  # (T, M) each
+    # Sources of other ranks stay 0 here, so the reduction adds every entry to zeros: exact in any order.
+    sums = local_sums() if ranks is None else ranks.sum_sources(local_sums)
+    per_source_tr, per_source_sep = sums / (noise * d)  # (T, M) each
     S = per_source_sep.mean(axis=1)
     trcov = per_source_tr.mean(axis=1)
     S_se = per_source_sep.std(axis=1, ddof=1) / math.sqrt(M)
@@ -282,6 +316,77 @@ def estimate(
         samples=M, noise=noise, dim=d, likelihood=likelihood, form=form, precision=prec,
         per_source_S=per_source_sep, per_source_trcov=per_source_tr,
     )
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every device of an estimate shares: the data (M, d) on the CPU and the settings."""
+
+    x: torch.Tensor
+    s: np.ndarray
+    tau: float
+    prec: str
+    form: str
+    noise: int
+    timesteps: int
+    seed: int
+    ids: np.ndarray
+    chunk_size: Optional[int]
+    work: torch.dtype
+    progress: "_Progress"
+
+
+class _Progress:
+    """Adds up the queries x timesteps done by the device threads and reports timesteps' worth of work."""
+
+    def __init__(self, report: Optional[Callable[[float, int], None]], queries: int, timesteps: int):
+        self.report, self.queries, self.timesteps = report, max(1, queries), timesteps
+        self.done = 0
+        self.lock = threading.Lock()
+
+    def add(self, rows: int):
+        if self.report is None:
+            return
+        with self.lock:
+            self.done += rows
+            self.report(self.done / self.queries, self.timesteps)
+
+
+def _device_sums(job: _Job, device: torch.device, lo: int, hi: int) -> np.ndarray:
+    """Sums over the K queries of each source lo..hi-1, on ``device``: (2, T, hi - lo) float64, tr Cov first.
+
+    The device holds all M samples (the posterior is over all of them) but draws and projects the noise
+    of its own sources only.
+    """
+    T, K = job.timesteps, job.noise
+    if hi <= lo:
+        return np.zeros((2, T, 0))
+    xd = job.x.to(device=device, dtype=job.work)
+    M, d = xd.shape
+    _, n64, D64 = gram(xd)
+    engine = _Engine(D64, n64, job.s, job.tau, job.prec, job.form)
+    plan = _plan(M, K, d, job.chunk_size, device, job.work, engine.forms.dtype)
+    engine.allocate(plan.buffer_rows)
+    sums = torch.zeros((2, T, hi - lo), dtype=torch.float64, device=device)  # tr Cov, ||E[x1|q]||^2
+    xt = xd.T.contiguous()  # (d, M)
+    fp32_products = "tf32" if job.prec == "tf32" else "ieee"
+    with _noise_pool(device, plan.sources) as pool:
+        for i0 in range(lo, hi, plan.sources):
+            i1 = min(hi, i0 + plan.sources)
+            P, max_logit = _projections(i0, i1, K, job.seed, job.ids, xt, job.tau, pool)
+            chunk = engine.chunk(P, i0, max_logit)
+            for k0 in range(0, K, plan.noise):
+                k1 = min(K, k0 + plan.noise)
+                rows = (i1 - i0) * (k1 - k0)
+                tb = max(1, min(T, plan.block_rows // rows))
+                for t0 in range(0, T, tb):
+                    t1 = min(T, t0 + tb)
+                    # the precision is process-wide state: held per block, so that another device's
+                    # projections (always IEEE) can run between two blocks
+                    with _matmul_precision(device, fp32_products):
+                        sums[:, t0:t1, i0 - lo : i1 - lo] += engine.block(chunk, k0, k1, t0, t1)
+                    job.progress.add((t1 - t0) * rows)
+    return sums.cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -493,26 +598,72 @@ def _column_edges(M: int) -> List[int]:
     return [0] + sorted(inner) + [M]
 
 
+class _MatmulModes:
+    """The float32 matrix-product precision of one device type, shared by the threads of this process.
+
+    It is process-wide state, and the device threads of one estimate want different modes at once (TF32
+    blocks on one GPU while another projects in IEEE). A mode is held while a section runs: sections of the
+    same mode run concurrently, a different mode waits until none is held (and, once it waits, holds off new
+    sections of the held mode). The caller's own setting is restored whenever no section is running.
+    """
+
+    def __init__(self, device_type: str):
+        self.device_type = device_type
+        self.cond = threading.Condition()
+        self.mode: Optional[str] = None
+        self.holders = 0
+        self.waiting = {"ieee": 0, "tf32": 0}
+        self.saved = None
+
+    @contextmanager
+    def hold(self, mode: str):
+        with self.cond:
+            self.waiting[mode] += 1
+            self.cond.wait_for(lambda: self.holders == 0 or (
+                self.mode == mode and not any(n for m, n in self.waiting.items() if m != mode)))
+            self.waiting[mode] -= 1
+            if self.holders == 0:
+                self.saved = _set_matmul_mode(self.device_type, mode)
+                self.mode = mode
+            self.holders += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.holders -= 1
+                if self.holders == 0:
+                    _set_matmul_mode(self.device_type, self.saved)
+                    self.mode = None
+                self.cond.notify_all()
+
+
+_MODES = {"cpu": _MatmulModes("cpu"), "cuda": _MatmulModes("cuda")}
+
+
+def _set_matmul_mode(device_type: str, mode):
+    """Set the float32 matrix-product mode of ``device_type`` ("ieee", "tf32", or a value this returned
+    before) and return the previous one."""
+    m = getattr(getattr(torch.backends, "cuda" if device_type == "cuda" else "mkldnn", None), "matmul", None)
+    if m is not None and hasattr(m, "fp32_precision"):
+        old, m.fp32_precision = m.fp32_precision, mode
+        return old
+    if device_type == "cuda":  # torch < 2.9
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = mode if isinstance(mode, bool) else mode == "tf32"
+        return old
+    return None
+
+
 @contextmanager
 def _matmul_precision(device: torch.device, mode: str):
     """float32 matrix products on ``device`` in ``mode`` ("ieee" or "tf32") inside the block, whatever a
-    caller set globally (torch.set_float32_matmul_precision would otherwise let them run in TF32 or bf16)."""
-    m = getattr(getattr(torch.backends, "cuda" if device.type == "cuda" else "mkldnn", None), "matmul", None)
-    if m is not None and hasattr(m, "fp32_precision"):
-        old = m.fp32_precision
-        m.fp32_precision = mode
-        try:
-            yield
-        finally:
-            m.fp32_precision = old
-    elif device.type == "cuda":  # torch < 2.9
-        old = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = old
-    else:
+    caller set globally (torch.set_float32_matmul_precision would otherwise let them run in TF32 or bf16).
+    Not re-entrant with a different mode in the same thread."""
+    modes = _MODES.get(torch.device(device).type)
+    if modes is None:
+        yield
+        return
+    with modes.hold(mode):
         yield
 
 
@@ -548,43 +699,57 @@ def _plan(M: int, K: int, d: int, chunk_size: Optional[int], device, work: torch
     return _Plan(sources=sources, noise=noise, block_rows=block_rows, buffer_rows=buffer_rows)
 
 
+class _NoiseDraws:
+    """Draws the noise of several sources at once, into buffers reused from chunk to chunk.
+
+    torch.randn on CPU runs on one core, so on CPU up to ``workers`` threads draw at once. Each draws into
+    a buffer allocated here: a worker thread that allocated its own tensors would grow a malloc arena of
+    its own, which kept hundreds of MiB after the run (measured: peak RSS 825 MiB against 311 MiB without
+    the threads, d = 4096).
+    """
+
+    def __init__(self, threads: Optional[ThreadPoolExecutor], workers: int):
+        self.threads, self.workers = threads, workers
+        self._buffers: List[torch.Tensor] = []
+
+    def __call__(self, seed: int, ids: np.ndarray, sources: range, noise: int, dim: int, device) -> List[torch.Tensor]:
+        """The (K, d) float32 noises of ``sources`` (at most ``workers`` of them), as views of the buffers."""
+        if not self._buffers or self._buffers[0].shape != (noise, dim) or self._buffers[0].device != device:
+            self._buffers = [torch.empty((noise, dim), device=device) for _ in range(self.workers)]
+
+        def draw(job):
+            i, out = job
+            return source_noise(seed, int(ids[i]), noise, dim, device=device, out=out)
+
+        jobs = list(zip(sources, self._buffers))
+        return list(self.threads.map(draw, jobs)) if self.threads is not None else [draw(j) for j in jobs]
+
+
 @contextmanager
 def _noise_pool(device: torch.device, sources: int):
-    """(pool, workers): threads that draw the noise of several sources at once, since torch.randn on CPU
-    runs on one core; (None, 1) on GPUs or with one thread."""
+    """A ``_NoiseDraws`` with threads on CPU (one per core, at most 8 and at most ``sources``), none on GPUs."""
     workers = min(torch.get_num_threads(), sources, 8) if device.type == "cpu" else 1
     if workers < 2:
-        yield None, 1
+        yield _NoiseDraws(None, 1)
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        yield pool, workers
+        yield _NoiseDraws(pool, workers)
 
 
-def _projections(i0: int, i1: int, noise: int, seed: int, ids: np.ndarray, xt: torch.Tensor, tau: float, pool):
+def _projections(i0: int, i1: int, noise: int, seed: int, ids: np.ndarray, xt: torch.Tensor, tau: float,
+                 draws: _NoiseDraws):
     """P - P_own for the queries of sources [i0, i1): (ns, K, M), and the largest logit bound in nats.
 
     Row k of source i holds <eps_k, x_j> - <eps_k, x_i>; max_k ||eps_k||^2 / (2 tau) bounds every logit.
-    ``pool`` is what ``_noise_pool`` yields.
+    ``draws`` is what ``_noise_pool`` yields.
     """
     d, M = xt.shape
-    device = xt.device
-    threads, step = pool
-    P = torch.empty((i1 - i0, noise, M), dtype=xt.dtype, device=device)
+    P = torch.empty((i1 - i0, noise, M), dtype=xt.dtype, device=xt.device)
     bound = 0.0
-
-    def draw(i):
-        return source_noise(seed, int(ids[i]), noise, d, device=device, dtype=torch.float32)
-
-    groups = [range(g0, min(i1, g0 + step)) for g0 in range(i0, i1, step)]
-    pending = [threads.submit(draw, i) for i in groups[0]] if threads is not None else None
-    for g, group in enumerate(groups):
-        if threads is None:
-            noises = [draw(i) for i in group]
-        else:  # the next group's noise is drawn while this group's products run
-            noises = [f.result() for f in pending]
-            if g + 1 < len(groups):
-                pending = [threads.submit(draw, i) for i in groups[g + 1]]
-        with _matmul_precision(device, "ieee"):  # P feeds the logits: never TF32 or bf16 inside
+    for g0 in range(i0, i1, draws.workers):
+        group = range(g0, min(i1, g0 + draws.workers))
+        noises = draws(seed, ids, group, noise, d, xt.device)
+        with _matmul_precision(xt.device, "ieee"):  # P feeds the logits: never TF32 or bf16 inside
             for i, eps in zip(group, noises):
                 Pi = torch.mm(eps.to(xt.dtype), xt, out=P[i - i0])
                 Pi -= Pi[:, i].clone()[:, None]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ import torch
 from .artifact import write_artifact
 from .convergence import ConvergenceReport, bootstrap_m
 from .convergence import check_convergence as convergence_check
+from .distributed import Ranks
 from .density import Density, density_from_curve
 from .errors import VRCurveError
 from .estimator import Curve, estimate
@@ -65,6 +67,39 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def resolve_devices(device: str) -> List[torch.device]:
+    """The devices of ``--device``: ``cpu``, ``cuda:N``, a comma-separated list of either (``cuda:0,cuda:1``;
+    ``cpu,cpu`` splits the work over two threads), or ``cuda`` for every visible GPU."""
+    names = [d.strip() for d in device.split(",")]
+    if names == ["cuda"]:
+        resolve_device("cuda")
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    devices = [resolve_device(name) for name in names]
+    if len({d.type for d in devices}) > 1:
+        raise VRCurveError(f"--device {device} mixes CPU and CUDA; list devices of one kind.")
+    if any(d.type == "cuda" and d.index is None for d in devices) and len(devices) > 1:
+        raise VRCurveError(f"--device {device}: name each GPU of a list as cuda:N.")
+    if len(set(devices)) < len(devices) and devices[0].type == "cuda":
+        raise VRCurveError(f"--device {device} lists a GPU twice; name each one once.")
+    return devices
+
+
+def _describe(devices: List[torch.device], ranks: Optional[Ranks]) -> str:
+    names = [str(d) if d.type == "cpu" else f"{d} ({torch.cuda.get_device_name(d)})" for d in devices]
+    text = ", ".join(names)
+    return text if ranks is None else f"{text} x {ranks.world_size} ranks"
+
+
+@contextmanager
+def _step(ranks: Optional[Ranks]):
+    """Local work that every rank of a distributed run must agree succeeded (nothing to agree on alone)."""
+    if ranks is None:
+        yield
+    else:
+        with ranks.step():
+            yield
+
+
 def run_estimate(
     data: str,
     out: Path,
@@ -93,6 +128,7 @@ def run_estimate(
     precision: str = "auto",
     bootstrap: int = 200,
     check_convergence: bool = False,
+    ranks: Optional[Ranks] = None,
 ) -> EstimateResult:
     """Run the whole estimate and write the artifact to ``out`` (atomically; nothing on failure).
 
@@ -100,27 +136,32 @@ def run_estimate(
     ``scaling_factor`` and ``shift_factor`` say how stored rows become latents (``LatentTransform``).
     ``bootstrap`` replicates give a 90% interval for m (0: none); ``check_convergence`` also estimates the
     curve on nested subsets M/4 and M/2 of the samples with the same noise (``vrcurve.convergence``).
+    ``device`` is what ``resolve_devices`` reads. With ``ranks`` (a torchrun process, ``vrcurve.distributed``)
+    every rank reads the same sample and estimates its share of the sources; only rank 0 writes.
     """
     started = time.perf_counter()
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise VRCurveError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
-    if bootstrap < 0:
-        raise VRCurveError(f"--bootstrap must be 0 (off) or a positive number of replicates, got {bootstrap}.")
-    if timesteps < 2 or table_size < 2:
-        raise VRCurveError(f"--timesteps and the table size must be at least 2, got {timesteps} and {table_size}.")
-    dev = resolve_device(device)
-    transform = LatentTransform(moments=moments, moments_kind=moments_kind, scaling_factor=scaling_factor,
-                                shift_factor=shift_factor)
-    source = open_source(data, key=key, resolution=resolution, skip_bad=skip_bad)
-    chosen = load_samples(source, samples, seed, normalization, transform)
-    x = torch.from_numpy(chosen.x)
+    writer = ranks is None or ranks.rank == 0
+    with _step(ranks):  # every rank reads the data: a path missing on one node fails the whole run
+        if writer and out.exists() and not overwrite:
+            raise VRCurveError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+        if bootstrap < 0:
+            raise VRCurveError(f"--bootstrap must be 0 (off) or a positive number of replicates, got {bootstrap}.")
+        if timesteps < 2 or table_size < 2:
+            raise VRCurveError(f"--timesteps and the table size must be at least 2, got {timesteps} and {table_size}.")
+        devices = resolve_devices(device)
+        transform = LatentTransform(moments=moments, moments_kind=moments_kind, scaling_factor=scaling_factor,
+                                    shift_factor=shift_factor)
+        source = open_source(data, key=key, resolution=resolution, skip_bad=skip_bad)
+        chosen = load_samples(source, samples, seed, normalization, transform)
+        x = torch.from_numpy(chosen.x)
     settings = dict(scheduler=scheduler, noise=noise, timesteps=timesteps, seed=seed, likelihood=likelihood, form=form,
-                    chunk_size=chunk_size, device=dev, precision=precision)
+                    chunk_size=chunk_size, device=devices, precision=precision, ranks=ranks)
     curve = estimate(x, source_ids=chosen.indices, progress=progress, **settings)
     density = density_from_curve(curve.variance, table_size)
     fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)
-    interval = bootstrap_m(curve, fit.m_continuous, replicates=bootstrap, seed=seed) if bootstrap else None
+    # the bootstrap is the same on every rank: only the one that writes computes it
+    interval = bootstrap_m(curve, fit.m_continuous, replicates=bootstrap, seed=seed) if bootstrap and writer else None
     convergence = None
     if check_convergence:
         convergence = convergence_check(
@@ -156,12 +197,13 @@ def run_estimate(
         **({} if convergence is None else {"convergence": convergence.as_metadata()}),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 3),
-        "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
+        "device": _describe(devices, ranks),
     }
     tensors = {
         "t": curve.t, "S": curve.S, "h2": curve.h2, "variance": curve.variance, "pdf": density.pdf,
         "cdf": density.cdf, "icdf": density.icdf, "ks_m": fit.grid, "ks": fit.ks_grid,
         "S_stderr": curve.S_stderr, "variance_stderr": curve.variance_stderr,
     }
-    write_artifact(out, tensors, metadata)
+    if writer:
+        write_artifact(out, tensors, metadata)
     return EstimateResult(path=out, curve=curve, density=density, fit=fit, metadata=metadata, convergence=convergence)
