@@ -123,7 +123,8 @@ def device_list(device) -> List[torch.device]:
     if not devices:
         raise VRCurveError("no device given; use cpu, cuda, cuda:N or a comma-separated list of them.")
     if len({d.type for d in devices}) > 1:
-        raise VRCurveError(f"the devices {', '.join(map(str, devices))} are of different types; list devices of one type.")
+        raise VRCurveError(f"the devices {', '.join(map(str, devices))} are of different types; "
+                           "list devices of one type.")
     return devices
 
 
