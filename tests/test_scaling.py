@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -16,11 +18,11 @@ from typer.testing import CliRunner
 
 from vrcurve.cli import app
 from vrcurve.errors import VRCurveError
-from vrcurve.estimator import estimate, share
+from vrcurve.estimator import _MatmulModes, estimate, share
 from vrcurve.pipeline import resolve_devices
 from vrcurve.schedulers import CosineScheduler
 
-SETTINGS = ["-M", "12", "-K", "6", "-T", "40", "--seed", "3", "--bootstrap", "20", "--json"]
+SETTINGS = ["-M", "12", "-K", "6", "-T", "40", "--seed", "3", "--bootstrap", "20", "--check-convergence", "--json"]
 RUN_TIMEOUT = 240  # seconds: a hung collective fails the test instead of blocking CI
 
 
@@ -74,6 +76,32 @@ def test_device_lists():
             resolve_devices("cuda")
 
 
+def test_device_threads_take_turns_with_the_matmul_precision():
+    """The float32 product precision is process-wide: a thread that wants another mode waits until the held
+    one is released, each section sees its own mode, and the caller's setting comes back."""
+    modes = _MatmulModes("cpu")
+    flag = torch.backends.mkldnn.matmul
+    before = flag.fp32_precision
+    seen, entered = [], threading.Event()
+
+    def section(mode, hold_s):
+        with modes.hold(mode):
+            entered.set()
+            seen.append((mode, flag.fp32_precision))
+            time.sleep(hold_s)
+            seen.append((mode, flag.fp32_precision))
+
+    first = threading.Thread(target=section, args=("tf32", 0.2))
+    first.start()
+    entered.wait()
+    second = threading.Thread(target=section, args=("ieee", 0.0))
+    second.start()
+    first.join()
+    second.join()
+    assert seen == [("tf32", "tf32"), ("tf32", "tf32"), ("ieee", "ieee"), ("ieee", "ieee")]
+    assert flag.fp32_precision == before
+
+
 def test_sources_split_over_devices_and_ranks_give_the_same_sums():
     """Three simulated ranks (each computes its block of sources, zeros elsewhere) on two devices each: the
     sum over ranks equals the one-device estimate; chunks of one source at a time change nothing either."""
@@ -119,7 +147,13 @@ def test_torchrun_two_processes_equal_one(tiny_npy, tmp_path, single):
     _assert_same_tensors(_tensors(out), _tensors(single))
     meta_single = json.loads(CliRunner().invoke(app, ["show", str(single), "--json"]).stdout)
     meta_run = json.loads(CliRunner().invoke(app, ["show", str(out), "--json"]).stdout)
-    assert meta_run["logitnormal_m"] == pytest.approx(meta_single["logitnormal_m"], abs=1e-6)  # a minimiser's tolerance
+    for key in ("logitnormal_m", "logitnormal_m_ci90"):  # to a minimiser's tolerance
+        assert meta_run[key] == pytest.approx(meta_single[key], abs=1e-6)
+    # the nested-subset estimates of --check-convergence are split over the ranks too
+    for a, b in zip(meta_run["convergence"]["rows"], meta_single["convergence"]["rows"]):
+        assert a["samples"] == b["samples"]
+        assert a["ks_to_full"] == pytest.approx(b["ks_to_full"], abs=1e-6)
+        assert a["m"] == pytest.approx(b["m"], abs=1e-6)
 
 
 def test_failure_on_one_rank_fails_the_run(tiny_npy, tmp_path):
