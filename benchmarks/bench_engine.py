@@ -15,9 +15,11 @@ For each data dimension d (default 3072, 4096, 16384) with M = 200 samples and K
 - check:   S_t and V(t) of both on the direct one's timesteps, from the same noise, and their largest
            relative difference (vrcurve runs its products in the precision ``--precision`` resolves to).
 - load:    the share of the CPUs that other processes took meanwhile (the machine may be shared).
-- full:    the whole estimate, T = 1000, in a fresh child process: wall time and peak RSS (``ru_maxrss``
-           of the child, and its growth over the RSS after the imports and the data).
+- full:    the whole estimate, T = 1000, in a fresh child process: wall time and peak RSS (the child's
+           VmHWM, and its growth over the RSS after the imports and the data).
 - cli:     with --cli, the whole ``vrcurve estimate`` command on a .npy file of the samples (end to end).
+- float32: with --compare-float32, the full curve again with float32 products, its time, and the KS
+           distance and logit-normal m difference of the two densities.
 
 The samples are the embedded Fashion-MNIST demo images, resized to d (bilinear; 3072 = 3 x 32 x 32 with the
 grey image in every channel, 4096 = 64 x 64, 16384 = 128 x 128) and normalised to mean 0 and std 1, or
@@ -34,7 +36,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,26 @@ class OtherLoad:
         return t.user + t.system + t.children_user + t.children_system
 
 
+def machine_speed() -> str:
+    """Best-of-20 rates of a bf16 and a float32 product (10,000 x 200 x 200) and of exp2 on 2M floats: the
+    shape of the engine's work, to tell a slow moment of a shared machine from a slow engine."""
+    a, b = torch.rand(10_000, 200), torch.rand(200, 200)
+    ab, bb = a.bfloat16(), b.bfloat16()
+    out = []
+    for f, work, unit in ((lambda: ab @ bb, 2 * 10_000 * 200 * 200, "GFLOP/s bf16"),
+                          (lambda: a @ b, 2 * 10_000 * 200 * 200, "GFLOP/s float32"),
+                          (lambda: torch.exp2(a), a.numel(), "G exp2/s")):
+        best = min(_timed(f) for _ in range(20))
+        out.append(f"{work / best / 1e9:.0f} {unit}")
+    return ", ".join(out)
+
+
+def _timed(f) -> float:
+    started = time.perf_counter()
+    f()
+    return time.perf_counter() - started
+
+
 def make_data(kind: str, M: int, d: int, seed: int = 0) -> torch.Tensor:
     """M samples of dimension d, float32, normalised to mean 0 and std 1 over all their entries."""
     if kind == "gaussian":
@@ -104,7 +125,7 @@ def grid_indices(T: int, n: int) -> list:
 def direct(x, sched, ks, T, K, seed, tau, chunk_queries):
     """Per-timestep sums over each source's queries of ||E[x1|q]||^2 and tr Cov at timesteps ``ks``.
 
-    Returns (sep, tr) of shape (len(ks), M) and the seconds of per-timestep work (noise drawing excluded).
+    Returns (sep, tr) of shape (len(ks), M) and the seconds of work of each timestep (noise drawing excluded).
     """
     M, d = x.shape
     t = torch.from_numpy(est.timestep_grid(T))
@@ -114,13 +135,13 @@ def direct(x, sched, ks, T, K, seed, tau, chunk_queries):
     per = max(1, chunk_queries // K)  # whole sources per chunk
     sep = torch.zeros(len(ks), M, dtype=torch.float64)
     tr = torch.zeros(len(ks), M, dtype=torch.float64)
-    work = 0.0
+    work = [0.0] * len(ks)
     for i0 in range(0, M, per):
         i1 = min(M, i0 + per)
         eps = torch.stack([est.source_noise(seed, i, K, d) for i in range(i0, i1)])  # (ns, K, d), not timed
         q = torch.empty_like(eps)
-        started = time.perf_counter()
         for j, k in enumerate(ks):
+            started = time.perf_counter()
             st = s[k]
             torch.add(x[i0:i1, None, :], eps, alpha=st, out=q)  # the queries in R^d
             qf = q.view(-1, d)
@@ -132,13 +153,14 @@ def direct(x, sched, ks, T, K, seed, tau, chunk_queries):
             trq = w @ n - sq
             sep[j, i0:i1] += sq.view(i1 - i0, K).sum(1, dtype=torch.float64)
             tr[j, i0:i1] += trq.view(i1 - i0, K).sum(1, dtype=torch.float64)
-        work += time.perf_counter() - started
+            work[j] += time.perf_counter() - started
     return sep, tr, work
 
 
 def vrcurve_timesteps(x, sched, ks, T, K, seed, tau, precision):
-    """The engine's per-source sums at timesteps ``ks``: (sep, tr) of shape (len(ks), M), the seconds of
-    per-timestep work, of the one-time work (noise and projections), the precision and the timesteps timed.
+    """The engine's per-source sums at timesteps ``ks``: (sep, tr) of shape (len(ks), M), the seconds of work
+    per timestep from each of ``ks`` on, of the one-time work (noise and projections), the precision and
+    the number of timesteps of a block.
 
     The engine runs as ``estimate`` runs it (its default chunks and blocks): each timed block covers the
     block's usual number of consecutive timesteps from k on, and the cost per timestep is over all of them.
@@ -156,7 +178,7 @@ def vrcurve_timesteps(x, sched, ks, T, K, seed, tau, precision):
     ids = np.arange(M)
     xt = x.T.contiguous()
     sums = torch.zeros(2, len(ks), M, dtype=torch.float64)
-    work = once = 0.0
+    work, once = [0.0] * len(ks), 0.0
     with est._noise_pool(cpu, plan.sources) as pool:
         for i0 in range(0, M, plan.sources):
             i1 = min(M, i0 + plan.sources)
@@ -164,13 +186,13 @@ def vrcurve_timesteps(x, sched, ks, T, K, seed, tau, precision):
             P, bound = est._projections(i0, i1, K, seed, ids, xt, tau, pool)
             chunk = engine.chunk(P, i0, bound)
             once += time.perf_counter() - started
-            started = time.perf_counter()
             for k0 in range(0, K, plan.noise):
                 for j, k in enumerate(ks):
+                    started = time.perf_counter()
                     sums[:, j, i0:i1] += engine.block(chunk, k0, min(K, k0 + plan.noise), k, min(T, k + tb))[:, 0]
-            work += time.perf_counter() - started
-    timed = sum(min(T, k + tb) - k for k in ks)
-    return sums[1], sums[0], work / timed, once, prec, tb
+                    work[j] += time.perf_counter() - started
+    per_timestep = [w / (min(T, k + tb) - k) for w, k in zip(work, ks)]
+    return sums[1], sums[0], per_timestep, once, prec, tb
 
 
 def child(args) -> None:
@@ -189,35 +211,72 @@ def child(args) -> None:
     curve = est.estimate(x, LinearScheduler(), noise=args.noise, timesteps=args.timesteps, seed=0,
                          precision=args.precision)
     wall = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
+    if args.child_out:
+        np.save(args.child_out, curve.variance)
     print(json.dumps({"wall": wall, "peak_mib": peak, "before_mib": before, "precision": curve.precision,
                       "variance_sum": float(curve.variance.sum())}))
 
 
-def full_curve(args, d):
+def full_curve(args, d, precision=None, keep=None):
     cmd = [sys.executable, __file__, "--child-dim", str(d), "--data", args.data, "-M", str(args.samples),
-           "-K", str(args.noise), "-T", str(args.timesteps), "--precision", args.precision]
+           "-K", str(args.noise), "-T", str(args.timesteps), "--precision", precision or args.precision]
+    if keep:
+        cmd += ["--child-out", str(keep)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def density_difference(v_a, v_b):
+    """KS distance between the CDFs of two variance curves and the difference of their KS-best m."""
+    from vrcurve.density import density_from_curve
+    from vrcurve.fit import fit_logitnormal
+
+    a, b = density_from_curve(v_a).cdf, density_from_curve(v_b).cdf
+    return float(np.max(np.abs(a - b))), abs(fit_logitnormal(a).m - fit_logitnormal(b).m)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS since it started its program: VmHWM. (ru_maxrss would not do in a child:
+    Linux carries the parent's RSS at the fork over the exec into it, and the parent holds the direct
+    implementation's arrays.)"""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# The command line in a child that writes its own peak RSS (VmHWM) to argv[1] when it exits.
+CLI_CHILD = """import atexit, sys
+path = sys.argv[1]
+def peak():
+    with open("/proc/self/status") as f:
+        hwm = [line.split()[1] for line in f if line.startswith("VmHWM:")]
+    open(path, "w").write(hwm[0])
+atexit.register(peak)
+sys.argv = ["vrcurve"] + sys.argv[2:]
+from vrcurve.cli import main
+main()
+"""
 
 
 def cli_end_to_end(args, d):
     x = make_data(args.data, args.samples, d).numpy()
     with tempfile.TemporaryDirectory(prefix="vrcurve-bench-engine-") as tmp:
-        data, out = Path(tmp) / "x.npy", Path(tmp) / "vr.safetensors"
+        data, out, hwm = Path(tmp) / "x.npy", Path(tmp) / "vr.safetensors", Path(tmp) / "hwm"
         np.save(data, x)
-        cmd = [sys.executable, "-m", "vrcurve", "estimate", "--data", str(data), "-o", str(out), "--json",
+        cmd = [sys.executable, "-c", CLI_CHILD, str(hwm), "estimate", "--data", str(data), "-o", str(out), "--json",
                "-M", str(args.samples), "-K", str(args.noise), "-T", str(args.timesteps),
                "--precision", args.precision]
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         wall = time.perf_counter() - started
-        summary = json.loads(proc.stdout.read())
-        proc.stdout.close()
-        if os.waitstatus_to_exitcode(status) != 0:
+        if proc.returncode != 0:
             raise SystemExit("vrcurve estimate failed")
-    return wall, usage.ru_maxrss / 1024, summary
+        summary = json.loads(proc.stdout)
+        peak = int(hwm.read_text()) / 1024
+    return wall, peak, summary
 
 
 def main():
@@ -232,7 +291,10 @@ def main():
     ap.add_argument("--data", default="demo", choices=("demo", "gaussian"))
     ap.add_argument("--no-full", action="store_true", help="skip the full-curve child process")
     ap.add_argument("--cli", action="store_true", help="also time the whole vrcurve estimate command")
+    ap.add_argument("--compare-float32", action="store_true",
+                    help="also run the full curve with float32 products and compare the densities")
     ap.add_argument("--child-dim", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_dim:
         return child(args)
@@ -242,6 +304,7 @@ def main():
     ks = grid_indices(T, args.direct_timesteps)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; M = {M}, K = {K} (Q = {M * K:,} queries), "
           f"T = {T}, linear scheduler, likelihood mean, data: {args.data}")
+    print(f"machine now: {machine_speed()}")
     print(f"timed timesteps: t = {', '.join(f'{est.timestep_grid(T)[k]:.4f}' for k in ks)} "
           f"(direct timed on these {len(ks)} only, per-timestep cost = their mean)")
     rows = []
@@ -251,7 +314,7 @@ def main():
         with OtherLoad() as side_by_side:
             sep_v, tr_v, per_v, once_v, prec, tb = vrcurve_timesteps(x, sched, ks, T, K, 0, tau, args.precision)
             sep_d, tr_d, work_d = direct(x, sched, ks, T, K, 0, tau, args.direct_chunk)
-        per_d = work_d / len(ks)
+        per_d, per_v, best_d, best_v = np.mean(work_d), np.mean(per_v), min(work_d), min(per_v)
         t = torch.from_numpy(est.timestep_grid(T)[ks])
         h2 = sched.h(t).double() ** 2
         V_v, V_d = h2 * tr_v.sum(1), h2 * tr_d.sum(1)
@@ -262,18 +325,27 @@ def main():
         print(f"  direct   {per_d:9.3f} s per timestep")
         print(f"  vrcurve  {per_v * 1e3:9.2f} ms per timestep (its blocks of {tb} timesteps from each of those on); "
               f"one-time noise + projections {once_v:.2f} s")
-        print(f"  ratio    {per_d / per_v:9.0f}x per timestep")
+        print(f"  ratio    {per_d / per_v:9.0f}x per timestep (means); {best_d / best_v:.0f}x with the fastest "
+              f"timestep of each ({best_d:.3f} s, {best_v * 1e3:.2f} ms)")
         print(f"  check    same noise, same timesteps: max relative difference V {dV:.1e}, S {dS:.1e}")
         print(f"  load     other processes took {side_by_side.share:.0%} of the CPUs meanwhile")
-        row = {"d": d, "direct": per_d, "vrcurve": per_v, "ratio": per_d / per_v, "once": once_v, "dV": dV}
+        row = {"d": d, "direct": per_d, "vrcurve": per_v, "ratio": per_d / per_v, "best": best_d / best_v,
+               "once": once_v, "dV": dV}
+        tmp = tempfile.TemporaryDirectory(prefix="vrcurve-bench-engine-")
         if not args.no_full:
             with OtherLoad() as load:
-                full = full_curve(args, d)
+                full = full_curve(args, d, keep=Path(tmp.name) / "v.npy")
             print(f"  full     T = {T}: {full['wall']:.1f} s ({full['precision']}), "
                   f"peak RSS {full['peak_mib']:.0f} MiB "
                   f"({full['peak_mib'] - full['before_mib']:+.0f} MiB over the {full['before_mib']:.0f} MiB "
                   f"after imports and data); other processes took {load.share:.0%} of the CPUs meanwhile")
             row.update(full=full["wall"], peak=full["peak_mib"], grow=full["peak_mib"] - full["before_mib"])
+            if args.compare_float32:
+                with OtherLoad() as load32:
+                    f32 = full_curve(args, d, precision="float32", keep=Path(tmp.name) / "v32.npy")
+                ks, dm = density_difference(np.load(Path(tmp.name) / "v.npy"), np.load(Path(tmp.name) / "v32.npy"))
+                print(f"  float32  the same full curve with float32 products: {f32['wall']:.1f} s (other processes "
+                      f"took {load32.share:.0%}); {full['precision']} against it: KS {ks:.1e}, m differs by {dm:.1e}")
         if args.cli:
             with OtherLoad() as load:
                 wall, peak, summary = cli_end_to_end(args, d)
@@ -281,13 +353,17 @@ def main():
                   f"peak RSS {peak:.0f} MiB, logit-normal m = {summary['logitnormal_m']:.3f}; "
                   f"other processes took {load.share:.0%} of the CPUs meanwhile")
             row.update(cli=wall, cli_peak=peak)
+        tmp.cleanup()
         rows.append(row)
-    print("\nsummary")
-    print(f"{'d':>6} {'direct s/t':>11} {'vrcurve ms/t':>13} {'ratio':>7} {'full curve s':>13} {'peak RSS MiB':>13}")
+    print(f"\nmachine now: {machine_speed()}")
+    print("summary")
+    print(f"{'d':>6} {'direct s/t':>11} {'vrcurve ms/t':>13} {'ratio':>7} {'best':>6} {'full curve s':>13} "
+          f"{'peak RSS MiB':>13}")
     for r in rows:
         full = f"{r['full']:13.1f}" if "full" in r else f"{'-':>13}"
         peak = f"{r['peak']:13.0f}" if "peak" in r else f"{'-':>13}"
-        print(f"{r['d']:>6} {r['direct']:11.3f} {r['vrcurve'] * 1e3:13.2f} {r['ratio']:7.0f} {full} {peak}")
+        print(f"{r['d']:>6} {r['direct']:11.3f} {r['vrcurve'] * 1e3:13.2f} {r['ratio']:7.0f} {r['best']:6.0f} "
+              f"{full} {peak}")
 
 
 if __name__ == "__main__":
