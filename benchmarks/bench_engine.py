@@ -20,6 +20,7 @@ For each data dimension d (default 3072, 4096, 16384) with M = 200 samples and K
 - cli:     with --cli, the whole ``vrcurve estimate`` command on a .npy file of the samples (end to end).
 - float32: with --compare-float32, the full curve again with float32 products, its time, and the KS
            distance and logit-normal m difference of the two densities.
+- profile: with --profile, torch.profiler's time per operation over 60 of the engine's blocks.
 
 The samples are the embedded Fashion-MNIST demo images, resized to d (bilinear; 3072 = 3 x 32 x 32 with the
 grey image in every channel, 4096 = 64 x 64, 16384 = 128 x 128) and normalised to mean 0 and std 1, or
@@ -195,6 +196,39 @@ def vrcurve_timesteps(x, sched, ks, T, K, seed, tau, precision):
     return sums[1], sums[0], per_timestep, once, prec, tb
 
 
+def profile_blocks(x, sched, T, K, tau, precision, blocks=60):
+    """Where the engine's time goes: torch.profiler over ``blocks`` blocks of one chunk, in ms per timestep
+    of the whole problem (all M sources)."""
+    from torch.profiler import profile
+
+    M, d = x.shape
+    t = torch.from_numpy(est.timestep_grid(T))
+    s = (sched.sigma(t) / sched.alpha(t)).numpy()
+    cpu = torch.device("cpu")
+    prec = est.resolve_precision(precision, cpu, torch.float32)
+    _, n64, D64 = est.gram(x)
+    engine = est._Engine(D64, n64, s, tau, prec, "covariance")
+    plan = est._plan(M, K, d, None, cpu, torch.float32, engine.forms.dtype)
+    engine.allocate(plan.buffer_rows)
+    tb = max(1, plan.block_rows // (plan.sources * plan.noise))
+    with est._noise_pool(cpu, plan.sources) as pool:
+        P, bound = est._projections(0, plan.sources, K, 0, np.arange(M), x.T.contiguous(), tau, pool)
+    chunk = engine.chunk(P, 0, bound)
+    starts = [int(v) for v in np.linspace(0, 0.9 * T - tb, blocks)]
+    for t0 in starts[:5]:
+        engine.block(chunk, 0, plan.noise, t0, t0 + tb)
+    with profile() as prof:
+        for t0 in starts:
+            engine.block(chunk, 0, plan.noise, t0, t0 + tb)
+    scale = 1e-3 * (M / plan.sources) * (K / plan.noise) / (blocks * tb)  # us of one chunk -> ms per timestep
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events) * scale
+    print(f"  profile  {total:.1f} ms per timestep in torch operations ({prec} products, blocks of {tb} timesteps x "
+          f"{plan.sources * plan.noise} queries):")
+    for e in events[:8]:
+        print(f"             {e.key:22s} {e.self_cpu_time_total * scale:6.2f} ms  ({e.count / blocks:.0f} per block)")
+
+
 def child(args) -> None:
     """The full estimate in this (fresh) process; prints one JSON line."""
     x = make_data(args.data, args.samples, args.child_dim)
@@ -293,6 +327,7 @@ def main():
     ap.add_argument("--cli", action="store_true", help="also time the whole vrcurve estimate command")
     ap.add_argument("--compare-float32", action="store_true",
                     help="also run the full curve with float32 products and compare the densities")
+    ap.add_argument("--profile", action="store_true", help="print where the engine's time goes, per operation")
     ap.add_argument("--child-dim", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -329,6 +364,8 @@ def main():
               f"timestep of each ({best_d:.3f} s, {best_v * 1e3:.2f} ms)")
         print(f"  check    same noise, same timesteps: max relative difference V {dV:.1e}, S {dS:.1e}")
         print(f"  load     other processes took {side_by_side.share:.0%} of the CPUs meanwhile")
+        if args.profile:
+            profile_blocks(x, sched, T, K, tau, args.precision)
         row = {"d": d, "direct": per_d, "vrcurve": per_v, "ratio": per_d / per_v, "best": best_d / best_v,
                "once": once_v, "dV": dV}
         tmp = tempfile.TemporaryDirectory(prefix="vrcurve-bench-engine-")
