@@ -79,14 +79,15 @@ class OtherLoad:
 
 
 def machine_speed() -> str:
-    """Best-of-20 rates of a bf16 and a float32 product (10,000 x 200 x 200) and of exp2 on 2M floats: the
-    shape of the engine's work, to tell a slow moment of a shared machine from a slow engine."""
+    """Best-of-20 rates of a bf16 and a float32 product (10,000 x 200 x 200) and of exp2 and exp on 2M floats:
+    the shape of the engine's work, to tell a slow moment of a shared machine from a slow engine."""
     a, b = torch.rand(10_000, 200), torch.rand(200, 200)
     ab, bb = a.bfloat16(), b.bfloat16()
     out = []
     for f, work, unit in ((lambda: ab @ bb, 2 * 10_000 * 200 * 200, "GFLOP/s bf16"),
                           (lambda: a @ b, 2 * 10_000 * 200 * 200, "GFLOP/s float32"),
-                          (lambda: torch.exp2(a), a.numel(), "G exp2/s")):
+                          (lambda: torch.exp2(a), a.numel(), "G exp2/s"),
+                          (lambda: torch.exp(a), a.numel(), "G exp/s")):
         best = min(_timed(f) for _ in range(20))
         out.append(f"{work / best / 1e9:.0f} {unit}")
     return ", ".join(out)
@@ -241,15 +242,21 @@ def child(args) -> None:
         return float("nan")
 
     before = rss_mib()
+    marks = []
     started = time.perf_counter()
     curve = est.estimate(x, LinearScheduler(), noise=args.noise, timesteps=args.timesteps, seed=0,
-                         precision=args.precision)
+                         precision=args.precision, progress=lambda done, total: marks.append((time.perf_counter(),
+                                                                                                done / total)))
     wall = time.perf_counter() - started
+    # seconds per fortieth of the work, from the progress reports: how steady the machine was
+    edges = [started] + [next(tm for tm, f in marks if f >= (j + 1) / 40 - 1e-9) for j in range(40)]
+    fortieths = np.diff(edges)
     peak = peak_rss_mib()
     if args.child_out:
         np.save(args.child_out, curve.variance)
     print(json.dumps({"wall": wall, "peak_mib": peak, "before_mib": before, "precision": curve.precision,
-                      "variance_sum": float(curve.variance.sum())}))
+                      "variance_sum": float(curve.variance.sum()), "fortieth_min": float(fortieths.min()),
+                      "fortieth_max": float(fortieths.max())}))
 
 
 def full_curve(args, d, precision=None, keep=None):
@@ -376,6 +383,8 @@ def main():
                   f"peak RSS {full['peak_mib']:.0f} MiB "
                   f"({full['peak_mib'] - full['before_mib']:+.0f} MiB over the {full['before_mib']:.0f} MiB "
                   f"after imports and data); other processes took {load.share:.0%} of the CPUs meanwhile")
+            print(f"           each fortieth of its work took {full['fortieth_min']:.2f} to "
+                  f"{full['fortieth_max']:.2f} s")
             row.update(full=full["wall"], peak=full["peak_mib"], grow=full["peak_mib"] - full["before_mib"])
             if args.compare_float32:
                 with OtherLoad() as load32:
