@@ -103,7 +103,10 @@ def test_sample_order_does_not_matter():
     perm = torch.randperm(10, generator=g)
     c = estimate(x[perm], CosineScheduler(), noise=5, timesteps=30, source_ids=ids[perm.numpy()])
     np.testing.assert_allclose(c.variance, ref.variance, rtol=1e-5, atol=1e-9)
-    np.testing.assert_allclose(c.S_stderr, ref.S_stderr, rtol=1e-4, atol=1e-9)
+    # row j of the permuted run is source perm[j]: the same per-source values, to float32 round-off
+    np.testing.assert_allclose(c.per_source_S, ref.per_source_S[:, perm.numpy()], rtol=1e-5, atol=1e-9)
+    # the standard error is a spread of values near S: its round-off is that of S, not of itself
+    np.testing.assert_allclose(c.S_stderr, ref.S_stderr, rtol=1e-4, atol=1e-6 * np.abs(ref.S).max())
     other = estimate(x, CosineScheduler(), noise=5, timesteps=30, source_ids=ids, seed=1)
     assert np.max(np.abs(other.variance - ref.variance)) > 1e-4  # the seed does change the draw
 
