@@ -22,7 +22,7 @@ from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
-from .density import density_from_curve, ks_between_cdfs
+from .density import curve_cdf, density_from_curve, ks_between_cdfs
 from .estimator import Curve
 from .fit import ks_distance
 
@@ -33,25 +33,38 @@ BOOTSTRAP_LEVEL = 0.90
 
 def variance_from_sources(per_source_S: np.ndarray, per_source_trcov: np.ndarray, h2: np.ndarray, form: str,
                           weights: np.ndarray) -> np.ndarray:
-    """V(t) from per-source averages, (T, M) each, with per-source weights (M,) summing to 1."""
+    """V(t) from per-source averages, (T, M) each, with per-source weights (M,) summing to 1: (T,).
+
+    ``weights`` may also hold one such column per replicate, (M, B); V is then (T, B).
+    """
+    h2 = np.asarray(h2).reshape((-1,) + (1,) * (np.ndim(weights) - 1))
     if form == "covariance":
         return h2 * (per_source_trcov @ weights)
     return h2 * (1.0 - per_source_S @ weights)
 
 
-def _fit_m_near(cdf: np.ndarray, m0: float, width: float = 1.0) -> float:
+class _NearFit:
     """The continuous KS-best m (s = 1) within m0 ± width: the bootstrap's fast refit.
 
     KS is evaluated at the bin edges and 2,001 equally spaced points (not the 20,001 of the reported fit):
-    the spread of m over replicates is far wider than the difference this makes.
+    the spread of m over replicates is far wider than the difference this makes. The points and their
+    logits are shared by all replicates of one curve.
     """
-    from scipy.optimize import minimize_scalar
 
-    T = cdf.shape[0] - 1
-    t = np.union1d(np.linspace(0.0, 1.0, 2001), np.arange(T + 1) / T)[1:-1]
-    res = minimize_scalar(lambda m: ks_distance(cdf, m, 1.0, t), bounds=(m0 - width, m0 + width), method="bounded",
-                          options={"xatol": 1e-4})
-    return float(res.x)
+    def __init__(self, timesteps: int):
+        edges = np.arange(timesteps + 1) / timesteps
+        self.edges = edges
+        self.t = np.union1d(np.linspace(0.0, 1.0, 2001), edges)[1:-1]
+        self.logit = np.log(self.t) - np.log1p(-self.t)
+
+    def __call__(self, cdf: np.ndarray, m0: float, width: float = 1.0) -> float:
+        from scipy.optimize import minimize_scalar
+        from scipy.special import ndtr
+
+        F = np.interp(self.t, self.edges, cdf)
+        res = minimize_scalar(lambda m: np.max(np.abs(F - ndtr(self.logit - m))), bounds=(m0 - width, m0 + width),
+                              method="bounded", options={"xatol": 1e-4})
+        return float(res.x)
 
 
 @dataclass(frozen=True)
@@ -77,11 +90,10 @@ def bootstrap_m(curve: Curve, m_hat: float, *, replicates: int = 200, seed: int 
     """
     rng = np.random.default_rng([int(seed), 0x626F6F74])  # "boot": a stream apart from the data choice
     M = curve.samples
-    ms = np.empty(replicates)
-    for b in range(replicates):
-        counts = np.bincount(rng.integers(0, M, size=M), minlength=M)
-        v = variance_from_sources(curve.per_source_S, curve.per_source_trcov, curve.h2, curve.form, counts / M)
-        ms[b] = _fit_m_near(density_from_curve(v).cdf, m_hat)
+    counts = np.stack([np.bincount(rng.integers(0, M, size=M), minlength=M) for _ in range(replicates)], 1)
+    V = variance_from_sources(curve.per_source_S, curve.per_source_trcov, curve.h2, curve.form, counts / M)
+    refit = _NearFit(V.shape[0])
+    ms = np.array([refit(curve_cdf(V[:, b]), m_hat) for b in range(replicates)])
     alpha = (1.0 - level) / 2
     low, high = np.quantile(ms, [alpha, 1.0 - alpha])
     return BootstrapInterval(low=float(low), high=float(high), std=float(ms.std(ddof=1)), level=level,

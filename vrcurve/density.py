@@ -27,17 +27,28 @@ class Density:
 
 def density_from_curve(variance: np.ndarray, table_size: int = 4096) -> Density:
     """Normalise max(V, 0) to a piecewise-constant density and tabulate its inverse CDF."""
-    v = np.maximum(np.nan_to_num(np.asarray(variance, dtype=np.float64), nan=0.0, posinf=0.0), 0.0)
-    T = v.shape[0]
-    c = np.cumsum(v)
-    total = c[-1]  # the last partial sum, so that trailing empty bins get cdf = 1 exactly
-    if not total > 0:
-        raise VRCurveError("the variance curve is zero everywhere, so it defines no density; check the data "
-                           "(it may be constant) or the scheduler.")
-    pdf = v * (T / total)
-    cdf = np.concatenate([[0.0], c / total])
+    v, c = _clipped_cumsum(variance)
+    pdf = v * (v.shape[0] / c[-1])
+    cdf = np.concatenate([[0.0], c / c[-1]])
     u = np.arange(table_size + 1, dtype=np.float64) / table_size
     return Density(pdf=pdf, cdf=cdf, icdf=invert_cdf(cdf, u))
+
+
+def curve_cdf(variance: np.ndarray) -> np.ndarray:
+    """The CDF alone (T + 1,) of ``density_from_curve(variance)``, without its inverse table."""
+    _, c = _clipped_cumsum(variance)
+    return np.concatenate([[0.0], c / c[-1]])
+
+
+def _clipped_cumsum(variance):
+    """max(V, 0) and its partial sums; the last one, the total, divides both (so that trailing empty bins get
+    cdf = 1 exactly)."""
+    v = np.maximum(np.nan_to_num(np.asarray(variance, dtype=np.float64), nan=0.0, posinf=0.0), 0.0)
+    c = np.cumsum(v)
+    if not c[-1] > 0:
+        raise VRCurveError("the variance curve is zero everywhere, so it defines no density; check the data "
+                           "(it may be constant) or the scheduler.")
+    return v, c
 
 
 def invert_cdf(cdf, u):
