@@ -57,6 +57,9 @@ _LOG2E = 1.0 / math.log(2.0)
 # 5 sources' 500 queries at M = 200 was the fastest on the development machine), and enough to fill a GPU.
 _CPU_BLOCK_ELEMENTS = 1 << 21
 _CUDA_BLOCK_ELEMENTS = 1 << 26
+# Rows of the products buffer are padded to this many bytes per device type: with an odd leading
+# dimension (M + 1 columns) cuBLAS cannot use its aligned kernels. On CPU padding made no difference.
+_ROW_BYTES = {"cuda": 64}
 # Without a max-subtraction the weights reach exp(||eps||^2 / (2 tau)); above this many nats that could
 # overflow float32 in (sum_j w_j)^2 D, so such chunks subtract the row maximum instead.
 _MAX_UNSHIFTED_LOGIT = 20.0
@@ -424,19 +427,20 @@ class _Engine:
         self._view_cache = {}
         self.clamp = self.device.type == "cpu" and self.work == torch.float32
         # Row sums of the float32 weights in float64 where the products are float32 too (the rounding of
-        # a float32 sum would dominate that of tr Cov); next to bf16 products a float32 sum is enough.
-        self.z_dtype = torch.float32 if self.forms.dtype == torch.bfloat16 else torch.float64
+        # a float32 sum would dominate that of tr Cov); next to bf16 or TF32 products a float32 sum is
+        # enough (and on CUDA a float64 sum of float32 input first copies the whole block to float64).
+        self.z_dtype = torch.float32 if precision in ("bf16", "tf32") else torch.float64
 
     def allocate(self, rows: int):
         M = self.D.shape[0]
         self.logits = torch.empty(rows * M, dtype=self.work, device=self.device)
         self.weights = (self.logits if self.forms.dtype == self.work
                         else torch.empty(rows * M, dtype=self.forms.dtype, device=self.device))
-        if self.forms.dtype == torch.bfloat16 and self.work == torch.float32:
+        if self.forms.dtype == torch.bfloat16 and self.work == torch.float32 and self.forms.stride <= 2 * M:
             # the bf16 products live where the float32 logits were (dead once cast): a smaller working set
             self.products = self.logits.view(torch.bfloat16)
         else:
-            self.products = torch.empty(rows * self.forms.width, dtype=self.forms.dtype, device=self.device)
+            self.products = torch.empty(rows * self.forms.stride, dtype=self.forms.dtype, device=self.device)
         self.z = torch.empty(rows, dtype=self.z_dtype, device=self.device)
         self.tail = torch.empty((3, rows), dtype=torch.float64, device=self.device)
         self._view_cache = {}
@@ -515,7 +519,7 @@ class _Engine:
             logits4 = self.logits[: R * M].view(nt, ns, kk, M)
             logits = logits4.view(R, M)
             weights = logits if self.weights is self.logits else self.weights[: R * M].view(R, M)
-            y = self.products[: R * f.width].view(R, f.width)
+            y = self.products[: R * f.stride].view(R, f.stride)
             table = torch.empty((nt, ns, 1, M), dtype=self.work, device=self.device)
             tail = self.tail[:, :R]
             self._view_cache[key] = _BlockViews(
@@ -571,13 +575,16 @@ class _PairForms:
             ncols = dn[:, None]
         self.n_columns = ncols.shape[1] if with_n else 0
         self.width = M + self.n_columns
+        per_line = max(1, _ROW_BYTES.get(D64.device.type, 0) // torch.empty((), dtype=self.dtype).element_size())
+        self.stride = -(-self.width // per_line) * per_line  # the row stride of the products buffer
         self.blocks: List[Tuple[int, int, torch.Tensor]] = []
         edges = _column_edges(M)
         for e0, e1 in zip(edges[:-1], edges[1:]):
             W = Dn[:e1, e0:e1].clone()
             W[:e0] *= 2.0
-            if e1 == M and with_n:
-                W = torch.cat([W, ncols], 1)
+            if e1 == M:  # the n columns, then zero columns up to the padded row: aligned operands
+                pad = torch.zeros((e1, self.stride - self.width), dtype=W.dtype, device=W.device)
+                W = torch.cat([W, ncols, pad] if with_n else [W, pad], 1)
             self.blocks.append((e0, e1, W.to(self.dtype).contiguous()))
 
 
