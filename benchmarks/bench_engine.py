@@ -22,7 +22,8 @@ For each data dimension d (default 3072, 4096, 16384) with M = 200 samples and K
            distance and logit-normal m difference of the two densities.
 - profile: with --profile, torch.profiler's time per operation over 60 of the engine's blocks.
 
-The samples are the embedded Fashion-MNIST demo images, resized to d (bilinear; 3072 = 3 x 32 x 32 with the
+The samples are the embedded Fashion-MNIST demo images (for M > 2000 also their mirror images and copies
+shifted by a pixel), resized to d (bilinear; 3072 = 3 x 32 x 32 with the
 grey image in every channel, 4096 = 64 x 64, 16384 = 128 x 128) and normalised to mean 0 and std 1, or
 Gaussian noise (--data gaussian).
 
@@ -107,8 +108,14 @@ def make_data(kind: str, M: int, d: int, seed: int = 0) -> torch.Tensor:
         from vrcurve.readers import open_source
 
         src = open_source("demo")
-        idx = np.sort(np.random.default_rng(seed).choice(src.n, size=M, replace=False))
-        img = torch.from_numpy(src.read(idx)).float()  # (M, 1, 28, 28) in [-1, 1]
+        img = torch.from_numpy(src.read(np.arange(src.n))).float()  # (n, 1, 28, 28) in [-1, 1]
+        # beyond the n demo images: their mirror images, then both shifted by a pixel (distinct images)
+        img = torch.cat([img, img.flip(-1)])
+        img = torch.cat([img, img.roll(1, -1), img.roll(1, -2), img.roll((1, 1), (-2, -1))])
+        if M > img.shape[0]:
+            raise SystemExit(f"--data demo has {img.shape[0]} images with their variants; use --data gaussian.")
+        idx = np.sort(np.random.default_rng(seed).choice(img.shape[0] if M > src.n else src.n, size=M, replace=False))
+        img = img[torch.from_numpy(idx)]
         channels = 3 if d % 3 == 0 and math.isqrt(d // 3) ** 2 == d // 3 else 1
         side = math.isqrt(d // channels)
         if channels * side * side != d:
@@ -130,6 +137,7 @@ def direct(x, sched, ks, T, K, seed, tau, chunk_queries):
     Returns (sep, tr) of shape (len(ks), M) and the seconds of work of each timestep (noise drawing excluded).
     """
     M, d = x.shape
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     t = torch.from_numpy(est.timestep_grid(T))
     s = (sched.sigma(t) / sched.alpha(t)).tolist()
     xt = x.T.contiguous()
@@ -140,9 +148,10 @@ def direct(x, sched, ks, T, K, seed, tau, chunk_queries):
     work = [0.0] * len(ks)
     for i0 in range(0, M, per):
         i1 = min(M, i0 + per)
-        eps = torch.stack([est.source_noise(seed, i, K, d) for i in range(i0, i1)])  # (ns, K, d), not timed
+        eps = torch.stack([est.source_noise(seed, i, K, d, device=x.device) for i in range(i0, i1)])  # not timed
         q = torch.empty_like(eps)
         for j, k in enumerate(ks):
+            sync()
             started = time.perf_counter()
             st = s[k]
             torch.add(x[i0:i1, None, :], eps, alpha=st, out=q)  # the queries in R^d
@@ -153,9 +162,11 @@ def direct(x, sched, ks, T, K, seed, tau, chunk_queries):
             mean = w @ x  # E[x1 | q], (Q, d)
             sq = torch.linalg.vecdot(mean, mean)
             trq = w @ n - sq
-            sep[j, i0:i1] += sq.view(i1 - i0, K).sum(1, dtype=torch.float64)
-            tr[j, i0:i1] += trq.view(i1 - i0, K).sum(1, dtype=torch.float64)
+            sq_sum, tr_sum = (v.view(i1 - i0, K).sum(1, dtype=torch.float64) for v in (sq, trq))
+            sync()
             work[j] += time.perf_counter() - started
+            sep[j, i0:i1] += sq_sum.cpu()
+            tr[j, i0:i1] += tr_sum.cpu()
     return sep, tr, work
 
 
