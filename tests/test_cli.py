@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import vrcurve
 from vrcurve.artifact import read_artifact
+from vrcurve.estimator import resolve_precision
 from vrcurve.cli import app, density_picture
 
 runner = CliRunner()
@@ -36,6 +37,8 @@ def test_estimate_writes_a_complete_artifact(tiny_npy, tmp_path):
         assert key in summary
     assert (summary["samples"], summary["noise"], summary["timesteps"], summary["dim"]) == (12, 4, 50, 48)
     arrays, meta = read_artifact(out)
+    # the precision the products ran in: what auto resolved to on this machine
+    assert summary["precision"] == meta["precision"] == resolve_precision("auto", "cpu")
     assert SPEC_METADATA <= set(meta)
     assert meta["time_convention"] == "t0_noise" and meta["shape"] == [3, 4, 4]
     assert meta["data"]["samples_total"] == 40 and meta["data"]["samples_chosen"] == 12
