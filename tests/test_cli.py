@@ -227,3 +227,30 @@ def test_bootstrap_interval_and_convergence_table_are_stored_and_printed(tiny_np
     run("estimate", "--data", tiny_npy, "-o", out, *SMALL, "--bootstrap", "0", "--overwrite", "-q")
     meta = read_artifact(out)[1]
     assert "logitnormal_m_ci90" not in meta and "convergence" not in meta
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from vrcurve import cli
+
+    class Stream(io.StringIO):
+        tty = False
+
+        def isatty(self):
+            return self.tty
+
+    stream = Stream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert cli._progress_reporter(True) == (None, None)  # stderr is not a terminal
+    stream.tty = True
+    assert cli._progress_reporter(False) == (None, None)  # --quiet
+    monkeypatch.setattr(cli, "err", Console(file=stream, force_terminal=True, width=120))
+    bar, report = cli._progress_reporter(True)
+    with bar:
+        report(250.0, 1000)
+        bar.refresh()
+    shown = stream.getvalue()
+    assert "250/1,000 timesteps" in shown and "estimating" in shown and "eta" in shown
