@@ -12,8 +12,9 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, Tuple, Union
 
 import numpy as np
 
@@ -69,22 +70,29 @@ def write_artifact(path: PathLike, tensors: Mapping[str, np.ndarray], metadata: 
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise VRCurveError(f"cannot write {path}: folder {folder} does not exist; create it or choose another --out.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
-        os.close(fd)
-        save_file(arrays, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise VRCurveError(f"cannot write {path}: {exc.strerror or exc}; check the path and free space.") from None
-        raise
+        with atomic_path(path) as tmp:
+            save_file(arrays, tmp, metadata=meta)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+    except OSError as exc:
+        raise VRCurveError(f"cannot write {path}: {exc.strerror or exc}; check the path and free space.") from None
     return path
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[str]:
+    """A temporary file beside ``path`` for the block to write; it becomes ``path`` (one rename) when the
+    block succeeds and is removed when it fails, so ``path`` is either the whole new file or untouched."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def read_artifact(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:

@@ -8,13 +8,12 @@ Agg. The file is written atomically: a temporary file in the same folder, then a
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from .artifact import atomic_path
 from .errors import VRCurveError
 
 
@@ -142,19 +141,11 @@ def plot_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], out
     fig.text(0.5, 0.01, caption(meta), ha="center", va="bottom", fontsize="small")
     fig.subplots_adjust(left=0.12, right=0.97, top=0.94 if title else 0.97, bottom=0.09, hspace=0.12)
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, format=(out.suffix.lstrip(".").lower() or "png"))
-        os.replace(tmp, out)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, ValueError):  # matplotlib's word for an unknown format
-            raise VRCurveError(f"cannot write {out}: {exc}; use a .png, .pdf or .svg name.") from None
-        if isinstance(exc, OSError):
-            raise VRCurveError(f"cannot write {out}: {exc.strerror or exc}; check the path and free space.") from None
-        raise
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=(out.suffix.lstrip(".").lower() or "png"))
+    except ValueError as exc:  # matplotlib's word for an unknown format
+        raise VRCurveError(f"cannot write {out}: {exc}; use a .png, .pdf or .svg name.") from None
+    except OSError as exc:
+        raise VRCurveError(f"cannot write {out}: {exc.strerror or exc}; check the path and free space.") from None
     return out
