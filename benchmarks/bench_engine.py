@@ -170,6 +170,20 @@ def direct(x, sched, ks, T, K, seed, tau, chunk_queries):
     return sep, tr, work
 
 
+def engine_for(x, sched, T, K, tau, precision):
+    """The engine set up as ``estimate`` sets it up on the device of ``x``: (engine, plan, timesteps per
+    block, the precision ``precision`` resolves to)."""
+    M, d = x.shape
+    t = torch.from_numpy(est.timestep_grid(T))
+    s = (sched.sigma(t) / sched.alpha(t)).numpy()
+    prec = est.resolve_precision(precision, x.device, torch.float32)
+    _, n64, D64 = est.gram(x)
+    engine = est._Engine(D64, n64, s, tau, prec, "covariance")
+    plan = est._plan(M, K, d, None, x.device, torch.float32, engine.forms.dtype)
+    engine.allocate(plan.buffer_rows)
+    return engine, plan, max(1, min(T, plan.block_rows // (plan.sources * plan.noise))), prec
+
+
 def vrcurve_timesteps(x, sched, ks, T, K, seed, tau, precision):
     """The engine's per-source sums at timesteps ``ks``: (sep, tr) of shape (len(ks), M), the seconds of work
     per timestep from each of ``ks`` on, of the one-time work (noise and projections), the precision and
@@ -179,15 +193,8 @@ def vrcurve_timesteps(x, sched, ks, T, K, seed, tau, precision):
     block's usual number of consecutive timesteps from k on, and the cost per timestep is over all of them.
     """
     M, d = x.shape
-    t = torch.from_numpy(est.timestep_grid(T))
-    s = (sched.sigma(t) / sched.alpha(t)).numpy()
     cpu = torch.device("cpu")
-    prec = est.resolve_precision(precision, cpu, torch.float32)
-    _, n64, D64 = est.gram(x)
-    engine = est._Engine(D64, n64, s, tau, prec, "covariance")
-    plan = est._plan(M, K, d, None, cpu, torch.float32, engine.forms.dtype)
-    engine.allocate(plan.buffer_rows)
-    tb = max(1, plan.block_rows // (plan.sources * plan.noise))
+    engine, plan, tb, prec = engine_for(x, sched, T, K, tau, precision)
     ids = np.arange(M)
     xt = x.T.contiguous()
     sums = torch.zeros(2, len(ks), M, dtype=torch.float64)
@@ -214,19 +221,12 @@ def profile_blocks(x, sched, T, K, tau, precision, blocks=60):
     from torch.profiler import profile
 
     M, d = x.shape
-    t = torch.from_numpy(est.timestep_grid(T))
-    s = (sched.sigma(t) / sched.alpha(t)).numpy()
     cpu = torch.device("cpu")
-    prec = est.resolve_precision(precision, cpu, torch.float32)
-    _, n64, D64 = est.gram(x)
-    engine = est._Engine(D64, n64, s, tau, prec, "covariance")
-    plan = est._plan(M, K, d, None, cpu, torch.float32, engine.forms.dtype)
-    engine.allocate(plan.buffer_rows)
-    tb = max(1, plan.block_rows // (plan.sources * plan.noise))
+    engine, plan, tb, prec = engine_for(x, sched, T, K, tau, precision)
     with est._noise_pool(cpu, plan.sources) as pool:
         P, bound = est._projections(0, plan.sources, K, 0, np.arange(M), x.T.contiguous(), tau, pool)
     chunk = engine.chunk(P, 0, bound)
-    starts = [int(v) for v in np.linspace(0, 0.9 * T - tb, blocks)]
+    starts = [int(v) for v in np.linspace(0, max(0, min(0.9 * T, T - tb)), blocks)]
     for t0 in starts[:5]:
         engine.block(chunk, 0, plan.noise, t0, t0 + tb)
     with profile() as prof:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import density_difference, direct, grid_indices, make_data  # noqa: E402
+from bench_engine import density_difference, direct, engine_for, grid_indices, make_data  # noqa: E402
 
 from vrcurve import estimator as est  # noqa: E402
 from vrcurve.schedulers import LinearScheduler  # noqa: E402
@@ -117,38 +117,39 @@ def profile(args, device):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
+    cpu = device.type == "cpu"  # a dry run of the script: operators' CPU time instead of kernels
+    activity = ProfilerActivity.CPU if cpu else ProfilerActivity.CUDA
+    sync = (lambda _: None) if cpu else torch.cuda.synchronize
+
+    def time_of(e):
+        return e.self_cpu_time_total if cpu else e.self_device_time_total
+
     M, K, d = (int(v) for v in args.large.split(","))
     T = args.timesteps
     x = make_data(args.data, M, d).to(device)
-    t = torch.from_numpy(est.timestep_grid(T))
-    sched = LinearScheduler()
-    s = (sched.sigma(t) / sched.alpha(t)).numpy()
     for prec in args.large_precisions.split(","):
-        _, n64, D64 = est.gram(x)
-        engine = est._Engine(D64, n64, s, float(d), prec, "covariance")
-        plan = est._plan(M, K, d, None, device, torch.float32, engine.forms.dtype)
-        engine.allocate(plan.buffer_rows)
-        tb = max(1, plan.block_rows // (plan.sources * plan.noise))
+        engine, plan, tb, prec = engine_for(x, LinearScheduler(), T, K, float(d), prec)
         with est._noise_pool(device, plan.sources) as pool:
             P, bound = est._projections(0, plan.sources, K, 0, np.arange(M), x.T.contiguous(), float(d), pool)
         chunk = engine.chunk(P, 0, bound)
-        starts = [int(v) for v in np.linspace(0, 0.9 * T - tb, 20)]
+        starts = [int(v) for v in np.linspace(0, max(0, min(0.9 * T, T - tb)), 20)]
         with est._matmul_precision(device, "tf32" if prec == "tf32" else "ieee"):
             for t0 in starts[:5]:
                 engine.block(chunk, 0, plan.noise, t0, t0 + tb)
-            torch.cuda.synchronize(device)
-            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            sync(device)
+            with torch_profile(activities=[activity]) as prof:
                 for t0 in starts:
                     engine.block(chunk, 0, plan.noise, t0, t0 + tb)
-                torch.cuda.synchronize(device)
-        # the kernels alone (the operators that launch them carry the same device time)
-        events = [e for e in prof.key_averages() if e.self_device_time_total > 0 and not e.key.startswith("aten::")]
-        events.sort(key=lambda e: -e.self_device_time_total)
-        total = sum(e.self_device_time_total for e in events) / 1e3 / len(starts)
-        print(f"profile {prec}: {total:.3f} ms of kernels per block ({tb} timestep(s) x {plan.sources * plan.noise} "
-              f"queries x {M} samples; the whole curve has {T * M * K // (tb * plan.sources * plan.noise)} blocks)")
+                sync(device)
+        # on CUDA the kernels alone (the operators that launch them carry the same device time)
+        events = [e for e in prof.key_averages() if time_of(e) > 0 and (cpu or not e.key.startswith("aten::"))]
+        events.sort(key=lambda e: -time_of(e))
+        total = sum(time_of(e) for e in events) / 1e3 / len(starts)
+        print(f"profile {prec}: {total:.3f} ms of {'operators' if cpu else 'kernels'} per block ({tb} timestep(s) x "
+              f"{plan.sources * plan.noise} queries x {M} samples; the whole curve has "
+              f"{T * M * K // (tb * plan.sources * plan.noise)} blocks)")
         for e in events[:10]:
-            print(f"  {e.self_device_time_total / 1e3 / len(starts):7.3f} ms  {e.count / len(starts):4.1f}x  {e.key[:90]}")
+            print(f"  {time_of(e) / 1e3 / len(starts):7.3f} ms  {e.count / len(starts):4.1f}x  {e.key[:90]}")
         del engine, P, chunk
 
 
@@ -206,7 +207,7 @@ def main():
         cli(args)
     if args.large:
         large(args, device)
-    if args.profile and args.large and device.type == "cuda":
+    if args.profile and args.large:
         profile(args, device)
 
 
