@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Regenerate every figure and table of docs/validation.md from scratch.
 
-    python scripts/validate.py                 # the full report (K = 500; several minutes on 2 cores)
+    python scripts/validate.py                 # the full report (K = 500; about 35 minutes on 2 cores)
     python scripts/validate.py --noise 50      # a quicker, noisier version
 
 Needs matplotlib (`pip install 'vrcurve[plot]'`) and, for the full Fashion-MNIST training set, Debian's
@@ -72,6 +72,51 @@ def curves(datasets: dict, out: Path, noise: int, samples: int) -> list:
     return rows
 
 
+def ladder(data: str, out: Path, folder: Path, sizes, noise: int) -> list:
+    """The linear scheduler, --likelihood mean, at growing M (independent seeded draws, K fixed): where m
+    settles, and how far each density is from the one at the largest M."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vrcurve.artifact import read_artifact
+    from vrcurve.density import ks_between_cdfs
+
+    rows, cdfs, pdfs = [], [], []
+    for M in sizes:
+        art = folder / f"ladder-{M}.safetensors"
+        summary = json.loads(vrcurve_cli("estimate", "--data", data, "-o", art, "--overwrite", "-M", M, "-K", noise,
+                                         "--json"))
+        arrays, _ = read_artifact(art)
+        cdfs.append(arrays["cdf"])
+        pdfs.append((arrays["t"], arrays["pdf"]))
+        rows.append({"samples": M, "m": summary["logitnormal_m"], "ci90": summary["logitnormal_m_ci90"],
+                     "peak_t": summary["peak_t"], "elapsed_s": summary["elapsed_s"]})
+        print(f"ladder M = {M}: m = {summary['logitnormal_m']:+.3f}, {summary['elapsed_s']:.1f} s", file=sys.stderr)
+    for r, cdf in zip(rows, cdfs):
+        r["ks_to_largest"] = ks_between_cdfs(cdf, cdfs[-1])
+
+    fig, (ax_p, ax_m) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    for r, (t, pdf) in zip(rows, pdfs):
+        ax_p.plot(t, pdf, lw=1, label=f"M = {r['samples']}")
+    ax_p.set_xlabel("t (0 = noise, 1 = data)")
+    ax_p.set_ylabel("pdf(t)")
+    ax_p.legend(fontsize=8)
+    Ms = [r["samples"] for r in rows]
+    ms = np.array([r["m"] for r in rows])
+    lo, hi = np.array([r["ci90"] for r in rows]).T
+    ax_m.errorbar(Ms, ms, yerr=[ms - lo, hi - ms], fmt="o-", capsize=3)
+    ax_m.set_xscale("log")
+    ax_m.set_xticks(Ms, [str(M) for M in Ms])
+    ax_m.set_xlabel("M (samples)")
+    ax_m.set_ylabel("KS-best m, 90% interval")
+    fig.tight_layout()
+    fig.savefig(out / "ladder.png")
+    plt.close(fig)
+    return rows
+
+
 def gram_vs_direct() -> list:
     x = torch.randn(8, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     rows = []
@@ -121,7 +166,8 @@ def closed_forms(out: Path) -> dict:
     return {"antipodal": float(np.max(np.abs(anti.S - anti_ref))), "gaussian": float(np.max(np.abs(gauss.S - gauss_ref)))}
 
 
-def markdown(rows: list, gram: list, closed: dict, noise: int, samples: int) -> str:
+def markdown(rows: list, steps: list, ladder_label: str, ladder_noise: int, gram: list, closed: dict, noise: int,
+             samples: int) -> str:
     lines = [BEGIN, "", f"Settings: M = {samples}, K = {noise}, T = 1000, seed 0, `--normalize global`, "
              "`--check-convergence`, 200 bootstrap replicates.", "",
              "| data | scheduler | likelihood | peak t | m | 90% interval of m | grid m | KS | settled | time (s)* |",
@@ -141,6 +187,14 @@ def markdown(rows: list, gram: list, closed: dict, noise: int, samples: int) -> 
     lines += ["", "Figures (made by `vrcurve plot`):", ""]
     for r in rows:
         lines.append(f"- {r['name']}: ![{r['name']}](validation/{r['name']}.png)")
+    lines += ["", f"Growing M ({ladder_label}, linear, `--likelihood mean`, K = {ladder_noise}, a fresh seeded draw "
+              "of samples at each M; KS to the density at the largest M):", "",
+              "| M | m | 90% interval of m | peak t | KS to the largest M | time (s) |", "|---|---|---|---|---|---|"]
+    for r in steps:
+        lo, hi = r["ci90"]
+        lines.append(f"| {r['samples']} | {r['m']:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {r['peak_t']:.3f} | "
+                     f"{r['ks_to_largest']:.3f} | {r['elapsed_s']:.1f} |")
+    lines += ["", "![growing M](validation/ladder.png)"]
     lines += ["", "Gram form against the direct computation (8 samples in 12-D, K = 16, T = 64, float64; largest "
               "difference over the grid, relative to the curve's largest value):", "", "| scheduler | likelihood | S_t | tr Cov |", "|---|---|---|---|"]
     for g in gram:
@@ -156,6 +210,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--noise", "-K", type=int, default=500)
     ap.add_argument("--samples", "-M", type=int, default=200)
+    ap.add_argument("--ladder", type=lambda v: [int(x) for x in v.split(",")], default=[100, 200, 400, 800, 1600],
+                    help="the sample counts of the growing-M study (comma-separated)")
+    ap.add_argument("--ladder-noise", type=int, default=50, help="K of the growing-M study")
     args = ap.parse_args()
     out = ROOT / "docs" / "validation"
     out.mkdir(parents=True, exist_ok=True)
@@ -169,14 +226,18 @@ def main():
         rows = curves(datasets, Path(tmp), args.noise, args.samples)
         for png in Path(tmp).glob("*.png"):
             png.replace(out / png.name)
+        ladder_label = next(iter(datasets))
+        steps = ladder(datasets[ladder_label], out, Path(tmp), args.ladder, args.ladder_noise)
     gram = gram_vs_direct()
     closed = closed_forms(out)
     doc = ROOT / "docs" / "validation.md"
     text = doc.read_text() if doc.exists() else f"# Validation\n\n{BEGIN}\n{END}\n"
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
-    doc.write_text(head + markdown(rows, gram, closed, args.noise, args.samples) + tail)
-    (out / "results.json").write_text(json.dumps({"curves": rows, "gram": gram, "closed": closed}, indent=1))
+    doc.write_text(head + markdown(rows, steps, ladder_label, args.ladder_noise, gram, closed, args.noise,
+                                   args.samples) + tail)
+    (out / "results.json").write_text(json.dumps({"curves": rows, "ladder": steps, "gram": gram, "closed": closed},
+                                                 indent=1))
     print(f"wrote {doc} and {len(rows) + 1} figures in {out}", file=sys.stderr)
 
 

@@ -123,7 +123,8 @@ class ConvergenceReport:
                     f"M={full.samples}, and m within {abs(half.m - full.m):.3f}.")
         return (f"NOT settled: going from M={half.samples} to M={full.samples} still moves the density by KS "
                 f"{half.ks_to_full:.4f} (threshold {self.ks_threshold}) and m by {abs(half.m - full.m):.3f} "
-                f"(threshold {self.m_threshold}); estimate again with a larger --samples, e.g. {2 * full.samples}.")
+                f"(threshold {self.m_threshold}); compare densities only at the same M, or estimate again with a "
+                f"larger --samples, e.g. {2 * full.samples}, to see whether it settles (docs/validation.md).")
 
     def as_metadata(self) -> dict:
         return {
