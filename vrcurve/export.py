@@ -130,15 +130,10 @@ def to_kohya(m_p: float, s: float) -> Export:
     x = (1 - sigma) x1 + sigma eps. So t = 1 is noise, logit(sigma) ~ N(ln shift, sigmoid_scale^2), and in
     vrcurve time logit(1 - sigma) ~ N(-ln shift, sigmoid_scale^2): sigmoid_scale = s, shift = exp(-m_p).
     """
-    s = _check_scale(s)
-    shift = math.exp(-float(m_p))
-    return Export(
-        target="kohya",
-        convention="t = 1 is noise (sigma), the opposite of vrcurve: the location -m_p becomes the shift exp(-m_p)",
+    return _sigmoid_then_shift(
+        "kohya", {"timestep_sampling": "shift"}, "sigmoid_scale", "discrete_flow_shift", m_p, s,
         definition="sigma = sigmoid(sigmoid_scale*z), z ~ N(0,1), then sigma = shift*sigma/(1+(shift-1)*sigma), "
         "shift = discrete_flow_shift",
-        lines=(f"--timestep_sampling shift --sigmoid_scale {num(s)} --discrete_flow_shift {num(shift)}",),
-        values={"timestep_sampling": "shift", "sigmoid_scale": s, "discrete_flow_shift": shift},
     )
 
 
@@ -150,15 +145,23 @@ def to_simpletuner(m_p: float, s: float) -> Export:
     overrides ``flow_schedule_auto_shift``); x = (1 - sigma) x1 + sigma eps. t = 1 is noise:
     flow_sigmoid_scale = s, flow_schedule_shift = exp(-m_p). The uniform, beta and fast schedules must be off.
     """
-    s = _check_scale(s)
-    shift = math.exp(-float(m_p))
-    return Export(
-        target="simpletuner",
-        convention="t = 1 is noise (sigma), the opposite of vrcurve: the location -m_p becomes the shift exp(-m_p)",
+    return _sigmoid_then_shift(
+        "simpletuner", {}, "flow_sigmoid_scale", "flow_schedule_shift", m_p, s,
         definition="sigma = sigmoid(flow_sigmoid_scale*z), z ~ N(0,1), then sigma = shift*sigma/(1+(shift-1)*sigma), "
         "shift = flow_schedule_shift; leave --flow_use_uniform_schedule, --flow_use_beta_schedule off",
-        lines=(f"--flow_sigmoid_scale {num(s)} --flow_schedule_shift {num(shift)}",),
-        values={"flow_sigmoid_scale": s, "flow_schedule_shift": shift},
+    )
+
+
+def _sigmoid_then_shift(target: str, flags: Mapping[str, str], scale: str, shift: str, m_p: float, s: float,
+                        definition: str) -> Export:
+    """Trainers that draw sigma = sigmoid(scale z) and then shift it (t = 1 is noise): the location -m_p
+    becomes the shift exp(-m_p), the scale is s. ``flags`` come first on the command line."""
+    values = {**flags, scale: _check_scale(s), shift: math.exp(-float(m_p))}
+    line = " ".join(f"--{k} {v if isinstance(v, str) else num(v)}" for k, v in values.items())
+    return Export(
+        target=target,
+        convention="t = 1 is noise (sigma), the opposite of vrcurve: the location -m_p becomes the shift exp(-m_p)",
+        definition=definition, lines=(line,), values=values,
     )
 
 
