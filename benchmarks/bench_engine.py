@@ -137,7 +137,7 @@ def direct(x, sched, ks, T, K, seed, tau, chunk_queries):
     Returns (sep, tr) of shape (len(ks), M) and the seconds of work of each timestep (noise drawing excluded).
     """
     M, d = x.shape
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(x.device)) if x.is_cuda else (lambda: None)
     t = torch.from_numpy(est.timestep_grid(T))
     s = (sched.sigma(t) / sched.alpha(t)).tolist()
     xt = x.T.contiguous()

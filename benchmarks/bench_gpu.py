@@ -198,8 +198,10 @@ def main():
         props = torch.cuda.get_device_properties(device)
         print(f"device: {props.name}, compute capability {props.major}.{props.minor}, "
               f"{props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs; torch {torch.__version__}")
-    else:  # a dry run of the script itself
-        print(f"device: {device} (not a GPU: a dry run of this script); torch {torch.__version__}")
+    else:  # a dry run of the script itself; TF32 is a CUDA format
+        print(f"device: {device} (not a GPU: a dry run of this script, without tf32); torch {torch.__version__}")
+        args.precisions, args.large_precisions = (",".join(p for p in v.split(",") if p != "tf32")
+                                                  for v in (args.precisions, args.large_precisions))
     est.estimate(make_data("gaussian", 16, 64), LinearScheduler(), noise=4, timesteps=8, device=device)  # CUDA start
     for d in (int(v) for v in args.dims.split(",") if v):
         setting(args, device, d)

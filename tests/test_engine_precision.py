@@ -175,19 +175,23 @@ def test_progress_counts_timesteps():
 
 
 @pytest.mark.parametrize("M", [10, 40])
-@pytest.mark.parametrize("precision", ["float32", "bf16"])
-def test_padded_product_rows_change_nothing(monkeypatch, M, precision):
+@pytest.mark.parametrize("precision, form", [("float32", "covariance"), ("bf16", "covariance"), ("bf16", "paper")])
+def test_padded_product_rows_change_nothing(monkeypatch, M, precision, form):
     """Rows of the products buffer padded as on CUDA (to 64 bytes; at M = 10 the bf16 rows no longer fit in
     the logits' memory and get a buffer of their own) give the same curve, to the round-off of a matrix
     product whose kernel may change with the output's leading dimension."""
     from vrcurve import estimator as est
 
     x = torch.randn(M, 30, generator=torch.Generator().manual_seed(3))
-    kw = dict(noise=7, timesteps=40, seed=2, precision=precision)
+    kw = dict(noise=7, timesteps=40, seed=2, precision=precision, form=form)  # paper + bf16: no n columns
     plain = estimate(x, LinearScheduler(), **kw)
     monkeypatch.setitem(est._ROW_BYTES, "cpu", 64)
-    forms = est._PairForms(*gram(x)[1:][::-1], precision)
+    forms = est._PairForms(*gram(x)[1:][::-1], precision, with_n=form == "covariance")
     assert forms.stride > forms.width and forms.stride % (64 // (2 if precision == "bf16" else 4)) == 0
+    engine = est._Engine(*gram(x)[1:][::-1], np.ones(3), 1.0, precision, form)
+    engine.allocate(8)
+    # bf16 products share the float32 logits' memory where their padded rows fit in it (M = 40), not at M = 10
+    assert (engine.products.data_ptr() == engine.logits.data_ptr()) == (precision == "bf16" and M == 40)
     padded = estimate(x, LinearScheduler(), **kw)
     np.testing.assert_allclose(padded.variance, plain.variance, rtol=1e-6, atol=1e-6 * plain.variance.max())
     np.testing.assert_allclose(padded.S, plain.S, rtol=1e-6)

@@ -84,7 +84,7 @@ def write_artifact(path: PathLike, tensors: Mapping[str, np.ndarray], metadata: 
 def atomic_path(path: Path) -> Iterator[str]:
     """A temporary file beside ``path`` for the block to write; it becomes ``path`` (one rename) when the
     block succeeds and is removed when it fails, so ``path`` is either the whole new file or untouched."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield tmp
