@@ -24,7 +24,7 @@ import numpy as np
 
 from .density import curve_cdf, density_from_curve, ks_between_cdfs
 from .estimator import Curve
-from .fit import ks_distance
+from .fit import ks_objective
 
 KS_SETTLED = 0.02
 M_SETTLED = 0.05
@@ -43,28 +43,12 @@ def variance_from_sources(per_source_S: np.ndarray, per_source_trcov: np.ndarray
     return h2 * (1.0 - per_source_S @ weights)
 
 
-class _NearFit:
-    """The continuous KS-best m (s = 1) within m0 ± width: the bootstrap's fast refit.
+def _fit_m_near(ks: Callable[[float], float], m0: float, width: float = 1.0) -> float:
+    """The continuous KS-best m (s = 1) within m0 ± width: the bootstrap's fast refit."""
+    from scipy.optimize import minimize_scalar
 
-    KS is evaluated at the bin edges and 2,001 equally spaced points (not the 20,001 of the reported fit):
-    the spread of m over replicates is far wider than the difference this makes. The points and their
-    logits are shared by all replicates of one curve.
-    """
-
-    def __init__(self, timesteps: int):
-        edges = np.arange(timesteps + 1) / timesteps
-        self.edges = edges
-        self.t = np.union1d(np.linspace(0.0, 1.0, 2001), edges)[1:-1]
-        self.logit = np.log(self.t) - np.log1p(-self.t)
-
-    def __call__(self, cdf: np.ndarray, m0: float, width: float = 1.0) -> float:
-        from scipy.optimize import minimize_scalar
-        from scipy.special import ndtr
-
-        F = np.interp(self.t, self.edges, cdf)
-        res = minimize_scalar(lambda m: np.max(np.abs(F - ndtr(self.logit - m))), bounds=(m0 - width, m0 + width),
-                              method="bounded", options={"xatol": 1e-4})
-        return float(res.x)
+    res = minimize_scalar(ks, bounds=(m0 - width, m0 + width), method="bounded", options={"xatol": 1e-4})
+    return float(res.x)
 
 
 @dataclass(frozen=True)
@@ -92,8 +76,11 @@ def bootstrap_m(curve: Curve, m_hat: float, *, replicates: int = 200, seed: int 
     M = curve.samples
     counts = np.stack([np.bincount(rng.integers(0, M, size=M), minlength=M) for _ in range(replicates)], 1)
     V = variance_from_sources(curve.per_source_S, curve.per_source_trcov, curve.h2, curve.form, counts / M)
-    refit = _NearFit(V.shape[0])
-    ms = np.array([refit(curve_cdf(V[:, b]), m_hat) for b in range(replicates)])
+    # KS at the bin edges and 2,001 equally spaced points (not the 20,001 of the reported fit): the spread of
+    # m over replicates is far wider than the difference this makes
+    T = V.shape[0]
+    t = np.union1d(np.linspace(0.0, 1.0, 2001), np.arange(T + 1) / T)[1:-1]
+    ms = np.array([_fit_m_near(ks_objective(curve_cdf(V[:, b]), t), m_hat) for b in range(replicates)])
     alpha = (1.0 - level) / 2
     low, high = np.quantile(ms, [alpha, 1.0 - alpha])
     return BootstrapInterval(low=float(low), high=float(high), std=float(ms.std(ddof=1)), level=level,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -55,12 +55,20 @@ def ks_distance(cdf: np.ndarray, m: float, s: float = 1.0, t: Optional[np.ndarra
     plus every bin edge; both are monotone, so the sup between grid points exceeds the grid value by at
     most the largest step of either CDF over one spacing.
     """
-    if t is None:
-        t = _fine_t(cdf)
+    return ks_objective(cdf, _fine_t(cdf) if t is None else t)(m, s)
+
+
+def ks_objective(cdf: np.ndarray, t: np.ndarray) -> Callable[..., float]:
+    """KS(m, s = 1) of ``cdf`` against logit-normals at the points ``t`` (in (0, 1)), for a search over m
+    and s: F_vr(t) and logit t are computed once here, not at every evaluation."""
     T = cdf.shape[0] - 1
     F = np.interp(t, np.arange(T + 1) / T, cdf)
-    L = _normal_cdf((np.log(t) - np.log1p(-t) - m) / s)
-    return float(np.max(np.abs(F - L)))
+    logit = np.log(t) - np.log1p(-t)
+
+    def ks(m: float, s: float = 1.0) -> float:
+        return float(np.max(np.abs(F - _normal_cdf((logit - m) / s))))
+
+    return ks
 
 
 def fit_logitnormal(cdf: np.ndarray, *, fit_scale: bool = False) -> LogitNormalFit:
@@ -72,26 +80,23 @@ def fit_logitnormal(cdf: np.ndarray, *, fit_scale: bool = False) -> LogitNormalF
     from scipy.optimize import minimize, minimize_scalar
 
     cdf = np.asarray(cdf, dtype=np.float64)
-    t = _fine_t(cdf)
-    ks_grid = np.array([ks_distance(cdf, m, 1.0, t) for m in GRID])
+    ks = ks_objective(cdf, _fine_t(cdf))
+    ks_grid = np.array([ks(m) for m in GRID])
     best = int(np.argmin(ks_grid))
     m_grid = float(GRID[best])
-    res = minimize_scalar(
-        lambda m: ks_distance(cdf, m, 1.0, t), bounds=(m_grid - 0.25, m_grid + 0.25), method="bounded",
-        options={"xatol": 1e-6},
-    )
+    res = minimize_scalar(ks, bounds=(m_grid - 0.25, m_grid + 0.25), method="bounded", options={"xatol": 1e-6})
     m_cont, ks_cont = float(res.x), float(res.fun)
     if ks_grid[best] < ks_cont:  # the bounded search never does worse than where it started
         m_cont, ks_cont = m_grid, float(ks_grid[best])
-    m, s, ks = m_cont, 1.0, ks_cont
+    m, s, ks_best = m_cont, 1.0, ks_cont
     if fit_scale:
         res2 = minimize(
-            lambda p: ks_distance(cdf, p[0], math.exp(p[1]), t), x0=np.array([m_cont, 0.0]), method="Nelder-Mead",
+            lambda p: ks(p[0], math.exp(p[1])), x0=np.array([m_cont, 0.0]), method="Nelder-Mead",
             options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000},
         )
-        if res2.fun < ks:
-            m, s, ks = float(res2.x[0]), float(math.exp(res2.x[1])), float(res2.fun)
+        if res2.fun < ks_best:
+            m, s, ks_best = float(res2.x[0]), float(math.exp(res2.x[1])), float(res2.fun)
     return LogitNormalFit(
-        m=m, s=s, ks=ks, m_grid=m_grid, ks_grid_best=float(ks_grid[best]), m_continuous=m_cont,
+        m=m, s=s, ks=ks_best, m_grid=m_grid, ks_grid_best=float(ks_grid[best]), m_continuous=m_cont,
         ks_continuous=ks_cont, grid=GRID.copy(), ks_grid=ks_grid, scale_fitted=fit_scale,
     )
