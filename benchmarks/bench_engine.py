@@ -20,7 +20,10 @@ For each data dimension d (default 3072, 4096, 16384) with M = 200 samples and K
 - cli:     with --cli, the whole ``vrcurve estimate`` command on a .npy file of the samples (end to end).
 - float32: with --compare-float32, the full curve again with float32 products, its time, and the KS
            distance and logit-normal m difference of the two densities.
-- profile: with --profile, torch.profiler's time per operation over 60 of the engine's blocks.
+- pytorch: with --compare-pytorch, the engine's blocks again with the element-wise work as PyTorch
+           operations instead of the fused C kernels (vrcurve/_fused.c), timed in the same way, right after.
+- profile: with --profile, torch.profiler's time per operation over 60 of the engine's blocks (the fused
+           kernels appear as vrcurve::fused_front and vrcurve::fused_back).
 
 The samples are the embedded Fashion-MNIST demo images (for M > 2000 also their mirror images and copies
 shifted by a pixel), resized to d (bilinear; 3072 = 3 x 32 x 32 with the
@@ -47,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vrcurve import _kernel
 from vrcurve import estimator as est
 from vrcurve.schedulers import LinearScheduler
 
@@ -170,6 +174,40 @@ def direct(x, sched, ks, T, K, seed, tau, chunk_queries):
     return sep, tr, work
 
 
+class PyTorchOnly:
+    """The engine without the fused C kernels, as where they are not built."""
+
+    def __enter__(self):
+        self.saved = _kernel._load
+        _kernel._load = lambda: (None, "switched off by the benchmark")
+
+    def __exit__(self, *exc):
+        _kernel._load = self.saved
+
+
+class _ProfiledKernels:
+    """The fused library with each call recorded by torch.profiler under a name of its own."""
+
+    def __init__(self, lib):
+        self.lib = lib
+
+    def __getattr__(self, name):
+        call = getattr(self.lib, name)
+
+        def recorded(*args):
+            with torch.profiler.record_function(f"vrcurve::fused_{name[3:]}"):
+                return call(*args)
+
+        return recorded
+
+
+def kernel_line(prec: str) -> str:
+    if prec == "bf16" and _kernel.fused() is not None:
+        return "element-wise work in the fused C kernels"
+    reason = "they apply to bf16 products only" if prec != "bf16" else _kernel.why_not()
+    return f"element-wise work in PyTorch operations (fused kernels: {reason})"
+
+
 def engine_for(x, sched, T, K, tau, precision):
     """The engine set up as ``estimate`` sets it up on the device of ``x``: (engine, plan, timesteps per
     block, the precision ``precision`` resolves to)."""
@@ -223,6 +261,8 @@ def profile_blocks(x, sched, T, K, tau, precision, blocks=60):
     M, d = x.shape
     cpu = torch.device("cpu")
     engine, plan, tb, prec = engine_for(x, sched, T, K, tau, precision)
+    if engine.fused is not None:
+        engine.fused = _ProfiledKernels(engine.fused)
     with est._noise_pool(cpu, plan.sources) as pool:
         P, bound = est._projections(0, plan.sources, K, 0, np.arange(M), x.T.contiguous(), tau, pool)
     chunk = engine.chunk(P, 0, bound)
@@ -235,7 +275,7 @@ def profile_blocks(x, sched, T, K, tau, precision, blocks=60):
     scale = 1e-3 * (M / plan.sources) * (K / plan.noise) / (blocks * tb)  # us of one chunk -> ms per timestep
     events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in events) * scale
-    print(f"  profile  {total:.1f} ms per timestep in torch operations ({prec} products, blocks of {tb} timesteps x "
+    print(f"  profile  {total:.1f} ms per timestep in torch operations and fused kernels ({prec} products, blocks of {tb} timesteps x "
           f"{plan.sources * plan.noise} queries):")
     for e in events[:8]:
         print(f"             {e.key:22s} {e.self_cpu_time_total * scale:6.2f} ms  ({e.count / blocks:.0f} per block)")
@@ -266,6 +306,7 @@ def child(args) -> None:
     if args.child_out:
         np.save(args.child_out, curve.variance)
     print(json.dumps({"wall": wall, "peak_mib": peak, "before_mib": before, "precision": curve.precision,
+                      "kernel": curve.kernel,
                       "variance_sum": float(curve.variance.sum()), "fortieth_min": float(fortieths.min()),
                       "fortieth_max": float(fortieths.max())}))
 
@@ -345,6 +386,8 @@ def main():
     ap.add_argument("--cli", action="store_true", help="also time the whole vrcurve estimate command")
     ap.add_argument("--compare-float32", action="store_true",
                     help="also run the full curve with float32 products and compare the densities")
+    ap.add_argument("--compare-pytorch", action="store_true",
+                    help="also time the engine's blocks with the element-wise work as PyTorch operations")
     ap.add_argument("--profile", action="store_true", help="print where the engine's time goes, per operation")
     ap.add_argument("--child-dim", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -374,7 +417,7 @@ def main():
         S_v, S_d = sep_v.sum(1), sep_d.sum(1)
         dV = float(((V_v - V_d).abs() / V_d.abs()).max())
         dS = float(((S_v - S_d).abs() / S_d.abs()).max())
-        print(f"\nd = {d}: vrcurve products in {prec}")
+        print(f"\nd = {d}: vrcurve products in {prec}, {kernel_line(prec)}")
         print(f"  direct   {per_d:9.3f} s per timestep")
         print(f"  vrcurve  {per_v * 1e3:9.2f} ms per timestep (its blocks of {tb} timesteps from each of those on); "
               f"one-time noise + projections {once_v:.2f} s")
@@ -382,6 +425,13 @@ def main():
               f"timestep of each ({best_d:.3f} s, {best_v * 1e3:.2f} ms)")
         print(f"  check    same noise, same timesteps: max relative difference V {dV:.1e}, S {dS:.1e}")
         print(f"  load     other processes took {side_by_side.share:.0%} of the CPUs meanwhile")
+        if args.compare_pytorch:
+            with PyTorchOnly(), OtherLoad() as load_pt:
+                sep_p, tr_p, per_p, _, _, _ = vrcurve_timesteps(x, sched, ks, T, K, 0, tau, args.precision)
+            dVp = float(((h2 * tr_p.sum(1) - V_d).abs() / V_d.abs()).max())
+            print(f"  pytorch  {np.mean(per_p) * 1e3:9.2f} ms per timestep with PyTorch operations instead: the fused "
+                  f"kernels are {np.mean(per_p) / per_v:.2f}x faster; its V against direct {dVp:.1e}; other processes "
+                  f"took {load_pt.share:.0%} of the CPUs meanwhile")
         if args.profile:
             profile_blocks(x, sched, T, K, tau, args.precision)
         row = {"d": d, "direct": per_d, "vrcurve": per_v, "ratio": per_d / per_v, "best": best_d / best_v,
@@ -390,7 +440,7 @@ def main():
         if not args.no_full:
             with OtherLoad() as load:
                 full = full_curve(args, d, keep=Path(tmp.name) / "v.npy")
-            print(f"  full     T = {T}: {full['wall']:.1f} s ({full['precision']}), "
+            print(f"  full     T = {T}: {full['wall']:.1f} s ({full['precision']}, kernel {full['kernel']}), "
                   f"peak RSS {full['peak_mib']:.0f} MiB "
                   f"({full['peak_mib'] - full['before_mib']:+.0f} MiB over the {full['before_mib']:.0f} MiB "
                   f"after imports and data); other processes took {load.share:.0%} of the CPUs meanwhile")

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import vrcurve
 from vrcurve.artifact import read_artifact
+from vrcurve import _kernel
 from vrcurve.estimator import resolve_precision
 from vrcurve.cli import app, density_picture
 
@@ -39,6 +40,8 @@ def test_estimate_writes_a_complete_artifact(tiny_npy, tmp_path):
     arrays, meta = read_artifact(out)
     # the precision the products ran in: what auto resolved to on this machine
     assert summary["precision"] == meta["precision"] == resolve_precision("auto", "cpu")
+    fused = meta["precision"] == "bf16" and _kernel.fused() is not None
+    assert summary["kernel"] == meta["kernel"] == ("fused" if fused else "pytorch")
     assert SPEC_METADATA <= set(meta)
     assert meta["time_convention"] == "t0_noise" and meta["shape"] == [3, 4, 4]
     assert meta["data"]["samples_total"] == 40 and meta["data"]["samples_chosen"] == 12

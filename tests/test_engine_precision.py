@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from reference import direct_estimate
+from vrcurve import _kernel
 from vrcurve.density import density_from_curve
 from vrcurve.errors import VRCurveError
 from vrcurve.estimator import (_Engine, _NoiseDraws, _cpu_has_native_bf16, _projections, estimate, gram,
@@ -51,9 +52,14 @@ def density_change(x, ids, sched, form, likelihood, precision, device="cpu"):
     return float(np.max(np.abs(cdf_got - cdf_ref))), dm, got, ref
 
 
+@pytest.mark.parametrize("kernel", ["default", "pytorch"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_bf16_products_leave_the_density_unchanged(demo, case):
+def test_bf16_products_leave_the_density_unchanged(demo, case, kernel, monkeypatch):
+    """On the fused C kernels where this machine has them (vrcurve/_fused.c), and on PyTorch operations."""
+    if kernel == "pytorch":
+        monkeypatch.setattr(_kernel, "_load", lambda: (None, "switched off by the test"))
     ks, dm, got, ref = density_change(*demo, *CASES[case], "bf16")
+    assert got.kernel == ("fused" if kernel == "default" and _kernel.fused() is not None else "pytorch")
     assert ks < KS_TOL, f"KS {ks:.2e}"
     assert dm < M_TOL, f"m moved by {dm:.2e}"
     # and the products really ran in bf16: the curve is not the float64 one to float32 round-off

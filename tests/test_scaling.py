@@ -31,9 +31,14 @@ def _tensors(path):
 
 
 def _assert_same_tensors(a, b):
+    """Equal to float32 round-off. A standard error over sources is the spread of per-source values whose
+    sums change with the thread count (torchrun gives each rank one thread) in their last bits: it is
+    compared at the round-off of those values, not at its own (it can be 1000 times smaller than they are)."""
     assert set(a) == set(b)
     for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-9, err_msg=key)
+        values = key[: -len("_stderr")] if key.endswith("_stderr") else None
+        atol = 1e-6 * float(np.abs(b[values]).max()) if values else 1e-9
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=atol, err_msg=key)
 
 
 @pytest.fixture(scope="module")

@@ -239,7 +239,8 @@ def estimate(
     elif not quiet:
         table = Table(show_header=False, box=None, pad_edge=False)
         for k in ("artifact", "scheduler", "samples", "noise", "timesteps", "dim", "likelihood", "form", "peak_t",
-                  "logitnormal_m", "logitnormal_m_ci90", "logitnormal_m_grid", "ks", "elapsed_s", "device", "precision"):
+                  "logitnormal_m", "logitnormal_m_ci90", "logitnormal_m_grid", "ks", "elapsed_s", "device", "precision",
+                  "kernel"):
             if k in summary:
                 value = summary[k]
                 table.add_row(k, f"[{value[0]:.4f}, {value[1]:.4f}]" if k == "logitnormal_m_ci90" else _fmt(value))
@@ -342,8 +343,8 @@ def show(
 
 _SHOW_ORDER = (
     "scheduler", "likelihood", "form", "samples", "noise", "timesteps", "dim", "shape", "seed", "normalization",
-    "data", "logitnormal_m", "logitnormal_m_grid", "logitnormal_s", "ks", "time_convention", "device", "precision", "elapsed_s",
-    "created", "format", "format_version", "vrcurve_version",
+    "data", "logitnormal_m", "logitnormal_m_grid", "logitnormal_s", "ks", "time_convention", "device", "precision",
+    "kernel", "elapsed_s", "created", "format", "format_version", "vrcurve_version",
 )
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 

@@ -28,6 +28,10 @@ timesteps x the queries of a few sources (about 10,000 rows of M on CPU, so that
   ||E[x1|q]||^2 = n_i exactly, and the block is not computed.
 - The products can run in bfloat16 (CPU with native bf16 dot products) or TF32 (CUDA); logits, their
   exponentials, row sums and everything after stay in float32, and the sums over queries in float64.
+- With bf16 products on a CPU with AVX512-BF16, the element-wise work of a block is two passes of C
+  (vrcurve/_fused.c) instead of about seven PyTorch operations: one from P and the table of -cb_t D_i to
+  the bf16 weights and their row sums, one from the products to the per-source sums. The products
+  themselves stay with PyTorch (oneDNN), which runs them near the CPU's peak.
   tests/test_engine_precision.py shows the density unchanged (KS < 1e-4, logit-normal m within 0.005).
 """
 
@@ -44,6 +48,7 @@ from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 import numpy as np
 import torch
 
+from . import _kernel
 from .errors import VRCurveError
 from .schedulers import Scheduler
 
@@ -80,6 +85,7 @@ class Curve:
         variance: V(t) = h_t^2 trcov ("covariance" form) or h_t^2 (1 - S) ("paper" form).
         S_stderr, variance_stderr: standard errors over the M sources (queries of one source are correlated).
         precision: the precision the heavy products ran in ("float64", "float32", "bf16" or "tf32").
+        kernel: what did the element-wise work: "fused" (the C kernels of vrcurve/_fused.c) or "pytorch".
         per_source_S, per_source_trcov: (T, M) the averages over each source's K queries (for the bootstrap).
     """
 
@@ -96,6 +102,7 @@ class Curve:
     likelihood: str
     form: str
     precision: str = "float32"
+    kernel: str = "pytorch"
     per_source_S: Optional[np.ndarray] = None
     per_source_trcov: Optional[np.ndarray] = None
 
@@ -318,6 +325,7 @@ def estimate(
     return Curve(
         t=t, S=S, trcov=trcov, h2=h2, variance=variance, S_stderr=S_se, variance_stderr=variance_se,
         samples=M, noise=noise, dim=d, likelihood=likelihood, form=form, precision=prec,
+        kernel="fused" if _fused_applies(devices[0], prec) else "pytorch",
         per_source_S=per_source_sep, per_source_trcov=per_source_tr,
     )
 
@@ -430,6 +438,16 @@ class _Engine:
         # a float32 sum would dominate that of tr Cov); next to bf16 or TF32 products a float32 sum is
         # enough (and on CUDA a float64 sum of float32 input first copies the whole block to float64).
         self.z_dtype = torch.float32 if precision in ("bf16", "tf32") else torch.float64
+        f = self.forms
+        self.scale = torch.tensor([[0.5 * f.dscale, 0.0], [-0.5 * f.dscale, f.nscale]], dtype=torch.float64,
+                                  device=self.device)
+        self.scale_bias = torch.tensor([[0.0], [f.nbar]], dtype=torch.float64, device=self.device)
+        # The logits' front (through the bf16 weights and their row sums) and the row dot products of the
+        # products with the weights, each one pass in C (vrcurve/_fused.c), where it runs: bf16 products
+        # on a CPU with AVX512-BF16, and the library built. Otherwise the same work in PyTorch operations.
+        self.fused = _kernel.fused() if _fused_applies(self.device, precision) else None
+        if self.fused is not None:
+            self.ca_t = torch.tensor(self.ca, dtype=torch.float32)
 
     def allocate(self, rows: int):
         M = self.D.shape[0]
@@ -442,6 +460,8 @@ class _Engine:
         else:
             self.products = torch.empty(rows * self.forms.stride, dtype=self.forms.dtype, device=self.device)
         self.z = torch.empty(rows, dtype=self.z_dtype, device=self.device)
+        # the fused kernel's e . (n - nbar) / nscale from the float32 weights (the paper form in bf16)
+        self.row_dn = torch.empty(rows if self.fused is not None and self.n_apart else 0, dtype=torch.float32)
         self.tail = torch.empty((3, rows), dtype=torch.float64, device=self.device)
         self._view_cache = {}
 
@@ -475,6 +495,8 @@ class _Engine:
                 sums[:, a - t0 : b - t0] = self.block(c, k0, k1, a, b)
             return sums
         v = self._views(t1 - t0, ns, kk)
+        if self.fused is not None:
+            return self._fused_block(c, v, P, kk, t0, t1)
         torch.mul(c.Drows4, self.cb_neg4[t0:t1], out=v.table)  # (nt, ns, 1, M): -cb_t D_i
         for j, (table, logits) in enumerate(zip(v.tables, v.logits_t)):
             # one fused pass per timestep: ca_t P' + (-cb_t D_i), D_i broadcast over the source's queries
@@ -492,8 +514,30 @@ class _Engine:
         for a, out, W in v.products:
             torch.mm(a, out=out, mat2=W)
         quad = torch.mul(v.y_dot, v.weights, out=v.y_dot).sum(-1)  # e^T D e / dscale (in place: no temporary)
-        # Per query: e^T D e / z^2 and e . (n - nbar) / z, in float64, summed over each source's queries;
-        # the constant factors and w . n - tr Cov (a difference of two O(d) numbers) follow on the sums.
+        return self._tail(v, quad, dn, kk)
+
+    def _fused_block(self, c: _Chunk, v: "_BlockViews", P: torch.Tensor, kk: int, t0: int, t1: int) -> torch.Tensor:
+        """``block`` with its element-wise work in two passes of C, one on each side of the products: the
+        same values to float32 round-off (the row dot products are accumulated in float32, not bf16)."""
+        lib, (ns, _, M) = self.fused, P.shape
+        nt = t1 - t0
+        torch.mul(c.Drows4, self.cb_neg4[t0:t1], out=v.table)  # (nt, ns, 1, M): -cb_t D_i
+        dn = v.dn if self.n_apart else None
+        err = lib.vr_front(P.data_ptr(), P.stride(0), P.stride(1), v.table.data_ptr(), self.ca_t[t0:].data_ptr(),
+                           nt, ns, kk, M, int(c.shift), v.weights.data_ptr(), v.weights.stride(0), v.z.data_ptr(),
+                           self.dn.data_ptr() if dn is not None else None, dn.data_ptr() if dn is not None else None)
+        for a, out, W in v.products:
+            torch.mm(a, out=out, mat2=W)
+        sums = torch.empty((2, nt, ns), dtype=torch.float64)
+        err |= lib.vr_back(v.y_dot.data_ptr(), v.y_dot.stride(0), v.weights.data_ptr(), v.weights.stride(0),
+                           v.z.data_ptr(), dn.data_ptr() if dn is not None else None, self.forms.n_columns,
+                           nt, ns, kk, M, sums.data_ptr())
+        if err:
+            raise RuntimeError("vrcurve's fused CPU kernel is not supported on this CPU")
+        return self._scale(sums, kk)
+
+    def _tail(self, v: "_BlockViews", quad: torch.Tensor, dn: Optional[torch.Tensor], kk: int) -> torch.Tensor:
+        # Per query: e^T D e / z^2 and e . (n - nbar) / z, in float64, summed over each source's queries.
         inv, quad_z2, dn_z = v.tail
         torch.reciprocal(v.z, out=inv)
         torch.mul(quad, inv, out=quad_z2).mul_(inv)
@@ -503,12 +547,14 @@ class _Engine:
             torch.mul(v.n_cols[0], inv, out=dn_z)
             for col in v.n_cols[1:]:  # the lo part of n - nbar in bf16
                 dn_z.addcmul_(col, inv)
-        f = self.forms
-        sums = v.tail_sums.sum(-1)
-        sums[0] *= 0.5 * f.dscale  # tr Cov
-        sums[1] *= f.nscale  # w . n - kk nbar
-        sums[1] += kk * f.nbar - sums[0]  # ||E[x1|q]||^2 = w . n - tr Cov
-        return sums
+        return self._scale(v.tail_sums.sum(-1), kk)
+
+    def _scale(self, sums: torch.Tensor, kk: int) -> torch.Tensor:
+        """(2, nt, ns) sums of e^T D e / (dscale z^2) and e . (n - nbar) / (nscale z) -> of tr Cov and of
+        ||E[x1|q]||^2 = w . n - tr Cov (a difference of two O(d) numbers, taken after the sums over
+        queries), as one small product: tr Cov = dscale/2 a, ||E||^2 = nscale b + kk nbar - dscale/2 a."""
+        out = torch.addmm(self.scale_bias, self.scale, sums.view(2, -1), beta=kk)
+        return out.view(sums.shape)
 
     def _views(self, nt: int, ns: int, kk: int) -> "_BlockViews":
         """Views of the buffers for blocks of (nt, ns, kk), made once per shape (a block has ~30 operations,
@@ -524,7 +570,7 @@ class _Engine:
             tail = self.tail[:, :R]
             self._view_cache[key] = _BlockViews(
                 table=table, tables=list(table.unbind(0)), logits_t=list(logits4.unbind(0)), logits=logits,
-                z=self.z[:R], weights=weights,
+                z=self.z[:R], weights=weights, dn=self.row_dn[:R],
                 products=[(weights[:, :e1], y[:, e0 : e0 + W.shape[1]], W) for e0, e1, W in f.blocks],
                 y_dot=y[:, :M], n_cols=[y[:, col] for col in range(M, f.width)], tail=list(tail.unbind(0)),
                 tail_sums=tail[1:].view(2, nt, ns, kk),
@@ -539,6 +585,7 @@ class _BlockViews:
     logits_t: List[torch.Tensor]  # (ns, kk, M) per timestep, views of ``logits``
     logits: torch.Tensor  # (R, M), the logits and then, in place, the unnormalised weights
     z: torch.Tensor  # (R,) their row sums
+    dn: torch.Tensor  # (R,) float32, e . (n - nbar) / nscale from the fused kernel (paper form; else empty)
     weights: torch.Tensor  # (R, M) in the products' dtype (``logits`` itself when that is the work dtype)
     products: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (input, output, W) per column block
     y_dot: torch.Tensor  # (R, M) the products e @ D by column block, then their products with e
@@ -586,6 +633,12 @@ class _PairForms:
                 pad = torch.zeros((e1, self.stride - self.width), dtype=W.dtype, device=W.device)
                 W = torch.cat([W, ncols, pad] if with_n else [W, pad], 1)
             self.blocks.append((e0, e1, W.to(self.dtype).contiguous()))
+
+
+def _fused_applies(device, precision: str) -> bool:
+    """Whether the fused C kernels do the element-wise work: bf16 products on a CPU (they exist for that
+    case alone) where the library is built and the CPU has AVX512-BF16 (``vrcurve._kernel``)."""
+    return torch.device(device).type == "cpu" and precision == "bf16" and _kernel.fused() is not None
 
 
 def _runs(steps: List[int]) -> List[Tuple[int, int]]:

@@ -46,7 +46,7 @@ class EstimateResult:
             "dim": m["dim"], "shape": m["shape"], "scheduler": m["scheduler"], "likelihood": m["likelihood"],
             "form": m["form"], "logitnormal_m": m["logitnormal_m"], "logitnormal_m_grid": m["logitnormal_m_grid"],
             "logitnormal_s": m["logitnormal_s"], "ks": m["ks"], "peak_t": self.peak_t, "elapsed_s": m["elapsed_s"],
-            "device": m["device"], "precision": m.get("precision"),
+            "device": m["device"], "precision": m.get("precision"), "kernel": m.get("kernel"),
             **{k: m[k] for k in ("logitnormal_m_ci90", "convergence") if k in m},
         }
 
@@ -199,6 +199,7 @@ def run_estimate(
         "elapsed_s": round(elapsed, 3),
         "device": _describe(devices, ranks),
         "precision": curve.precision,
+        "kernel": curve.kernel,
     }
     tensors = {
         "t": curve.t, "S": curve.S, "h2": curve.h2, "variance": curve.variance, "pdf": density.pdf,

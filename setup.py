@@ -1,0 +1,20 @@
+"""The one compiled part of vrcurve: the fused element-wise kernels of the CPU engine (vrcurve/_fused.c).
+
+Everything else is in pyproject.toml. The extension is optional: where it does not build (no C compiler,
+no OpenMP), vrcurve installs without it and the engine runs the same work as PyTorch operations
+(`vrcurve estimate` prints which ran: kernel fused or pytorch). It is plain C, with no Python or PyTorch headers, loaded by ctypes.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "vrcurve._fused",
+            sources=["vrcurve/_fused.c"],
+            extra_compile_args=["-O3", "-fopenmp", "-fvisibility=hidden"],
+            extra_link_args=["-fopenmp"],
+            optional=True,
+        )
+    ]
+)

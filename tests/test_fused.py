@@ -1,0 +1,172 @@
+"""The fused C kernels of the CPU engine (vrcurve/_fused.c, issue 4).
+
+They do the element-wise work of a block (logits, exp2, row sums, bf16 weights; then the row dot products
+with the products and the sums over each source's queries) where the products run in bf16 on a CPU with
+AVX512-BF16. Checked here: each kernel against a float64 computation of what it stands for, the estimate
+through them against the PyTorch path and the float64 reference, and that the library is built wherever
+it can be (a silently missing build would only make vrcurve slow). Without the library or the CPU
+instructions the kernel tests skip; the PyTorch path is tested everywhere.
+"""
+
+import ctypes
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from vrcurve import _kernel
+from vrcurve.estimator import _MAX_UNSHIFTED_LOGIT, _NoiseDraws, _projections, estimate
+from vrcurve.schedulers import CosineScheduler, LinearScheduler
+
+LIB = _kernel.fused()
+needs_kernel = pytest.mark.skipif(LIB is None, reason=f"fused kernel: {_kernel.why_not()}")
+BF16_ULP = 2.0**-8  # relative spacing of bf16 numbers in [1, 2)
+
+
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@pytest.fixture
+def pytorch_path(monkeypatch):
+    """The engine without the fused kernels, as on a machine where they are not built."""
+    monkeypatch.setattr(_kernel, "_load", lambda: (None, "switched off by the test"))
+
+
+@pytest.mark.skipif(not ({"avx512_bf16", "avx512f", "avx512bw", "avx512vl"} <= _cpu_flags()
+                         and (shutil.which("cc") or shutil.which("gcc"))),
+                    reason="needs a C compiler and a CPU with AVX512-BF16")
+def test_built_and_used_where_it_can_be():
+    assert LIB is not None, f"the fused kernel is missing on a machine that can run it: {_kernel.why_not()}"
+    x = torch.randn(20, 30, generator=torch.Generator().manual_seed(0))
+    assert estimate(x, LinearScheduler(), noise=4, timesteps=10, precision="bf16").kernel == "fused"
+    assert estimate(x, LinearScheduler(), noise=4, timesteps=10, precision="float32").kernel == "pytorch"
+
+
+def test_environment_switch_and_pytorch_path(monkeypatch, pytorch_path):
+    x = torch.randn(20, 30, generator=torch.Generator().manual_seed(0))
+    assert estimate(x, LinearScheduler(), noise=4, timesteps=10, precision="bf16").kernel == "pytorch"
+    monkeypatch.undo()
+    monkeypatch.setenv("VRCURVE_FUSED", "0")
+    _kernel._load.cache_clear()
+    try:
+        assert _kernel.fused() is None and "VRCURVE_FUSED" in _kernel.why_not()
+    finally:
+        monkeypatch.undo()
+        _kernel._load.cache_clear()
+    assert (_kernel.fused() is None) == (LIB is None)
+
+
+def _ptr(t):
+    return ctypes.c_void_p(t.data_ptr()) if t is not None else None
+
+
+def _bf16_exact(t: torch.Tensor) -> np.ndarray:
+    return t.float().double().numpy()
+
+
+@needs_kernel
+@pytest.mark.parametrize("M", [37, 200])
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("with_dn", [False, True])
+def test_front_is_exp2_of_the_logits(M, shift, with_dn):
+    g = torch.Generator().manual_seed(M + 2 * shift + with_dn)
+    nt, ns, K, kk = 3, 2, 9, 7  # a slice of kk of the K queries, as when a source's queries are split
+    P = torch.randn(ns, K, M, generator=g)[:, 1 : 1 + kk]
+    ca = torch.rand(nt, generator=g) * 30 + 0.5
+    table = -torch.rand(nt, ns, M, generator=g) * 40  # -cb_t D_i: non-positive, reaching below -126 in places
+    if shift:
+        table += 60.0  # logits far above 0: the row maximum has to come off
+    dnvec = torch.randn(M, generator=g) if with_dn else None
+    R = nt * ns * kk
+    w = torch.zeros(R, M + 3, dtype=torch.bfloat16)  # a row stride other than M
+    z = torch.empty(R)
+    dn = torch.empty(R) if with_dn else None
+    err = LIB.vr_front(_ptr(P), P.stride(0), P.stride(1), _ptr(table), _ptr(ca), nt, ns, kk, M, int(shift),
+                       _ptr(w), w.stride(0), _ptr(z), _ptr(dnvec), _ptr(dn))
+    assert err == 0
+    # the logits as the kernel forms them: one fused multiply-add rounded to float32 (the rounding of a
+    # float32 logit of size 60 alone moves 2^L by 3e-6), then the row maximum subtracted in float32
+    L = (ca.double()[:, None, None, None] * P.double()[None] + table.double()[:, :, None, :]).float()
+    if shift:
+        L = L - L.amax(-1, keepdim=True)
+    L = L.double()  # (nt, ns, kk, M)
+    e = torch.exp2(L.clamp(min=-126.0)).reshape(R, M).numpy()
+    np.testing.assert_allclose(z.double().numpy(), e.sum(-1), rtol=1e-6)
+    got = _bf16_exact(w[:, :M])
+    assert np.all(np.abs(got - e) <= BF16_ULP * e)  # bf16 of exp2: within one bf16 spacing
+    assert np.all(got > 0) and np.all(_bf16_exact(w[:, M:]) == 0)  # no write past M; weights >= 2^-126
+    if with_dn:
+        np.testing.assert_allclose(dn.double().numpy(), e @ dnvec.double().numpy(),
+                                   rtol=1e-5, atol=1e-6 * np.abs(e).sum(-1).max())
+
+
+@needs_kernel
+@pytest.mark.parametrize("M, n_cols", [(45, 2), (200, 2), (64, 0)])
+def test_back_sums_each_source_queries(M, n_cols):
+    g = torch.Generator().manual_seed(M)
+    nt, ns, kk = 3, 2, 50
+    R = nt * ns * kk
+    y = torch.rand(R, M + n_cols + 1, generator=g).to(torch.bfloat16)  # + a padding column, never read
+    w = torch.rand(R, M, generator=g).to(torch.bfloat16)
+    z = torch.rand(R, generator=g) + 1.0
+    dn = None if n_cols else torch.randn(R, generator=g)
+    out = torch.full((2, nt, ns), np.nan, dtype=torch.float64)
+    err = LIB.vr_back(_ptr(y), y.stride(0), _ptr(w), w.stride(0), _ptr(z), _ptr(dn), n_cols, nt, ns, kk, M,
+                      _ptr(out))
+    assert err == 0
+    yd, wd, zd = _bf16_exact(y), _bf16_exact(w), z.double().numpy()
+    quad = (yd[:, :M] * wd).sum(-1) / zd**2
+    ndot = (yd[:, M : M + n_cols].sum(-1) if n_cols else dn.double().numpy()) / zd
+    np.testing.assert_allclose(out[0].numpy(), quad.reshape(nt, ns, kk).sum(-1), rtol=1e-6)
+    np.testing.assert_allclose(out[1].numpy(), ndot.reshape(nt, ns, kk).sum(-1), rtol=1e-6, atol=1e-9)
+
+
+@needs_kernel
+def test_kernel_result_does_not_depend_on_threads():
+    x = torch.randn(30, 50, generator=torch.Generator().manual_seed(1))
+    kw = dict(noise=11, timesteps=40, seed=3, precision="bf16", chunk_size=7)  # groups split between threads
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = estimate(x, CosineScheduler(), **kw)
+        torch.set_num_threads(max(2, threads))
+        many = estimate(x, CosineScheduler(), **kw)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(many.variance, one.variance, rtol=1e-6, atol=1e-9 * one.variance.max())
+    np.testing.assert_allclose(many.S, one.S, rtol=1e-6)
+
+
+@needs_kernel
+@pytest.mark.parametrize("form, likelihood, scale", [("covariance", "mean", 1.0), ("paper", "mean", 1.0),
+                                                     ("covariance", "sum", 0.05), ("paper", "sum", 0.05)])
+def test_fused_and_pytorch_paths_agree(monkeypatch, form, likelihood, scale):
+    """The same estimate through both paths, each against float64: the fused one is at least as close
+    (its row dot products are summed in float32 where PyTorch rounds them to bf16). At scale 0.05 with the
+    "sum" likelihood the logits are large and the row-maximum path runs."""
+    x = torch.randn(40, 100, generator=torch.Generator().manual_seed(7)) * scale
+    kw = dict(noise=12, timesteps=60, seed=2, form=form, likelihood=likelihood)
+    ref = estimate(x.double(), CosineScheduler(), dtype=torch.float64, **kw)
+    fused = estimate(x, CosineScheduler(), precision="bf16", **kw)
+    monkeypatch.setattr(_kernel, "_load", lambda: (None, "switched off by the test"))
+    plain = estimate(x, CosineScheduler(), precision="bf16", **kw)
+    assert (fused.kernel, plain.kernel) == ("fused", "pytorch")
+    _, bound = _projections(0, 40, 12, 2, np.arange(40), x.T.contiguous(), 1.0 if likelihood == "sum" else 100.0,
+                            _NoiseDraws(None, 1))
+    assert (bound > _MAX_UNSHIFTED_LOGIT) == (likelihood == "sum")  # the row-maximum path, where it runs
+
+    def error(c):
+        scale_v = np.abs(ref.variance).max()
+        return max(np.max(np.abs(c.variance - ref.variance)) / scale_v, np.max(np.abs(c.S - ref.S)))
+
+    assert error(fused) < 3e-3
+    assert error(fused) <= 1.5 * error(plain) + 1e-6
