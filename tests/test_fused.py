@@ -1,8 +1,8 @@
 """The fused C kernels of the CPU engine (vrcurve/_fused.c, issue 4).
 
-They do the element-wise work of a block (logits, exp2, row sums, bf16 weights; then the row dot products
-with the products and the sums over each source's queries) where the products run in bf16 on a CPU with
-AVX512-BF16. Checked here: each kernel against a float64 computation of what it stands for, the estimate
+They do the whole of a block's work (logits, exp2, row sums and bf16 weights; then the quadratic forms on
+the upper triangle of D and the sums over each source's queries) where the products run in bf16 on a CPU
+with AVX512-BF16. Checked here: each kernel against a float64 computation of what it stands for, the estimate
 through them against the PyTorch path and the float64 reference, and that the library is built wherever
 it can be (a silently missing build would only make vrcurve slow). Without the library or the CPU
 instructions the kernel tests skip; the PyTorch path is tested everywhere.
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from vrcurve import _kernel
-from vrcurve.estimator import _MAX_UNSHIFTED_LOGIT, _NoiseDraws, _projections, estimate
+from vrcurve.estimator import _MAX_UNSHIFTED_LOGIT, _NoiseDraws, _pack_triangle, _projections, estimate
 from vrcurve.schedulers import CosineScheduler, LinearScheduler
 
 LIB = _kernel.fused()
@@ -76,20 +76,18 @@ def _bf16_exact(t: torch.Tensor) -> np.ndarray:
 @needs_kernel
 @pytest.mark.parametrize("M", [37, 200])
 @pytest.mark.parametrize("shift", [False, True])
-@pytest.mark.parametrize("with_dn", [False, True])
-def test_front_is_exp2_of_the_logits(M, shift, with_dn):
-    g = torch.Generator().manual_seed(M + 2 * shift + with_dn)
+def test_front_is_exp2_of_the_logits(M, shift):
+    g = torch.Generator().manual_seed(M + shift)
     nt, ns, K, kk = 3, 2, 9, 7  # a slice of kk of the K queries, as when a source's queries are split
     P = torch.randn(ns, K, M, generator=g)[:, 1 : 1 + kk]
     ca = torch.rand(nt, generator=g) * 30 + 0.5
     table = -torch.rand(nt, ns, M, generator=g) * 40  # -cb_t D_i: non-positive, reaching below -126 in places
     if shift:
         table += 60.0  # logits far above 0: the row maximum has to come off
-    dnvec = torch.randn(M, generator=g) if with_dn else None
+    dnvec = torch.randn(M, generator=g)
     R = nt * ns * kk
     w = torch.zeros(R, M + 3, dtype=torch.bfloat16)  # a row stride other than M
-    z = torch.empty(R)
-    dn = torch.empty(R) if with_dn else None
+    z, dn = torch.empty(R), torch.empty(R)
     err = LIB.vr_front(_ptr(P), P.stride(0), P.stride(1), _ptr(table), _ptr(ca), nt, ns, kk, M, int(shift),
                        _ptr(w), w.stride(0), _ptr(z), _ptr(dnvec), _ptr(dn))
     assert err == 0
@@ -98,36 +96,48 @@ def test_front_is_exp2_of_the_logits(M, shift, with_dn):
     L = (ca.double()[:, None, None, None] * P.double()[None] + table.double()[:, :, None, :]).float()
     if shift:
         L = L - L.amax(-1, keepdim=True)
-    L = L.double()  # (nt, ns, kk, M)
-    e = torch.exp2(L.clamp(min=-126.0)).reshape(R, M).numpy()
+    e = torch.exp2(L.double().clamp(min=-126.0)).reshape(R, M).numpy()
     np.testing.assert_allclose(z.double().numpy(), e.sum(-1), rtol=1e-6)
     got = _bf16_exact(w[:, :M])
     assert np.all(np.abs(got - e) <= BF16_ULP * e)  # bf16 of exp2: within one bf16 spacing
     assert np.all(got > 0) and np.all(_bf16_exact(w[:, M:]) == 0)  # no write past M; weights >= 2^-126
-    if with_dn:
-        np.testing.assert_allclose(dn.double().numpy(), e @ dnvec.double().numpy(),
-                                   rtol=1e-5, atol=1e-6 * np.abs(e).sum(-1).max())
+    np.testing.assert_allclose(dn.double().numpy(), e @ dnvec.double().numpy(),
+                               rtol=1e-5, atol=1e-6 * np.abs(e).sum(-1).max())
 
 
 @needs_kernel
-@pytest.mark.parametrize("M, n_cols", [(45, 2), (200, 2), (64, 0)])
-def test_back_sums_each_source_queries(M, n_cols):
+@pytest.mark.parametrize("M", [1, 2, 15, 16, 17, 45, 200])
+def test_quad_is_the_quadratic_form_per_source(M):
+    """vr_quad against float64 on the same bf16 numbers: e^T D e / dscale over z^2, and dn / z, summed over
+    each (timestep, source)'s queries; M around the kernel's 16-column tiles, odd M with its pad column,
+    and a row count that leaves every kind of row tile (12, 4, 1) in each thread's share."""
     g = torch.Generator().manual_seed(M)
-    nt, ns, kk = 3, 2, 50
+    nt, ns, kk = 3, 2, 23
     R = nt * ns * kk
-    y = torch.rand(R, M + n_cols + 1, generator=g).to(torch.bfloat16)  # + a padding column, never read
-    w = torch.rand(R, M, generator=g).to(torch.bfloat16)
+    X = torch.randn(M, 5, generator=g, dtype=torch.float64)
+    G = X @ X.T
+    n = G.diagonal()
+    D = n[:, None] + n[None, :] - 2 * G
+    dscale = float(D.sum()) / max(1, M * (M - 1)) or 1.0
+    triangle = _pack_triangle(D / dscale)
+    assert triangle.numel() == LIB.vr_pack_size(M)
+    w_row = M + M % 2
+    w = torch.zeros(R, w_row, dtype=torch.bfloat16)
+    w[:, :M] = torch.rand(R, M, generator=g).to(torch.bfloat16)
     z = torch.rand(R, generator=g) + 1.0
-    dn = None if n_cols else torch.randn(R, generator=g)
+    dn = torch.randn(R, generator=g)
     out = torch.full((2, nt, ns), np.nan, dtype=torch.float64)
-    err = LIB.vr_back(_ptr(y), y.stride(0), _ptr(w), w.stride(0), _ptr(z), _ptr(dn), n_cols, nt, ns, kk, M,
-                      _ptr(out))
+    err = LIB.vr_quad(_ptr(w), w_row, _ptr(triangle), _ptr(z), _ptr(dn), nt, ns, kk, M, _ptr(out))
     assert err == 0
-    yd, wd, zd = _bf16_exact(y), _bf16_exact(w), z.double().numpy()
-    quad = (yd[:, :M] * wd).sum(-1) / zd**2
-    ndot = (yd[:, M : M + n_cols].sum(-1) if n_cols else dn.double().numpy()) / zd
-    np.testing.assert_allclose(out[0].numpy(), quad.reshape(nt, ns, kk).sum(-1), rtol=1e-6)
+    e = _bf16_exact(w[:, :M])
+    B = np.triu(2.0 * D.numpy() / dscale, 1).astype(np.float32)  # as packed: bf16 of 2 D / dscale
+    B = torch.from_numpy(B).to(torch.bfloat16).double().numpy()
+    quad = np.einsum("ri,ij,rj->r", e, B, e) / z.double().numpy() ** 2
+    ndot = dn.double().numpy() / z.double().numpy()
+    np.testing.assert_allclose(out[0].numpy(), quad.reshape(nt, ns, kk).sum(-1), rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(out[1].numpy(), ndot.reshape(nt, ns, kk).sum(-1), rtol=1e-6, atol=1e-9)
+    assert LIB.vr_quad(_ptr(w), w_row + 1, _ptr(triangle), _ptr(z), _ptr(dn), nt, ns, kk, M,
+                       _ptr(out)) != 0  # an odd row stride is refused
 
 
 @needs_kernel
@@ -151,7 +161,7 @@ def test_kernel_result_does_not_depend_on_threads():
                                                      ("covariance", "sum", 0.05), ("paper", "sum", 0.05)])
 def test_fused_and_pytorch_paths_agree(monkeypatch, form, likelihood, scale):
     """The same estimate through both paths, each against float64: the fused one is at least as close
-    (its row dot products are summed in float32 where PyTorch rounds them to bf16). At scale 0.05 with the
+    (its quadratic forms are summed in float32 where PyTorch rounds e @ D to bf16). At scale 0.05 with the
     "sum" likelihood the logits are large and the row-maximum path runs."""
     x = torch.randn(40, 100, generator=torch.Generator().manual_seed(7)) * scale
     kw = dict(noise=12, timesteps=60, seed=2, form=form, likelihood=likelihood)

@@ -1,15 +1,20 @@
-/* The element-wise work of the CPU engine, fused (vrcurve/estimator.py, issue 4).
+/* The per-timestep work of the CPU engine with bf16 products, fused (vrcurve/estimator.py, issue 4).
  *
  * A work block is R = nt x ns x kk rows of M entries: row r = (t ns + i) kk + k is query k of source i at
- * timestep t. PyTorch would make about seven passes over such a block (the logits, exp2, the row sums, the
- * bf16 copy, then the products' element-wise product with the weights and its row sums); here they are two,
- * one on each side of the bf16 matrix products (which stay with PyTorch / oneDNN):
+ * timestep t. Two passes do all of its work:
  *
  *   vr_front: L = ca_t P[i, k, :] + table[t, i, :] (the table holds -cb_t D[i, :], shared by the queries of
  *             source i), less the row maximum where asked, clamped below at -126; e = 2^L; z[r] = sum e
- *             (float32); w[r, :] = bf16(e) (round to nearest even); where asked, dn[r] = e . dnvec.
- *   vr_back:  per (timestep, source), the sums over its queries of (y[r, :M] . w[r, :]) / z[r]^2 (bf16 y
- *             and w, accumulated in float32 by vdpbf16ps) and of (e . dn) / z[r], in float64.
+ *             and dn[r] = e . dnvec (float32, from the float32 e); w[r, :] = bf16(e), round to nearest even.
+ *   vr_quad:  the quadratic forms e^T B e of the bf16 weights with B = 2 D / dscale above the diagonal and
+ *             0 elsewhere (D is symmetric with a zero diagonal, so this is e^T D e / dscale), then per
+ *             (timestep, source) the sums over its queries of e^T B e / z^2 and of dn / z, in float64.
+ *
+ * vr_quad is a small matrix-product kernel of its own: only the triangle i < j of B is multiplied, about
+ * M^2 / 2 products per row where a general product e @ D needs M^2 (or 2/3 M^2 by column blocks), and
+ * the products e @ B never leave the registers. It runs at the CPU's bf16 peak (vdpbf16ps: pairs of bf16
+ * products accumulated in float32), on 12 rows at a time against B packed in 16-column tiles
+ * (vr_pack_size, and _pack_triangle in estimator.py).
  *
  * Only for x86-64 CPUs with AVX512-BF16 (the CPUs where --precision auto picks bf16 products); the
  * functions are compiled for that target alone and vr_supported() says whether this CPU runs them. Rows
@@ -21,6 +26,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && (__GNUC__ >= 10 || defined(__clang__))
 #define VR_HAVE_AVX512BF16 1
@@ -33,7 +39,7 @@
 
 #define VR_EXPORT __attribute__((visibility("default")))
 
-VR_EXPORT int vr_version(void) { return 1; }
+VR_EXPORT int vr_version(void) { return 2; }
 
 VR_EXPORT int vr_supported(void) {
 #ifdef VR_HAVE_AVX512BF16
@@ -55,20 +61,32 @@ typedef struct {
     uint16_t *w;          /* (R, w_row) bf16 */
     int64_t w_row;
     float *z;             /* (R,) */
-    const float *dnvec;   /* (M,) or NULL */
-    float *dn;            /* (R,) or NULL */
+    const float *dnvec;   /* (M,) */
+    float *dn;            /* (R,) */
 } vr_front_args;
 
 typedef struct {
-    const uint16_t *y;    /* (R, y_row) bf16: e @ D by column blocks in its first M columns, then n_cols */
-    int64_t y_row;
-    const uint16_t *w;    /* (R, w_row) bf16 */
+    const uint16_t *w;    /* (R, w_row) bf16 weights; w_row even, w[r, M] = 0 where M is odd */
     int64_t w_row;
-    const float *z;       /* (R,) */
-    const float *dn;      /* (R,) or NULL: then e . dn is the sum of the n_cols columns of y after M */
-    int64_t n_cols, nt, ns, kk, M;
+    const uint16_t *B;    /* the packed triangle, vr_pack_size(M) bf16 */
+    const float *z, *dn;  /* (R,) each */
+    int64_t nt, ns, kk, M;
     double *out;          /* (2, nt, ns) */
-} vr_back_args;
+} vr_quad_args;
+
+/* Tile jt of the packed triangle holds columns j0 = 16 jt .. j0 + 15 of B and its rows i < min(j0 + 16, M)
+ * (below them the column is 0), as pairs of rows: n_pairs(jt) x 16 x 2 bf16, entry (ip, l, h) = B[2 ip + h,
+ * j0 + l], 0 past M. */
+static inline int64_t n_pairs(int64_t jt, int64_t M) {
+    const int64_t top = 16 * jt + 16 < M ? 16 * jt + 16 : M;
+    return (top + 1) / 2;
+}
+
+VR_EXPORT int64_t vr_pack_size(int64_t M) {
+    int64_t n = 0;
+    for (int64_t jt = 0; 16 * jt < M; ++jt) n += 32 * n_pairs(jt, M);
+    return n;
+}
 
 static void thread_range(int64_t n, int64_t *lo, int64_t *hi) {
 #ifdef _OPENMP
@@ -102,32 +120,23 @@ VR_TARGET static inline __mmask16 tail_mask(int64_t left) {
     return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
 }
 
-/* One row: e = 2^max(ca p + tab - off, -126) into w as bf16, returns sum e (and e . dnvec in *dn_out).
- * Inlined with constant flags, so that each case gets its own loop without branches. */
+/* One row: e = 2^max(ca p + tab - off, -126) into w as bf16; returns sum e, and e . dnvec in *dn_out.
+ * Inlined with a constant ``shift``, so that each case gets its own loop without branches. */
 VR_TARGET static inline __attribute__((always_inline)) float front_row(
         const float *p, const float *tab, __m512 ca, __m512 off, int64_t M, uint16_t *wrow,
         const int shift, const float *dnvec, float *dn_out) {
     const __m512 lowest = _mm512_set1_ps(-126.0f);
     __m512 zs = _mm512_setzero_ps(), ds = _mm512_setzero_ps();
-    int64_t j = 0;
-    for (; j + 16 <= M; j += 16) {
-        __m512 L = _mm512_fmadd_ps(ca, _mm512_loadu_ps(p + j), _mm512_loadu_ps(tab + j));
-        if (shift) L = _mm512_sub_ps(L, off);
-        const __m512 e = exp2_ps(_mm512_max_ps(L, lowest));
-        zs = _mm512_add_ps(zs, e);
-        if (dnvec) ds = _mm512_fmadd_ps(e, _mm512_loadu_ps(dnvec + j), ds);
-        _mm256_storeu_si256((__m256i *)(wrow + j), (__m256i)_mm512_cvtneps_pbh(e));
-    }
-    if (j < M) {
+    for (int64_t j = 0; j < M; j += 16) {
         const __mmask16 m = tail_mask(M - j);
         __m512 L = _mm512_fmadd_ps(ca, _mm512_maskz_loadu_ps(m, p + j), _mm512_maskz_loadu_ps(m, tab + j));
         if (shift) L = _mm512_sub_ps(L, off);
         const __m512 e = _mm512_maskz_mov_ps(m, exp2_ps(_mm512_max_ps(L, lowest)));
         zs = _mm512_add_ps(zs, e);
-        if (dnvec) ds = _mm512_fmadd_ps(e, _mm512_maskz_loadu_ps(m, dnvec + j), ds);
+        ds = _mm512_fmadd_ps(e, _mm512_maskz_loadu_ps(m, dnvec + j), ds);
         _mm256_mask_storeu_epi16(wrow + j, m, (__m256i)_mm512_cvtneps_pbh(e));
     }
-    if (dnvec) *dn_out = _mm512_reduce_add_ps(ds);
+    *dn_out = _mm512_reduce_add_ps(ds);
     return _mm512_reduce_add_ps(zs);
 }
 
@@ -146,51 +155,75 @@ VR_TARGET static void front_rows(const vr_front_args *a, int64_t r0, int64_t r1)
                 mx = _mm512_mask_max_ps(mx, m, mx, L);
             }
             const __m512 off = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-            a->z[r] = a->dn ? front_row(p, tab, ca, off, M, wrow, 1, a->dnvec, a->dn + r)
-                            : front_row(p, tab, ca, off, M, wrow, 1, 0, 0);
+            a->z[r] = front_row(p, tab, ca, off, M, wrow, 1, a->dnvec, a->dn + r);
         } else {
             const __m512 off = _mm512_setzero_ps();
-            a->z[r] = a->dn ? front_row(p, tab, ca, off, M, wrow, 0, a->dnvec, a->dn + r)
-                            : front_row(p, tab, ca, off, M, wrow, 0, 0, 0);
+            a->z[r] = front_row(p, tab, ca, off, M, wrow, 0, a->dnvec, a->dn + r);
         }
     }
 }
 
-static inline float bf16_to_float(uint16_t v) {
-    union { uint32_t u; float f; } c = {(uint32_t)v << 16};
-    return c.f;
+static inline int32_t pair_at(const uint16_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
 }
 
-/* Rows r0..r1-1: e^T D e / z^2 and e . dn / z summed over the queries of each (timestep, source) in double,
+/* q[r] = e_r^T B e_r for the RT rows at E (stride ldw): for each 16-column tile, acc_r = (e_r @ B)[tile]
+ * by pairs of rows of the tile (one vdpbf16ps per row and pair, the pair of e_r broadcast), then
+ * qv_r += acc_r * e_r[tile]. RT accumulators and RT partial sums stay in registers. */
+#define VR_QUAD_TILE(RT)                                                                                       \
+    VR_TARGET static inline __attribute__((always_inline)) void quad_tile_##RT(                                \
+            const uint16_t *E, int64_t ldw, const uint16_t *B, int64_t M, float *q) {                        \
+        __m512 qv[RT];                                                                                         \
+        _Pragma("GCC unroll 16") for (int r = 0; r < RT; ++r) qv[r] = _mm512_setzero_ps();                    \
+        const uint16_t *bp = B;                                                                                \
+        for (int64_t jt = 0; 16 * jt < M; ++jt) {                                                              \
+            const int64_t np = n_pairs(jt, M), j0 = 16 * jt;                                                   \
+            __m512 acc[RT];                                                                                    \
+            _Pragma("GCC unroll 16") for (int r = 0; r < RT; ++r) acc[r] = _mm512_setzero_ps();               \
+            for (int64_t ip = 0; ip < np; ++ip) {                                                              \
+                const __m512bh b = (__m512bh)_mm512_loadu_si512(bp + 32 * ip);                                 \
+                _Pragma("GCC unroll 16") for (int r = 0; r < RT; ++r) acc[r] = _mm512_dpbf16_ps(              \
+                    acc[r], (__m512bh)_mm512_set1_epi32(pair_at(E + r * ldw + 2 * ip)), b);                    \
+            }                                                                                                  \
+            bp += 32 * np;                                                                                     \
+            const __mmask16 m = tail_mask(M - j0);                                                             \
+            _Pragma("GCC unroll 16") for (int r = 0; r < RT; ++r) {                                           \
+                const __m512i e16 = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, E + r * ldw + j0));    \
+                qv[r] = _mm512_fmadd_ps(acc[r], _mm512_castsi512_ps(_mm512_slli_epi32(e16, 16)), qv[r]);      \
+            }                                                                                                  \
+        }                                                                                                      \
+        _Pragma("GCC unroll 16") for (int r = 0; r < RT; ++r) q[r] = _mm512_reduce_add_ps(qv[r]);             \
+    }
+VR_QUAD_TILE(12)
+VR_QUAD_TILE(4)
+VR_QUAD_TILE(1)
+
+/* Rows r0..r1-1: e^T B e / z^2 and dn / z summed over the queries of each (timestep, source) in double,
  * added to out (another thread may hold the other part of a group: the additions are atomic). */
-VR_TARGET static void back_rows(const vr_back_args *a, int64_t r0, int64_t r1) {
-    const int64_t M = a->M, groups = a->nt * a->ns;
+VR_TARGET static void quad_rows(const vr_quad_args *a, int64_t r0, int64_t r1) {
+    const int64_t groups = a->nt * a->ns;
     double quad_sum = 0.0, dn_sum = 0.0;
-    for (int64_t r = r0; r < r1; ++r) {
-        const uint16_t *y = a->y + r * a->y_row, *w = a->w + r * a->w_row;
-        __m512 acc = _mm512_setzero_ps();
-        for (int64_t j = 0; j < M; j += 32) {
-            const int64_t left = M - j;
-            const __mmask32 m = left >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << left) - 1u);
-            const __m512i yv = _mm512_maskz_loadu_epi16(m, y + j), wv = _mm512_maskz_loadu_epi16(m, w + j);
-            acc = _mm512_dpbf16_ps(acc, (__m512bh)yv, (__m512bh)wv);
-        }
-        double dn = 0.0;
-        if (a->dn) {
-            dn = a->dn[r];
-        } else {
-            for (int64_t c = 0; c < a->n_cols; ++c) dn += bf16_to_float(y[M + c]);
-        }
-        const double inv = 1.0 / (double)a->z[r];
-        quad_sum += (double)_mm512_reduce_add_ps(acc) * inv * inv;
-        dn_sum += dn * inv;
-        const int64_t g = r / a->kk;
-        if (r + 1 == r1 || (r + 1) / a->kk != g) {
+    float q[48];
+    for (int64_t s0 = r0; s0 < r1; s0 += 48) {
+        const int64_t s1 = s0 + 48 < r1 ? s0 + 48 : r1;
+        int64_t r = s0;
+        for (; r + 12 <= s1; r += 12) quad_tile_12(a->w + r * a->w_row, a->w_row, a->B, a->M, q + (r - s0));
+        for (; r + 4 <= s1; r += 4) quad_tile_4(a->w + r * a->w_row, a->w_row, a->B, a->M, q + (r - s0));
+        for (; r < s1; ++r) quad_tile_1(a->w + r * a->w_row, a->w_row, a->B, a->M, q + (r - s0));
+        for (r = s0; r < s1; ++r) {
+            const double inv = 1.0 / (double)a->z[r];
+            quad_sum += (double)q[r - s0] * inv * inv;
+            dn_sum += (double)a->dn[r] * inv;
+            const int64_t g = r / a->kk;
+            if (r + 1 == r1 || (r + 1) / a->kk != g) {
 #pragma omp atomic
-            a->out[g] += quad_sum;
+                a->out[g] += quad_sum;
 #pragma omp atomic
-            a->out[groups + g] += dn_sum;
-            quad_sum = dn_sum = 0.0;
+                a->out[groups + g] += dn_sum;
+                quad_sum = dn_sum = 0.0;
+            }
         }
     }
 }
@@ -214,19 +247,20 @@ VR_EXPORT int vr_front(const float *P, int64_t p_source, int64_t p_query, const 
 #endif
 }
 
-/* out (2, nt, ns) float64: the sums over each (timestep, source)'s queries of e^T D e / z^2 (from the bf16
- * products y and weights w) and of e . dn / z (dn given, or the n_cols columns of y after M). */
-VR_EXPORT int vr_back(const uint16_t *y, int64_t y_row, const uint16_t *w, int64_t w_row, const float *z,
-                      const float *dn, int64_t n_cols, int64_t nt, int64_t ns, int64_t kk, int64_t M, double *out) {
+/* out (2, nt, ns) float64: per (timestep, source), the sums over its queries of e^T B e / z^2 (B packed
+ * by vr_pack_size's layout) and of dn / z. */
+VR_EXPORT int vr_quad(const uint16_t *w, int64_t w_row, const uint16_t *B, const float *z, const float *dn,
+                      int64_t nt, int64_t ns, int64_t kk, int64_t M, double *out) {
 #ifdef VR_HAVE_AVX512BF16
-    const vr_back_args a = {y, y_row, w, w_row, z, dn, n_cols, nt, ns, kk, M, out};
+    if (w_row % 2 != 0 || w_row < M) return -2;
+    const vr_quad_args a = {w, w_row, B, z, dn, nt, ns, kk, M, out};
     const int64_t R = nt * ns * kk;
     for (int64_t g = 0; g < 2 * nt * ns; ++g) out[g] = 0.0;
 #pragma omp parallel
     {
         int64_t lo, hi;
         thread_range(R, &lo, &hi);
-        back_rows(&a, lo, hi);
+        quad_rows(&a, lo, hi);
     }
     return 0;
 #else

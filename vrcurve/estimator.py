@@ -442,15 +442,26 @@ class _Engine:
         self.scale = torch.tensor([[0.5 * f.dscale, 0.0], [-0.5 * f.dscale, f.nscale]], dtype=torch.float64,
                                   device=self.device)
         self.scale_bias = torch.tensor([[0.0], [f.nbar]], dtype=torch.float64, device=self.device)
-        # The logits' front (through the bf16 weights and their row sums) and the row dot products of the
-        # products with the weights, each one pass in C (vrcurve/_fused.c), where it runs: bf16 products
-        # on a CPU with AVX512-BF16, and the library built. Otherwise the same work in PyTorch operations.
+        # With bf16 products on a CPU with AVX512-BF16 (and the library built), a block is two passes of C
+        # (vrcurve/_fused.c): the logits to the bf16 weights, their row sums and w . (n - nbar), then the
+        # quadratic forms on the packed upper triangle of 2 D / dscale. Otherwise PyTorch operations.
         self.fused = _kernel.fused() if _fused_applies(self.device, precision) else None
         if self.fused is not None:
             self.ca_t = torch.tensor(self.ca, dtype=torch.float32)
+            self.triangle = _pack_triangle(D64 / f.dscale)
+            if self.triangle.numel() != self.fused.vr_pack_size(D64.shape[0]):
+                raise RuntimeError("vrcurve's fused kernel and its Python side disagree; reinstall vrcurve")
 
     def allocate(self, rows: int):
         M = self.D.shape[0]
+        if self.fused is not None:
+            # rows of even length (the quadratic-form kernel reads the weights in pairs; a pad stays 0)
+            self.w_row = M + M % 2
+            self.weights = torch.zeros((rows, self.w_row), dtype=torch.bfloat16)
+            self.z = torch.empty(rows, dtype=torch.float32)
+            self.row_dn = torch.empty(rows, dtype=torch.float32)
+            self.table = torch.empty(rows * M, dtype=torch.float32)  # -cb_t D_i: at most one row per query
+            return
         self.logits = torch.empty(rows * M, dtype=self.work, device=self.device)
         self.weights = (self.logits if self.forms.dtype == self.work
                         else torch.empty(rows * M, dtype=self.forms.dtype, device=self.device))
@@ -460,8 +471,6 @@ class _Engine:
         else:
             self.products = torch.empty(rows * self.forms.stride, dtype=self.forms.dtype, device=self.device)
         self.z = torch.empty(rows, dtype=self.z_dtype, device=self.device)
-        # the fused kernel's e . (n - nbar) / nscale from the float32 weights (the paper form in bf16)
-        self.row_dn = torch.empty(rows if self.fused is not None and self.n_apart else 0, dtype=torch.float32)
         self.tail = torch.empty((3, rows), dtype=torch.float64, device=self.device)
         self._view_cache = {}
 
@@ -494,9 +503,9 @@ class _Engine:
             for a, b in _runs(active):
                 sums[:, a - t0 : b - t0] = self.block(c, k0, k1, a, b)
             return sums
-        v = self._views(t1 - t0, ns, kk)
         if self.fused is not None:
-            return self._fused_block(c, v, P, kk, t0, t1)
+            return self._fused_block(c, P, t0, t1)
+        v = self._views(t1 - t0, ns, kk)
         torch.mul(c.Drows4, self.cb_neg4[t0:t1], out=v.table)  # (nt, ns, 1, M): -cb_t D_i
         for j, (table, logits) in enumerate(zip(v.tables, v.logits_t)):
             # one fused pass per timestep: ca_t P' + (-cb_t D_i), D_i broadcast over the source's queries
@@ -516,24 +525,21 @@ class _Engine:
         quad = torch.mul(v.y_dot, v.weights, out=v.y_dot).sum(-1)  # e^T D e / dscale (in place: no temporary)
         return self._tail(v, quad, dn, kk)
 
-    def _fused_block(self, c: _Chunk, v: "_BlockViews", P: torch.Tensor, kk: int, t0: int, t1: int) -> torch.Tensor:
-        """``block`` with its element-wise work in two passes of C, one on each side of the products: the
-        same values to float32 round-off (the row dot products are accumulated in float32, not bf16)."""
-        lib, (ns, _, M) = self.fused, P.shape
+    def _fused_block(self, c: _Chunk, P: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
+        """``block`` in two passes of C (vrcurve/_fused.c): the same values to float32 round-off, with the
+        quadratic forms summed in float32 where the PyTorch path rounds e @ D to bf16."""
+        lib, (ns, kk, M) = self.fused, P.shape
         nt = t1 - t0
-        torch.mul(c.Drows4, self.cb_neg4[t0:t1], out=v.table)  # (nt, ns, 1, M): -cb_t D_i
-        dn = v.dn if self.n_apart else None
-        err = lib.vr_front(P.data_ptr(), P.stride(0), P.stride(1), v.table.data_ptr(), self.ca_t[t0:].data_ptr(),
-                           nt, ns, kk, M, int(c.shift), v.weights.data_ptr(), v.weights.stride(0), v.z.data_ptr(),
-                           self.dn.data_ptr() if dn is not None else None, dn.data_ptr() if dn is not None else None)
-        for a, out, W in v.products:
-            torch.mm(a, out=out, mat2=W)
+        table = self.table[: nt * ns * M].view(nt, ns, 1, M)
+        torch.mul(c.Drows4, self.cb_neg4[t0:t1], out=table)  # -cb_t D_i
         sums = torch.empty((2, nt, ns), dtype=torch.float64)
-        err |= lib.vr_back(v.y_dot.data_ptr(), v.y_dot.stride(0), v.weights.data_ptr(), v.weights.stride(0),
-                           v.z.data_ptr(), dn.data_ptr() if dn is not None else None, self.forms.n_columns,
-                           nt, ns, kk, M, sums.data_ptr())
+        err = lib.vr_front(P.data_ptr(), P.stride(0), P.stride(1), table.data_ptr(), self.ca_t[t0:].data_ptr(),
+                           nt, ns, kk, M, int(c.shift), self.weights.data_ptr(), self.w_row, self.z.data_ptr(),
+                           self.dn.data_ptr(), self.row_dn.data_ptr())
+        err = err or lib.vr_quad(self.weights.data_ptr(), self.w_row, self.triangle.data_ptr(), self.z.data_ptr(),
+                                 self.row_dn.data_ptr(), nt, ns, kk, M, sums.data_ptr())
         if err:
-            raise RuntimeError("vrcurve's fused CPU kernel is not supported on this CPU")
+            raise RuntimeError(f"vrcurve's fused CPU kernel refused a block (error {err})")
         return self._scale(sums, kk)
 
     def _tail(self, v: "_BlockViews", quad: torch.Tensor, dn: Optional[torch.Tensor], kk: int) -> torch.Tensor:
@@ -570,7 +576,7 @@ class _Engine:
             tail = self.tail[:, :R]
             self._view_cache[key] = _BlockViews(
                 table=table, tables=list(table.unbind(0)), logits_t=list(logits4.unbind(0)), logits=logits,
-                z=self.z[:R], weights=weights, dn=self.row_dn[:R],
+                z=self.z[:R], weights=weights,
                 products=[(weights[:, :e1], y[:, e0 : e0 + W.shape[1]], W) for e0, e1, W in f.blocks],
                 y_dot=y[:, :M], n_cols=[y[:, col] for col in range(M, f.width)], tail=list(tail.unbind(0)),
                 tail_sums=tail[1:].view(2, nt, ns, kk),
@@ -585,7 +591,6 @@ class _BlockViews:
     logits_t: List[torch.Tensor]  # (ns, kk, M) per timestep, views of ``logits``
     logits: torch.Tensor  # (R, M), the logits and then, in place, the unnormalised weights
     z: torch.Tensor  # (R,) their row sums
-    dn: torch.Tensor  # (R,) float32, e . (n - nbar) / nscale from the fused kernel (paper form; else empty)
     weights: torch.Tensor  # (R, M) in the products' dtype (``logits`` itself when that is the work dtype)
     products: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (input, output, W) per column block
     y_dot: torch.Tensor  # (R, M) the products e @ D by column block, then their products with e
@@ -639,6 +644,20 @@ def _fused_applies(device, precision: str) -> bool:
     """Whether the fused C kernels do the element-wise work: bf16 products on a CPU (they exist for that
     case alone) where the library is built and the CPU has AVX512-BF16 (``vrcurve._kernel``)."""
     return torch.device(device).type == "cpu" and precision == "bf16" and _kernel.fused() is not None
+
+
+def _pack_triangle(Dn: torch.Tensor) -> torch.Tensor:
+    """B = 2 Dn above the diagonal, 0 elsewhere, in bf16, packed as vr_quad reads it (vrcurve/_fused.c):
+    tile jt holds columns 16 jt .. 16 jt + 15 and rows i < min(16 jt + 16, M) in pairs, (pairs, 16, 2)."""
+    M = Dn.shape[0]
+    tiles = -(-M // 16)
+    B = torch.zeros((M + 1, 16 * tiles), dtype=torch.float64)  # a zero row and columns to pad with
+    B[:M, :M] = torch.triu(2.0 * Dn.to(device="cpu", dtype=torch.float64), diagonal=1)
+    parts = []
+    for jt in range(tiles):
+        pairs = (min(16 * jt + 16, M) + 1) // 2
+        parts.append(B[: 2 * pairs, 16 * jt : 16 * jt + 16].reshape(pairs, 2, 16).transpose(1, 2).reshape(-1))
+    return torch.cat(parts).to(torch.bfloat16).contiguous()
 
 
 def _runs(steps: List[int]) -> List[Tuple[int, int]]:
