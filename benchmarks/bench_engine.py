@@ -22,10 +22,10 @@ For each data dimension d (default 3072, 4096, 16384) with M = 200 samples and K
 - cli:     with --cli, the whole ``vrcurve estimate`` command on a .npy file of the samples (end to end).
 - float32: with --compare-float32, the full curve again with float32 products, its time, and the KS
            distance and logit-normal m difference of the two densities.
-- pytorch: with --compare-pytorch, the engine's blocks again with the element-wise work as PyTorch
-           operations instead of the fused C kernels (vrcurve/_fused.c), timed in the same way, right after.
+- pytorch: with --compare-pytorch, the engine's blocks again as PyTorch operations instead of the fused
+           C kernel (vrcurve/_fused.c), timed in the same way, right after.
 - profile: with --profile, torch.profiler's time per operation over 60 of the engine's blocks (the fused
-           kernels appear as vrcurve::fused_front and vrcurve::fused_back).
+           kernel's two passes appear as vrcurve::fused_front and vrcurve::fused_quad).
 
 The samples are the embedded Fashion-MNIST demo images (for M > 2000 also their mirror images and copies
 shifted by a pixel), resized to d (bilinear; 3072 = 3 x 32 x 32 with the
@@ -177,7 +177,7 @@ def direct(x, sched, ks, T, K, seed, tau, chunk_queries):
 
 
 class PyTorchOnly:
-    """The engine without the fused C kernels, as where they are not built."""
+    """The engine without the fused C kernel, as where it is not built."""
 
     def __enter__(self):
         self.saved = _kernel._load
@@ -205,9 +205,9 @@ class _ProfiledKernels:
 
 def kernel_line(prec: str) -> str:
     if prec == "bf16" and _kernel.fused() is not None:
-        return "element-wise work in the fused C kernels"
-    reason = "they apply to bf16 products only" if prec != "bf16" else _kernel.why_not()
-    return f"element-wise work in PyTorch operations (fused kernels: {reason})"
+        return "the blocks in the fused C kernel"
+    reason = "it applies to bf16 products only" if prec != "bf16" else _kernel.why_not()
+    return f"the blocks in PyTorch operations (fused C kernel: {reason})"
 
 
 def engine_for(x, sched, T, K, tau, precision):
@@ -282,7 +282,7 @@ def profile_blocks(x, sched, T, K, tau, precision, blocks=60):
     scale = 1e-3 * (M / plan.sources) * (K / plan.noise) / (blocks * tb)  # us of one chunk -> ms per timestep
     events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in events) * scale
-    print(f"  profile  {total:.1f} ms per timestep in torch operations and fused kernels ({prec} products, blocks of {tb} timesteps x "
+    print(f"  profile  {total:.1f} ms per timestep in torch operations and the fused kernel ({prec} products, blocks of {tb} timesteps x "
           f"{plan.sources * plan.noise} queries):")
     for e in events[:8]:
         print(f"             {e.key:22s} {e.self_cpu_time_total * scale:6.2f} ms  ({e.count / blocks:.0f} per block)")
@@ -394,7 +394,7 @@ def main():
     ap.add_argument("--compare-float32", action="store_true",
                     help="also run the full curve with float32 products and compare the densities")
     ap.add_argument("--compare-pytorch", action="store_true",
-                    help="also time the engine's blocks with the element-wise work as PyTorch operations")
+                    help="also time the engine's blocks as PyTorch operations, without the fused C kernel")
     ap.add_argument("--profile", action="store_true", help="print where the engine's time goes, per operation")
     ap.add_argument("--child-dim", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -437,7 +437,7 @@ def main():
                 sep_p, tr_p, per_p, _, _, _ = vrcurve_timesteps(x, sched, ks, T, K, 0, tau, args.precision)
             dVp = float(((h2 * tr_p.sum(1) - V_d).abs() / V_d.abs()).max())
             print(f"  pytorch  {np.mean(per_p) * 1e3:9.2f} ms per timestep with PyTorch operations instead: the fused "
-                  f"kernels are {np.mean(per_p) / per_v:.2f}x faster; its V against direct {dVp:.1e}; other processes "
+                  f"kernel is {np.mean(per_p) / per_v:.2f}x faster; its V against direct {dVp:.1e}; other processes "
                   f"took {load_pt.share:.0%} of the CPUs meanwhile")
         if args.profile:
             profile_blocks(x, sched, T, K, tau, args.precision)

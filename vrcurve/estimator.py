@@ -22,17 +22,19 @@ timesteps x the queries of a few sources (about 10,000 rows of M on CPU, so that
   likelihood in many dimensions) subtract the row maximum.
 - Queries of one source share a row of D: the logits of a timestep are one fused pass over P with a
   small (sources x M) table, never a gathered (Q, M) copy of D.
-- e^T D e for symmetric D is summed by column blocks of D, each needing only the rows of D up to its own
-  block, which saves a third of the products at M = 200 (half as the number of blocks grows).
+- In PyTorch operations (GPUs, and CPUs without the fused kernel below), e^T D e for symmetric D is summed
+  by column blocks of D, each needing only the rows of D up to its own block, which saves a third of the
+  products at M = 200 (half as the number of blocks grows).
 - Where every other sample's weight is below 2^-126 of the own sample's (late timesteps), tr Cov = 0 and
   ||E[x1|q]||^2 = n_i exactly, and the block is not computed.
 - The products can run in bfloat16 (CPU with native bf16 dot products) or TF32 (CUDA); logits, their
   exponentials, row sums and everything after stay in float32, and the sums over queries in float64.
-- With bf16 products on a CPU with AVX512-BF16, the element-wise work of a block is two passes of C
-  (vrcurve/_fused.c) instead of about seven PyTorch operations: one from P and the table of -cb_t D_i to
-  the bf16 weights and their row sums, one from the products to the per-source sums. The products
-  themselves stay with PyTorch (oneDNN), which runs them near the CPU's peak.
   tests/test_engine_precision.py shows the density unchanged (KS < 1e-4, logit-normal m within 0.005).
+- With bf16 products on a CPU with AVX512-BF16, a block is two passes of C (vrcurve/_fused.c) instead of
+  about ten PyTorch operations: one from P and the table of -cb_t D_i to the bf16 weights, their row sums
+  and w . (n - nbar); then a bf16 kernel of its own for the quadratic forms on the upper triangle of D
+  (about M^2 / 2 products per query against 2/3 M^2 for the column blocks, at the CPU's bf16 rate, with
+  e @ D kept in registers), which adds them up per source. tests/test_fused.py checks both passes.
 """
 
 from __future__ import annotations
@@ -460,7 +462,7 @@ class _Engine:
             self.weights = torch.zeros((rows, self.w_row), dtype=torch.bfloat16)
             self.z = torch.empty(rows, dtype=torch.float32)
             self.row_dn = torch.empty(rows, dtype=torch.float32)
-            self.table = torch.empty(rows * M, dtype=torch.float32)  # -cb_t D_i: at most one row per query
+            self.table = torch.empty(0, dtype=torch.float32)  # -cb_t D_i, (nt, ns, M): grown on first use
             return
         self.logits = torch.empty(rows * M, dtype=self.work, device=self.device)
         self.weights = (self.logits if self.forms.dtype == self.work
@@ -530,6 +532,8 @@ class _Engine:
         quadratic forms summed in float32 where the PyTorch path rounds e @ D to bf16."""
         lib, (ns, kk, M) = self.fused, P.shape
         nt = t1 - t0
+        if self.table.numel() < nt * ns * M:
+            self.table = torch.empty(nt * ns * M, dtype=torch.float32)
         table = self.table[: nt * ns * M].view(nt, ns, 1, M)
         torch.mul(c.Drows4, self.cb_neg4[t0:t1], out=table)  # -cb_t D_i
         sums = torch.empty((2, nt, ns), dtype=torch.float64)
