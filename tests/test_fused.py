@@ -89,7 +89,7 @@ def test_front_is_exp2_of_the_logits(M, shift):
     w = torch.zeros(R, M + 3, dtype=torch.bfloat16)  # a row stride other than M
     z, dn = torch.empty(R), torch.empty(R)
     err = LIB.vr_front(_ptr(P), P.stride(0), P.stride(1), _ptr(table), _ptr(ca), nt, ns, kk, M, int(shift),
-                       _ptr(w), w.stride(0), _ptr(z), _ptr(dnvec), _ptr(dn))
+                       _ptr(w), w.stride(0), _ptr(z), _ptr(dnvec), _ptr(dn), 2)
     assert err == 0
     # the logits as the kernel forms them: one fused multiply-add rounded to float32 (the rounding of a
     # float32 logit of size 60 alone moves 2^L by 3e-6), then the row maximum subtracted in float32
@@ -127,7 +127,7 @@ def test_quad_is_the_quadratic_form_per_source(M):
     z = torch.rand(R, generator=g) + 1.0
     dn = torch.randn(R, generator=g)
     out = torch.full((2, nt, ns), np.nan, dtype=torch.float64)
-    err = LIB.vr_quad(_ptr(w), w_row, _ptr(triangle), _ptr(z), _ptr(dn), nt, ns, kk, M, _ptr(out))
+    err = LIB.vr_quad(_ptr(w), w_row, _ptr(triangle), _ptr(z), _ptr(dn), nt, ns, kk, M, _ptr(out), 3)
     assert err == 0
     e = _bf16_exact(w[:, :M])
     B = np.triu(2.0 * D.numpy() / dscale, 1).astype(np.float32)  # as packed: bf16 of 2 D / dscale
@@ -137,7 +137,7 @@ def test_quad_is_the_quadratic_form_per_source(M):
     np.testing.assert_allclose(out[0].numpy(), quad.reshape(nt, ns, kk).sum(-1), rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(out[1].numpy(), ndot.reshape(nt, ns, kk).sum(-1), rtol=1e-6, atol=1e-9)
     assert LIB.vr_quad(_ptr(w), w_row + 1, _ptr(triangle), _ptr(z), _ptr(dn), nt, ns, kk, M,
-                       _ptr(out)) != 0  # an odd row stride is refused
+                       _ptr(out), 1) != 0  # an odd row stride is refused
 
 
 @needs_kernel

@@ -18,8 +18,8 @@
  *
  * Only for x86-64 CPUs with AVX512-BF16 (the CPUs where --precision auto picks bf16 products); the
  * functions are compiled for that target alone and vr_supported() says whether this CPU runs them. Rows
- * are split over OpenMP threads: loaded after PyTorch, this library shares PyTorch's libgomp (same soname)
- * and so its thread pool.
+ * are split over ``threads`` OpenMP threads (the caller passes torch.get_num_threads()): loaded after
+ * PyTorch, this library shares PyTorch's libgomp (same soname) and so its thread pool.
  *
  * This file is plain C with no Python or PyTorch headers: setup.py builds it as an optional extension
  * (a machine without a C compiler installs vrcurve without it) and vrcurve/_kernel.py loads it by ctypes.
@@ -39,7 +39,7 @@
 
 #define VR_EXPORT __attribute__((visibility("default")))
 
-VR_EXPORT int vr_version(void) { return 2; }
+VR_EXPORT int vr_version(void) { return 3; }
 
 VR_EXPORT int vr_supported(void) {
 #ifdef VR_HAVE_AVX512BF16
@@ -231,11 +231,11 @@ VR_TARGET static void quad_rows(const vr_quad_args *a, int64_t r0, int64_t r1) {
 
 VR_EXPORT int vr_front(const float *P, int64_t p_source, int64_t p_query, const float *table, const float *ca,
                        int64_t nt, int64_t ns, int64_t kk, int64_t M, int shift, uint16_t *w, int64_t w_row,
-                       float *z, const float *dnvec, float *dn) {
+                       float *z, const float *dnvec, float *dn, int threads) {
 #ifdef VR_HAVE_AVX512BF16
     const vr_front_args a = {P, p_source, p_query, table, ca, nt, ns, kk, M, shift, w, w_row, z, dnvec, dn};
     const int64_t R = nt * ns * kk;
-#pragma omp parallel
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
     {
         int64_t lo, hi;
         thread_range(R, &lo, &hi);
@@ -250,13 +250,13 @@ VR_EXPORT int vr_front(const float *P, int64_t p_source, int64_t p_query, const 
 /* out (2, nt, ns) float64: per (timestep, source), the sums over its queries of e^T B e / z^2 (B packed
  * by vr_pack_size's layout) and of dn / z. */
 VR_EXPORT int vr_quad(const uint16_t *w, int64_t w_row, const uint16_t *B, const float *z, const float *dn,
-                      int64_t nt, int64_t ns, int64_t kk, int64_t M, double *out) {
+                      int64_t nt, int64_t ns, int64_t kk, int64_t M, double *out, int threads) {
 #ifdef VR_HAVE_AVX512BF16
     if (w_row % 2 != 0 || w_row < M) return -2;
     const vr_quad_args a = {w, w_row, B, z, dn, nt, ns, kk, M, out};
     const int64_t R = nt * ns * kk;
     for (int64_t g = 0; g < 2 * nt * ns; ++g) out[g] = 0.0;
-#pragma omp parallel
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
     {
         int64_t lo, hi;
         thread_range(R, &lo, &hi);

@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 
 import torch  # noqa: F401  (loaded first: the library then shares PyTorch's libgomp and its threads)
 
-_VERSION = 2
+_VERSION = 3
 _p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
@@ -49,9 +49,9 @@ def _load() -> Tuple[Optional[ctypes.CDLL], str]:
     lib.vr_pack_size.restype = _i64
     lib.vr_pack_size.argtypes = [_i64]
     lib.vr_front.restype = _int
-    lib.vr_front.argtypes = [_p, _i64, _i64, _p, _p, _i64, _i64, _i64, _i64, _int, _p, _i64, _p, _p, _p]
+    lib.vr_front.argtypes = [_p, _i64, _i64, _p, _p, _i64, _i64, _i64, _i64, _int, _p, _i64, _p, _p, _p, _int]
     lib.vr_quad.restype = _int
-    lib.vr_quad.argtypes = [_p, _i64, _p, _p, _p, _i64, _i64, _i64, _i64, _p]
+    lib.vr_quad.argtypes = [_p, _i64, _p, _p, _p, _i64, _i64, _i64, _i64, _p, _int]
     return lib, "available"
 
 

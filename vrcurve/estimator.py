@@ -532,16 +532,18 @@ class _Engine:
         quadratic forms summed in float32 where the PyTorch path rounds e @ D to bf16."""
         lib, (ns, kk, M) = self.fused, P.shape
         nt = t1 - t0
+        assert P.dtype == torch.float32 and P.stride(2) == 1 and P.device.type == "cpu"
         if self.table.numel() < nt * ns * M:
             self.table = torch.empty(nt * ns * M, dtype=torch.float32)
         table = self.table[: nt * ns * M].view(nt, ns, 1, M)
         torch.mul(c.Drows4, self.cb_neg4[t0:t1], out=table)  # -cb_t D_i
         sums = torch.empty((2, nt, ns), dtype=torch.float64)
+        threads = torch.get_num_threads()
         err = lib.vr_front(P.data_ptr(), P.stride(0), P.stride(1), table.data_ptr(), self.ca_t[t0:].data_ptr(),
                            nt, ns, kk, M, int(c.shift), self.weights.data_ptr(), self.w_row, self.z.data_ptr(),
-                           self.dn.data_ptr(), self.row_dn.data_ptr())
+                           self.dn.data_ptr(), self.row_dn.data_ptr(), threads)
         err = err or lib.vr_quad(self.weights.data_ptr(), self.w_row, self.triangle.data_ptr(), self.z.data_ptr(),
-                                 self.row_dn.data_ptr(), nt, ns, kk, M, sums.data_ptr())
+                                 self.row_dn.data_ptr(), nt, ns, kk, M, sums.data_ptr(), threads)
         if err:
             raise RuntimeError(f"vrcurve's fused CPU kernel refused a block (error {err})")
         return self._scale(sums, kk)
