@@ -221,7 +221,7 @@ def engine_for(x, sched, T, K, tau, precision):
     engine = est._Engine(D64, n64, s, tau, prec, "covariance")
     plan = est._plan(M, K, d, None, x.device, torch.float32, engine.forms.dtype)
     engine.allocate(plan.buffer_rows)
-    return engine, plan, max(1, min(T, plan.block_rows // (plan.sources * plan.noise))), prec
+    return engine, plan, plan.timesteps(plan.sources * plan.noise, T), prec
 
 
 def vrcurve_timesteps(x, sched, ks, T, K, seed, tau, precision):

@@ -9,6 +9,7 @@ instructions the kernel tests skip; the PyTorch path is tested everywhere.
 """
 
 import ctypes
+import os
 import shutil
 
 import numpy as np
@@ -21,7 +22,7 @@ from vrcurve.schedulers import CosineScheduler, LinearScheduler
 
 LIB = _kernel.fused()
 needs_kernel = pytest.mark.skipif(LIB is None, reason=f"fused kernel: {_kernel.why_not()}")
-BF16_ULP = 2.0**-8  # relative spacing of bf16 numbers in [1, 2)
+BF16_ULP = 2.0**-8  # half the spacing of bf16 numbers in [1, 2): the relative bound of rounding to nearest
 
 
 def _cpu_flags() -> set:
@@ -45,6 +46,8 @@ def pytorch_path(monkeypatch):
                          and (shutil.which("cc") or shutil.which("gcc"))),
                     reason="needs a C compiler and a CPU with AVX512-BF16")
 def test_built_and_used_where_it_can_be():
+    if os.environ.get("VRCURVE_FUSED", "1").strip().lower() in ("0", "false", "no", "off"):
+        pytest.skip("switched off by VRCURVE_FUSED")
     assert LIB is not None, f"the fused kernel is missing on a machine that can run it: {_kernel.why_not()}"
     x = torch.randn(20, 30, generator=torch.Generator().manual_seed(0))
     assert estimate(x, LinearScheduler(), noise=4, timesteps=10, precision="bf16").kernel == "fused"
@@ -74,7 +77,7 @@ def _bf16_exact(t: torch.Tensor) -> np.ndarray:
 
 
 @needs_kernel
-@pytest.mark.parametrize("M", [37, 200])
+@pytest.mark.parametrize("M", [1, 15, 16, 32, 37, 200])
 @pytest.mark.parametrize("shift", [False, True])
 def test_front_is_exp2_of_the_logits(M, shift):
     g = torch.Generator().manual_seed(M + shift)
@@ -106,11 +109,25 @@ def test_front_is_exp2_of_the_logits(M, shift):
 
 
 @needs_kernel
+def test_front_keeps_a_nan_logit():
+    """A NaN in the projections makes its row's sum NaN (as in PyTorch), not a weight of 2^-126."""
+    P = torch.zeros(1, 2, 20)
+    P[0, 1, 3] = float("nan")
+    table, ca, dnvec = torch.zeros(1, 1, 20), torch.ones(1), torch.ones(20)
+    w, z, dn = torch.zeros(2, 20, dtype=torch.bfloat16), torch.empty(2), torch.empty(2)
+    assert LIB.vr_front(_ptr(P), P.stride(0), P.stride(1), _ptr(table), _ptr(ca), 1, 1, 2, 20, 0, _ptr(w), 20,
+                        _ptr(z), _ptr(dnvec), _ptr(dn), 1) == 0
+    assert z[0] == 20.0 and torch.isnan(z[1]) and torch.isnan(dn[1])
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("M", [1, 2, 15, 16, 17, 45, 200])
-def test_quad_is_the_quadratic_form_per_source(M):
+def test_quad_is_the_quadratic_form_per_source(M, threads):
     """vr_quad against float64 on the same bf16 numbers: e^T D e / dscale over z^2, and dn / z, summed over
     each (timestep, source)'s queries; M around the kernel's 16-column tiles, odd M with its pad column,
-    and a row count that leaves every kind of row tile (12, 4, 1) in each thread's share."""
+    row counts that leave every kind of row tile (12, 4, 1) in a thread's share, and (one thread, 138 rows)
+    groups of 23 queries carried across the kernel's spans of 48 rows."""
     g = torch.Generator().manual_seed(M)
     nt, ns, kk = 3, 2, 23
     R = nt * ns * kk
@@ -127,7 +144,7 @@ def test_quad_is_the_quadratic_form_per_source(M):
     z = torch.rand(R, generator=g) + 1.0
     dn = torch.randn(R, generator=g)
     out = torch.full((2, nt, ns), np.nan, dtype=torch.float64)
-    err = LIB.vr_quad(_ptr(w), w_row, _ptr(triangle), _ptr(z), _ptr(dn), nt, ns, kk, M, _ptr(out), 3)
+    err = LIB.vr_quad(_ptr(w), w_row, _ptr(triangle), _ptr(z), _ptr(dn), nt, ns, kk, M, _ptr(out), threads)
     assert err == 0
     e = _bf16_exact(w[:, :M])
     B = np.triu(2.0 * D.numpy() / dscale, 1).astype(np.float32)  # as packed: bf16 of 2 D / dscale
@@ -138,6 +155,68 @@ def test_quad_is_the_quadratic_form_per_source(M):
     np.testing.assert_allclose(out[1].numpy(), ndot.reshape(nt, ns, kk).sum(-1), rtol=1e-6, atol=1e-9)
     assert LIB.vr_quad(_ptr(w), w_row + 1, _ptr(triangle), _ptr(z), _ptr(dn), nt, ns, kk, M,
                        _ptr(out), 1) != 0  # an odd row stride is refused
+
+
+@needs_kernel
+@pytest.mark.parametrize("nt, ns, kk", [(1, 1, 1), (2, 3, 1), (3, 2, 40)])
+def test_each_pass_does_not_depend_on_threads(nt, ns, kk):
+    """The same inputs with 1, 3 and 64 threads (more threads than rows included): the weights and row sums
+    bit for bit, the per-source sums to the order of float64 additions."""
+    g = torch.Generator().manual_seed(kk)
+    M = 29
+    P = torch.randn(ns, kk, M, generator=g)
+    table = -torch.rand(nt, ns, M, generator=g) * 4
+    ca = torch.rand(nt, generator=g) + 0.5
+    dnvec = torch.randn(M, generator=g)
+    X = torch.randn(M, 4, generator=g, dtype=torch.float64)
+    D = (X[:, None] - X[None]).pow(2).sum(-1)
+    triangle = _pack_triangle(D / float(D.mean()))
+    R = nt * ns * kk
+    runs = []
+    for threads in (1, 3, 64):
+        w = torch.zeros(R, M + 1, dtype=torch.bfloat16)
+        z, dn, out = torch.empty(R), torch.empty(R), torch.empty((2, nt, ns), dtype=torch.float64)
+        assert LIB.vr_front(_ptr(P), P.stride(0), P.stride(1), _ptr(table), _ptr(ca), nt, ns, kk, M, 0, _ptr(w),
+                            M + 1, _ptr(z), _ptr(dnvec), _ptr(dn), threads) == 0
+        assert LIB.vr_quad(_ptr(w), M + 1, _ptr(triangle), _ptr(z), _ptr(dn), nt, ns, kk, M, _ptr(out), threads) == 0
+        runs.append((w, z, dn, out))
+    for w, z, dn, out in runs[1:]:
+        assert torch.equal(w, runs[0][0]) and torch.equal(z, runs[0][1]) and torch.equal(dn, runs[0][2])
+        np.testing.assert_allclose(out.numpy(), runs[0][3].numpy(), rtol=1e-14, atol=0)
+
+
+def test_blocks_of_a_short_last_chunk_fit_the_buffers(monkeypatch):
+    """A chunk shorter than the others (the last queries of a source, or the last sources) gets more
+    timesteps per block, but never more rows than the block buffers hold (the fused kernel writes them
+    without bounds of its own)."""
+    from vrcurve import estimator as est
+
+    for M, K, elements, chunk in [(20, 32, 2200, None), (200, 4718, 1 << 21, None), (7, 50, 700, 9),
+                                  (30, 3, 3000, None), (64, 33, 64 * 130, 40)]:
+        monkeypatch.setattr(est, "_CPU_BLOCK_ELEMENTS", elements)
+        plan = est._plan(M, K, 100, chunk, torch.device("cpu"), torch.float32, torch.bfloat16)
+        for sources in {plan.sources, M % plan.sources or plan.sources}:
+            for noise in {plan.noise, K % plan.noise or plan.noise}:
+                rows = sources * noise
+                assert plan.timesteps(rows, 1000) * rows <= plan.buffer_rows, (M, K, elements, rows)
+
+
+@needs_kernel
+def test_a_short_last_chunk_gives_the_same_curve(monkeypatch):
+    """M = 20, K = 32 with blocks of 110 rows: chunks of 27 queries and buffers of 108 rows; the last 5
+    queries of each source would take 22 timesteps (110 rows) by the block size alone."""
+    from vrcurve import estimator as est
+
+    x = torch.randn(20, 24, generator=torch.Generator().manual_seed(5))
+    kw = dict(noise=32, timesteps=40, seed=1, precision="bf16")
+    ref = estimate(x, LinearScheduler(), **kw)
+    monkeypatch.setattr(est, "_CPU_BLOCK_ELEMENTS", 20 * 110)
+    plan = est._plan(20, 32, 24, None, torch.device("cpu"), torch.float32, torch.bfloat16)
+    assert (plan.noise, plan.buffer_rows) == (27, 108)
+    short = estimate(x, LinearScheduler(), **kw)
+    assert short.kernel == "fused"
+    np.testing.assert_allclose(short.variance, ref.variance, rtol=1e-6, atol=1e-9 * ref.variance.max())
+    np.testing.assert_allclose(short.S, ref.S, rtol=1e-6)
 
 
 @needs_kernel

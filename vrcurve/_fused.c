@@ -18,8 +18,9 @@
  *
  * Only for x86-64 CPUs with AVX512-BF16 (the CPUs where --precision auto picks bf16 products); the
  * functions are compiled for that target alone and vr_supported() says whether this CPU runs them. Rows
- * are split over ``threads`` OpenMP threads (the caller passes torch.get_num_threads()): loaded after
- * PyTorch, this library shares PyTorch's libgomp (same soname) and so its thread pool.
+ * are split over ``threads`` OpenMP threads (the caller passes torch.get_num_threads()). Loaded after a
+ * PyTorch that ships libgomp.so.1 (the PyPI builds for Linux), this library shares that runtime and its
+ * thread pool; beside another OpenMP runtime it has a pool of its own, with the same thread count.
  *
  * This file is plain C with no Python or PyTorch headers: setup.py builds it as an optional extension
  * (a machine without a C compiler installs vrcurve without it) and vrcurve/_kernel.py loads it by ctypes.
@@ -39,22 +40,24 @@
 
 #define VR_EXPORT __attribute__((visibility("default")))
 
-VR_EXPORT int vr_version(void) { return 3; }
+VR_EXPORT int vr_version(void) { return 4; }
 
+/* 1 where this CPU runs the kernels, 0 where it lacks AVX512-BF16, -1 where they were not compiled in
+ * (not x86-64, or a compiler without AVX512-BF16 intrinsics). */
 VR_EXPORT int vr_supported(void) {
 #ifdef VR_HAVE_AVX512BF16
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
 #else
-    return 0;
+    return -1;
 #endif
 }
 
 typedef struct {
     const float *P;       /* (ns, kk, M) with strides (p_source, p_query, 1) */
     int64_t p_source, p_query;
-    const float *table;   /* (nt, ns, M) contiguous: nb_t D[i, :], shared by the kk queries of source i */
+    const float *table;   /* (nt, ns, M) contiguous: -cb_t D[i, :], shared by the kk queries of source i */
     const float *ca;      /* (nt,) */
     int64_t nt, ns, kk, M;
     int shift;
@@ -117,7 +120,7 @@ VR_TARGET static inline __m512 exp2_ps(__m512 x) {
 }
 
 VR_TARGET static inline __mmask16 tail_mask(int64_t left) {
-    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+    return left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u);
 }
 
 /* One row: e = 2^max(ca p + tab - off, -126) into w as bf16; returns sum e, and e . dnvec in *dn_out.
@@ -131,7 +134,8 @@ VR_TARGET static inline __attribute__((always_inline)) float front_row(
         const __mmask16 m = tail_mask(M - j);
         __m512 L = _mm512_fmadd_ps(ca, _mm512_maskz_loadu_ps(m, p + j), _mm512_maskz_loadu_ps(m, tab + j));
         if (shift) L = _mm512_sub_ps(L, off);
-        const __m512 e = _mm512_maskz_mov_ps(m, exp2_ps(_mm512_max_ps(L, lowest)));
+        /* max(-126, L) with L second: a NaN logit stays NaN (vmaxps returns its second operand then) */
+        const __m512 e = _mm512_maskz_mov_ps(m, exp2_ps(_mm512_max_ps(lowest, L)));
         zs = _mm512_add_ps(zs, e);
         ds = _mm512_fmadd_ps(e, _mm512_maskz_loadu_ps(m, dnvec + j), ds);
         _mm256_mask_storeu_epi16(wrow + j, m, (__m256i)_mm512_cvtneps_pbh(e));
@@ -233,6 +237,7 @@ VR_EXPORT int vr_front(const float *P, int64_t p_source, int64_t p_query, const 
                        int64_t nt, int64_t ns, int64_t kk, int64_t M, int shift, uint16_t *w, int64_t w_row,
                        float *z, const float *dnvec, float *dn, int threads) {
 #ifdef VR_HAVE_AVX512BF16
+    if (w_row < M) return -2;
     const vr_front_args a = {P, p_source, p_query, table, ca, nt, ns, kk, M, shift, w, w_row, z, dnvec, dn};
     const int64_t R = nt * ns * kk;
 #pragma omp parallel num_threads(threads > 0 ? threads : 1)

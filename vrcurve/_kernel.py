@@ -1,31 +1,30 @@
-"""The fused element-wise kernels of the CPU engine (vrcurve/_fused.c), loaded by ctypes where they run.
+"""The fused CPU kernel of the engine (vrcurve/_fused.c), loaded by ctypes where it runs.
 
 ``fused()`` returns the loaded library, or None where it cannot be used: not built (no C compiler at
-install time), a CPU without AVX512-BF16, or ``VRCURVE_FUSED=0`` in the environment. The engine then runs
-the same work as separate PyTorch operations. ``why_not()`` says which.
+install time), built without its AVX512-BF16 code, a CPU without AVX512-BF16, or ``VRCURVE_FUSED=0`` in the
+environment. The engine then runs the same work as PyTorch operations. ``why_not()`` says which.
 """
 
 from __future__ import annotations
 
 import ctypes
-import glob
 import importlib.machinery
 import os
 from functools import lru_cache
 from typing import Optional, Tuple
 
-import torch  # noqa: F401  (loaded first: the library then shares PyTorch's libgomp and its threads)
+import torch  # noqa: F401  (loaded first: the library then shares PyTorch's libgomp, where it has one)
 
-_VERSION = 3
+_VERSION = 4
 _p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
 def _library_path() -> Optional[str]:
     here = os.path.dirname(os.path.abspath(__file__))
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        found = glob.glob(os.path.join(here, "_fused" + suffix))
-        if found:
-            return found[0]
+        path = os.path.join(here, "_fused" + suffix)
+        if os.path.exists(path):
+            return path
     return None
 
 
@@ -44,7 +43,10 @@ def _load() -> Tuple[Optional[ctypes.CDLL], str]:
     if lib.vr_version() != _VERSION:
         return None, f"{path} is from another version of vrcurve; reinstall vrcurve"
     lib.vr_supported.restype = _int
-    if not lib.vr_supported():
+    supported = lib.vr_supported()
+    if supported < 0:
+        return None, "built without AVX512-BF16 code (not x86-64, or a compiler older than GCC 10)"
+    if supported == 0:
         return None, "this CPU has no AVX512-BF16"
     lib.vr_pack_size.restype = _i64
     lib.vr_pack_size.argtypes = [_i64]

@@ -392,7 +392,7 @@ def _device_sums(job: _Job, device: torch.device, lo: int, hi: int) -> np.ndarra
             for k0 in range(0, K, plan.noise):
                 k1 = min(K, k0 + plan.noise)
                 rows = (i1 - i0) * (k1 - k0)
-                tb = max(1, min(T, plan.block_rows // rows))
+                tb = plan.timesteps(rows, T)
                 for t0 in range(0, T, tb):
                     t1 = min(T, t0 + tb)
                     # the precision is process-wide state: held per block, so that another device's
@@ -426,7 +426,8 @@ class _Engine:
         # The paper form's V = h^2 (1 - S) subtracts S from 1 where S -> 1, so there w . n must not carry
         # the rounding of a bf16 product: it is then taken from the float32 weights.
         self.n_apart = precision == "bf16" and form == "paper"
-        self.forms = _PairForms(D64, n64, precision, with_n=not self.n_apart)
+        fused = _fused_applies(self.device, precision)
+        self.forms = _PairForms(D64, n64, precision, with_n=not self.n_apart, blocks=not fused)
         self.dn = self.forms.dn.to(self.work)
         self.D = D64.to(self.work)
         self.n = n64
@@ -447,7 +448,7 @@ class _Engine:
         # With bf16 products on a CPU with AVX512-BF16 (and the library built), a block is two passes of C
         # (vrcurve/_fused.c): the logits to the bf16 weights, their row sums and w . (n - nbar), then the
         # quadratic forms on the packed upper triangle of 2 D / dscale. Otherwise PyTorch operations.
-        self.fused = _kernel.fused() if _fused_applies(self.device, precision) else None
+        self.fused = _kernel.fused() if fused else None
         if self.fused is not None:
             self.ca_t = torch.tensor(self.ca, dtype=torch.float32)
             self.triangle = _pack_triangle(D64 / f.dscale)
@@ -532,9 +533,12 @@ class _Engine:
         quadratic forms summed in float32 where the PyTorch path rounds e @ D to bf16."""
         lib, (ns, kk, M) = self.fused, P.shape
         nt = t1 - t0
-        assert P.dtype == torch.float32 and P.stride(2) == 1 and P.device.type == "cpu"
         if self.table.numel() < nt * ns * M:
             self.table = torch.empty(nt * ns * M, dtype=torch.float32)
+        if not (P.dtype == torch.float32 and P.stride(2) == 1 and P.device.type == "cpu"
+                and nt * ns * kk <= self.z.numel() and nt * ns * M <= self.table.numel()):
+            raise RuntimeError(f"vrcurve's fused CPU kernel got a block it cannot take: {nt} x {ns} x {kk} rows "
+                               f"for {self.z.numel()}, P {P.dtype} with strides {P.stride()}")
         table = self.table[: nt * ns * M].view(nt, ns, 1, M)
         torch.mul(c.Drows4, self.cb_neg4[t0:t1], out=table)  # -cb_t D_i
         sums = torch.empty((2, nt, ns), dtype=torch.float64)
@@ -615,7 +619,8 @@ class _PairForms:
     16 bits), so that w . n = nbar + w . (n - nbar) keeps its accuracy when the weights are nearly uniform.
     """
 
-    def __init__(self, D64: torch.Tensor, n64: torch.Tensor, precision: str, with_n: bool = True):
+    def __init__(self, D64: torch.Tensor, n64: torch.Tensor, precision: str, with_n: bool = True,
+                 blocks: bool = True):
         M = self.M = D64.shape[0]
         self.dtype = {"float64": torch.float64, "bf16": torch.bfloat16}.get(precision, torch.float32)
         off = float(D64.sum()) / (M * (M - 1))
@@ -636,7 +641,7 @@ class _PairForms:
         per_line = max(1, _ROW_BYTES.get(D64.device.type, 0) // torch.empty((), dtype=self.dtype).element_size())
         self.stride = -(-self.width // per_line) * per_line  # the row stride of the products buffer
         self.blocks: List[Tuple[int, int, torch.Tensor]] = []
-        edges = _column_edges(M)
+        edges = _column_edges(M) if blocks else [0]  # the fused CPU kernel packs D its own way
         for e0, e1 in zip(edges[:-1], edges[1:]):
             W = Dn[:e1, e0:e1].clone()
             W[:e0] *= 2.0
@@ -656,13 +661,15 @@ def _pack_triangle(Dn: torch.Tensor) -> torch.Tensor:
     """B = 2 Dn above the diagonal, 0 elsewhere, in bf16, packed as vr_quad reads it (vrcurve/_fused.c):
     tile jt holds columns 16 jt .. 16 jt + 15 and rows i < min(16 jt + 16, M) in pairs, (pairs, 16, 2)."""
     M = Dn.shape[0]
-    tiles = -(-M // 16)
-    B = torch.zeros((M + 1, 16 * tiles), dtype=torch.float64)  # a zero row and columns to pad with
-    B[:M, :M] = torch.triu(2.0 * Dn.to(device="cpu", dtype=torch.float64), diagonal=1)
+    Dn = Dn.to(device="cpu", dtype=torch.float32)
     parts = []
-    for jt in range(tiles):
-        pairs = (min(16 * jt + 16, M) + 1) // 2
-        parts.append(B[: 2 * pairs, 16 * jt : 16 * jt + 16].reshape(pairs, 2, 16).transpose(1, 2).reshape(-1))
+    for j0 in range(0, M, 16):
+        pairs = (min(j0 + 16, M) + 1) // 2
+        rows, cols = min(2 * pairs, M), min(16, M - j0)
+        tile = torch.zeros((2 * pairs, 16), dtype=torch.float32)
+        tile[:rows, :cols] = 2.0 * Dn[:rows, j0 : j0 + cols]
+        above = torch.arange(2 * pairs)[:, None] < torch.arange(j0, j0 + 16)[None, :]  # i < j
+        parts.append((tile * above).reshape(pairs, 2, 16).transpose(1, 2).reshape(-1))
     return torch.cat(parts).to(torch.bfloat16).contiguous()
 
 
@@ -759,6 +766,11 @@ class _Plan:
     noise: int  # queries of one source per chunk (K unless chunk_size < K)
     block_rows: int  # (timesteps x queries) rows per work block
     buffer_rows: int  # rows of the block buffers
+
+    def timesteps(self, rows: int, T: int) -> int:
+        """Timesteps per block for a chunk of ``rows`` queries: as many as the buffers hold (a short last
+        chunk gets more of them, never more rows than the buffers have)."""
+        return max(1, min(T, self.buffer_rows // rows))
 
 
 def _plan(M: int, K: int, d: int, chunk_size: Optional[int], device, work: torch.dtype, gemm: torch.dtype) -> _Plan:
