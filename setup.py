@@ -1,8 +1,9 @@
-"""The one compiled part of vrcurve: the fused element-wise kernels of the CPU engine (vrcurve/_fused.c).
+"""The one compiled part of vrcurve: the fused kernel of the CPU engine (vrcurve/_fused.c).
 
 Everything else is in pyproject.toml. The extension is optional: where it does not build (no C compiler,
 no OpenMP), vrcurve installs without it and the engine runs the same work as PyTorch operations
-(`vrcurve estimate` prints which ran: kernel fused or pytorch). It is plain C, with no Python or PyTorch headers, loaded by ctypes.
+(`vrcurve estimate` prints which ran: kernel fused or pytorch). It is plain C, with no Python or PyTorch
+headers, loaded by ctypes.
 """
 
 from setuptools import Extension, setup

@@ -204,7 +204,7 @@ class _ProfiledKernels:
 
 
 def kernel_line(prec: str) -> str:
-    if prec == "bf16" and _kernel.fused() is not None:
+    if est._fused_applies("cpu", prec):
         return "the blocks in the fused C kernel"
     reason = "it applies to bf16 products only" if prec != "bf16" else _kernel.why_not()
     return f"the blocks in PyTorch operations (fused C kernel: {reason})"

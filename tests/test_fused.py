@@ -9,7 +9,6 @@ instructions the kernel tests skip; the PyTorch path is tested everywhere.
 """
 
 import ctypes
-import os
 import shutil
 
 import numpy as np
@@ -46,7 +45,7 @@ def pytorch_path(monkeypatch):
                          and (shutil.which("cc") or shutil.which("gcc"))),
                     reason="needs a C compiler and a CPU with AVX512-BF16")
 def test_built_and_used_where_it_can_be():
-    if os.environ.get("VRCURVE_FUSED", "1").strip().lower() in ("0", "false", "no", "off"):
+    if _kernel.switched_off():
         pytest.skip("switched off by VRCURVE_FUSED")
     assert LIB is not None, f"the fused kernel is missing on a machine that can run it: {_kernel.why_not()}"
     x = torch.randn(20, 30, generator=torch.Generator().manual_seed(0))

@@ -91,14 +91,19 @@ VR_EXPORT int64_t vr_pack_size(int64_t M) {
     return n;
 }
 
-static void thread_range(int64_t n, int64_t *lo, int64_t *hi) {
+/* f(args, lo, hi) on ``threads`` OpenMP threads, each taking a contiguous share of the rows 0..R-1. */
+typedef void (*vr_rows_fn)(const void *args, int64_t r0, int64_t r1);
+
+static void over_rows(vr_rows_fn f, const void *args, int64_t R, int threads) {
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+    {
 #ifdef _OPENMP
-    int64_t parts = omp_get_num_threads(), me = omp_get_thread_num();
+        const int64_t parts = omp_get_num_threads(), me = omp_get_thread_num();
 #else
-    int64_t parts = 1, me = 0;
+        const int64_t parts = 1, me = 0;
 #endif
-    *lo = n * me / parts;
-    *hi = n * (me + 1) / parts;
+        f(args, R * me / parts, R * (me + 1) / parts);
+    }
 }
 
 #ifdef VR_HAVE_AVX512BF16
@@ -144,7 +149,8 @@ VR_TARGET static inline __attribute__((always_inline)) float front_row(
     return _mm512_reduce_add_ps(zs);
 }
 
-VR_TARGET static void front_rows(const vr_front_args *a, int64_t r0, int64_t r1) {
+VR_TARGET static void front_rows(const void *args, int64_t r0, int64_t r1) {
+    const vr_front_args *a = args;
     const int64_t M = a->M;
     for (int64_t r = r0; r < r1; ++r) {
         const int64_t k = r % a->kk, ti = r / a->kk, i = ti % a->ns, t = ti / a->ns;
@@ -206,7 +212,8 @@ VR_QUAD_TILE(1)
 
 /* Rows r0..r1-1: e^T B e / z^2 and dn / z summed over the queries of each (timestep, source) in double,
  * added to out (another thread may hold the other part of a group: the additions are atomic). */
-VR_TARGET static void quad_rows(const vr_quad_args *a, int64_t r0, int64_t r1) {
+VR_TARGET static void quad_rows(const void *args, int64_t r0, int64_t r1) {
+    const vr_quad_args *a = args;
     const int64_t groups = a->nt * a->ns;
     double quad_sum = 0.0, dn_sum = 0.0;
     float q[48];
@@ -239,13 +246,7 @@ VR_EXPORT int vr_front(const float *P, int64_t p_source, int64_t p_query, const 
 #ifdef VR_HAVE_AVX512BF16
     if (w_row < M) return -2;
     const vr_front_args a = {P, p_source, p_query, table, ca, nt, ns, kk, M, shift, w, w_row, z, dnvec, dn};
-    const int64_t R = nt * ns * kk;
-#pragma omp parallel num_threads(threads > 0 ? threads : 1)
-    {
-        int64_t lo, hi;
-        thread_range(R, &lo, &hi);
-        front_rows(&a, lo, hi);
-    }
+    over_rows(front_rows, &a, nt * ns * kk, threads);
     return 0;
 #else
     return -1;
@@ -259,14 +260,8 @@ VR_EXPORT int vr_quad(const uint16_t *w, int64_t w_row, const uint16_t *B, const
 #ifdef VR_HAVE_AVX512BF16
     if (w_row % 2 != 0 || w_row < M) return -2;
     const vr_quad_args a = {w, w_row, B, z, dn, nt, ns, kk, M, out};
-    const int64_t R = nt * ns * kk;
     for (int64_t g = 0; g < 2 * nt * ns; ++g) out[g] = 0.0;
-#pragma omp parallel num_threads(threads > 0 ? threads : 1)
-    {
-        int64_t lo, hi;
-        thread_range(R, &lo, &hi);
-        quad_rows(&a, lo, hi);
-    }
+    over_rows(quad_rows, &a, nt * ns * kk, threads);
     return 0;
 #else
     return -1;

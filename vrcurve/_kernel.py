@@ -28,9 +28,14 @@ def _library_path() -> Optional[str]:
     return None
 
 
+def switched_off() -> bool:
+    """``VRCURVE_FUSED=0`` (or false, no, off) in the environment."""
+    return os.environ.get("VRCURVE_FUSED", "1").strip().lower() in ("0", "false", "no", "off")
+
+
 @lru_cache(maxsize=None)
 def _load() -> Tuple[Optional[ctypes.CDLL], str]:
-    if os.environ.get("VRCURVE_FUSED", "1").strip().lower() in ("0", "false", "no", "off"):
+    if switched_off():
         return None, "switched off by VRCURVE_FUSED=0"
     path = _library_path()
     if path is None:

@@ -87,7 +87,7 @@ class Curve:
         variance: V(t) = h_t^2 trcov ("covariance" form) or h_t^2 (1 - S) ("paper" form).
         S_stderr, variance_stderr: standard errors over the M sources (queries of one source are correlated).
         precision: the precision the heavy products ran in ("float64", "float32", "bf16" or "tf32").
-        kernel: what did the element-wise work: "fused" (the C kernels of vrcurve/_fused.c) or "pytorch".
+        kernel: what ran the blocks: "fused" (the C kernel of vrcurve/_fused.c) or "pytorch".
         per_source_S, per_source_trcov: (T, M) the averages over each source's K queries (for the bootstrap).
     """
 
@@ -426,8 +426,11 @@ class _Engine:
         # The paper form's V = h^2 (1 - S) subtracts S from 1 where S -> 1, so there w . n must not carry
         # the rounding of a bf16 product: it is then taken from the float32 weights.
         self.n_apart = precision == "bf16" and form == "paper"
-        fused = _fused_applies(self.device, precision)
-        self.forms = _PairForms(D64, n64, precision, with_n=not self.n_apart, blocks=not fused)
+        # With bf16 products on a CPU with AVX512-BF16 (and the library built), a block is two passes of C
+        # (vrcurve/_fused.c): the logits to the bf16 weights, their row sums and w . (n - nbar), then the
+        # quadratic forms on the packed upper triangle of 2 D / dscale. Otherwise PyTorch operations.
+        self.fused = _kernel.fused() if _fused_applies(self.device, precision) else None
+        self.forms = _PairForms(D64, n64, precision, with_n=not self.n_apart, blocks=self.fused is None)
         self.dn = self.forms.dn.to(self.work)
         self.D = D64.to(self.work)
         self.n = n64
@@ -445,10 +448,6 @@ class _Engine:
         self.scale = torch.tensor([[0.5 * f.dscale, 0.0], [-0.5 * f.dscale, f.nscale]], dtype=torch.float64,
                                   device=self.device)
         self.scale_bias = torch.tensor([[0.0], [f.nbar]], dtype=torch.float64, device=self.device)
-        # With bf16 products on a CPU with AVX512-BF16 (and the library built), a block is two passes of C
-        # (vrcurve/_fused.c): the logits to the bf16 weights, their row sums and w . (n - nbar), then the
-        # quadratic forms on the packed upper triangle of 2 D / dscale. Otherwise PyTorch operations.
-        self.fused = _kernel.fused() if fused else None
         if self.fused is not None:
             self.ca_t = torch.tensor(self.ca, dtype=torch.float32)
             self.triangle = _pack_triangle(D64 / f.dscale)
@@ -536,7 +535,7 @@ class _Engine:
         if self.table.numel() < nt * ns * M:
             self.table = torch.empty(nt * ns * M, dtype=torch.float32)
         if not (P.dtype == torch.float32 and P.stride(2) == 1 and P.device.type == "cpu"
-                and nt * ns * kk <= self.z.numel() and nt * ns * M <= self.table.numel()):
+                and nt * ns * kk <= self.z.numel()):
             raise RuntimeError(f"vrcurve's fused CPU kernel got a block it cannot take: {nt} x {ns} x {kk} rows "
                                f"for {self.z.numel()}, P {P.dtype} with strides {P.stride()}")
         table = self.table[: nt * ns * M].view(nt, ns, 1, M)
@@ -652,8 +651,8 @@ class _PairForms:
 
 
 def _fused_applies(device, precision: str) -> bool:
-    """Whether the fused C kernels do the element-wise work: bf16 products on a CPU (they exist for that
-    case alone) where the library is built and the CPU has AVX512-BF16 (``vrcurve._kernel``)."""
+    """Whether the fused C kernel runs the blocks: bf16 products on a CPU (it exists for that case alone)
+    where the library is built and the CPU has AVX512-BF16 (``vrcurve._kernel``)."""
     return torch.device(device).type == "cpu" and precision == "bf16" and _kernel.fused() is not None
 
 
