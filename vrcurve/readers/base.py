@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -50,6 +50,16 @@ class Source(ABC):
     def sample_name(self, index: int) -> str:
         """How a message names sample ``index`` (a file for per-file sources, a row otherwise)."""
         return f"sample {index} of {self.name}"
+
+    def groups(self) -> Dict[Tuple[int, ...], np.ndarray]:
+        """The samples grouped by shape (resolution buckets): {sample shape: sorted int64 indices}, the largest
+        group first (ties: the smaller shape first). A source whose samples share one shape has one group;
+        only per-file sources can hold several shapes."""
+        return {self.shape: np.arange(self.n, dtype=np.int64)}
+
+    def subset(self, indices: np.ndarray) -> "Subset":
+        """The samples at ``indices`` (sorted, distinct, of one shape, as ``groups`` gives them) as a Source."""
+        return Subset(self, indices)
 
     def sources(self) -> List[str]:
         """The files (or file:key) the samples come from, in reading order."""
@@ -97,6 +107,41 @@ def runs(indices: np.ndarray) -> List[Tuple[int, int, int]]:
     return [(int(s), int(idx[s]), int(idx[e - 1]) + 1) for s, e in zip(starts, ends)]
 
 
+class Subset(Source):
+    """The samples of ``parent`` at ``indices``, which share one shape: one resolution bucket as a Source.
+
+    Sample i of the subset is sample ``indices[i]`` of the parent; messages name the parent's samples.
+    """
+
+    def __init__(self, parent: Source, indices: np.ndarray):
+        self.parent = parent
+        self.indices = np.asarray(indices, dtype=np.int64)
+        if self.indices.size == 0 or np.any(np.diff(self.indices) <= 0):
+            raise ValueError("a subset needs sorted, distinct indices")
+        self.format = parent.format
+        self.n = int(self.indices.size)
+        shapes = [shape for shape, idx in parent.groups().items() if np.isin(self.indices, idx).all()]
+        if not shapes:
+            raise ValueError("a subset's samples must share one shape")
+        self.shape = shapes[0]
+        self.name = f"{parent.name} [{'x'.join(str(s) for s in self.shape)}]"
+
+    def read(self, indices):
+        return self.parent.read(self.indices[np.asarray(indices, dtype=np.int64)])
+
+    def read_good(self, indices):
+        return self.parent.read_good(self.indices[np.asarray(indices, dtype=np.int64)])
+
+    def sample_name(self, index: int) -> str:
+        return self.parent.sample_name(int(self.indices[index]))
+
+    def sources(self) -> List[str]:
+        return self.parent.sources()
+
+    def describe(self) -> Dict[str, Any]:
+        return {**self.parent.describe(), "shape": list(self.shape), "bucket_samples_total": self.n}
+
+
 class BadSample(Exception):
     """Internal: one file could not be decoded (the reason is the message). Never reaches the user as is."""
 
@@ -105,12 +150,47 @@ class PerFileSource(Source):
     """Samples kept one per file (a folder of .npy files or of images), read only for the chosen indices.
 
     Subclasses implement ``_decode(path) -> float32 array`` (raising ``BadSample`` when the file cannot be
-    decoded) and set ``shape`` from the first decodable file with ``_probe_first``.
+    decoded), set ``shape`` from the first decodable file with ``_probe_first``, and, so that files of several
+    shapes form resolution buckets, ``_shape_of(path)``: the shape of the file's sample from its header alone.
+
+    Until ``groups()`` is called every chosen file must have the first file's shape (``_decode`` checks it
+    against ``shape``); after it, each file is checked against the shape its header gave (``_expected``).
     """
 
     files: Sequence[Path]
     skip_bad: bool = False
     what: str = "file"  # "image", "file": how messages call one sample
+    _file_shapes: Optional[List[Optional[Tuple[int, ...]]]] = None  # per file, after groups(); None: unreadable
+
+    def _shape_of(self, path: Path) -> Tuple[int, ...]:
+        """The shape of the sample in ``path`` from its header alone (raises BadSample when unreadable)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot tell a file's shape from its header")
+
+    def _expected(self, index: int) -> Tuple[int, ...]:
+        """The shape sample ``index`` must have: its header's after ``groups()``, else the first file's."""
+        if self._file_shapes is not None and self._file_shapes[index] is not None:
+            return self._file_shapes[index]
+        return self.shape
+
+    def groups(self) -> Dict[Tuple[int, ...], np.ndarray]:
+        """Reads every file's header once (not its data). Unreadable headers stop it, or, with ``skip_bad``,
+        leave the file out of every group."""
+        if self._file_shapes is None:
+            shapes: List[Optional[Tuple[int, ...]]] = []
+            for path in self.files:
+                try:
+                    shapes.append(tuple(int(s) for s in self._shape_of(path)))
+                except BadSample as exc:
+                    if not self.skip_bad:
+                        raise self._undecodable(path, str(exc)) from None
+                    shapes.append(None)
+            self._file_shapes = shapes
+        by_shape: Dict[Tuple[int, ...], List[int]] = {}
+        for i, shape in enumerate(self._file_shapes):
+            if shape is not None:
+                by_shape.setdefault(shape, []).append(i)
+        order = sorted(by_shape, key=lambda s: (-len(by_shape[s]), int(np.prod(s)), s))
+        return {s: np.asarray(by_shape[s], dtype=np.int64) for s in order}
 
     def sample_name(self, index: int) -> str:
         return f"{self.files[index]} (sample {index})"
@@ -124,8 +204,8 @@ class PerFileSource(Source):
                 "sources_total": len(self.files), "samples_total": self.n, "shape": list(self.shape)}
 
     @abstractmethod
-    def _decode(self, path: Path) -> np.ndarray:
-        """One sample as float32 of shape ``self.shape`` (raises BadSample or VRCurveError)."""
+    def _decode(self, path: Path, shape: Tuple[int, ...]) -> np.ndarray:
+        """One sample as float32 of shape ``shape`` (raises BadSample, or VRCurveError when it has another shape)."""
 
     def _undecodable(self, path: Path, reason: str) -> VRCurveError:
         return VRCurveError(f"cannot decode {self.what} {path} ({reason}); fix or remove it, or pass --skip-bad "
@@ -144,15 +224,22 @@ class PerFileSource(Source):
 
     def _read(self, indices: np.ndarray, skip: bool) -> Tuple[np.ndarray, List[int]]:
         rows, skipped = [], []
-        for pos, i in enumerate(np.asarray(indices)):
+        indices = np.asarray(indices)
+        expected = self._expected(int(indices[0])) if indices.size else self.shape
+        for pos, i in enumerate(indices):
             path = self.files[int(i)]
             try:
-                rows.append(self._decode(path))
+                row = self._decode(path, self._expected(int(i)))
             except BadSample as exc:
                 if not skip:
                     raise self._undecodable(path, str(exc)) from None
                 skipped.append(pos)
-        x = np.stack(rows) if rows else np.zeros((0, *self.shape), dtype=np.float32)
+                continue
+            if row.shape != expected:
+                raise VRCurveError(f"samples of one read differ in shape: {path} is {row.shape}, not {expected}; "
+                                   "read one resolution bucket at a time (Source.groups).")
+            rows.append(row)
+        x = np.stack(rows) if rows else np.zeros((0, *expected), dtype=np.float32)
         return x.astype(np.float32, copy=False), skipped
 
     def read(self, indices):

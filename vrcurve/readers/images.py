@@ -78,7 +78,13 @@ class ImageFolderSource(PerFileSource):
     def describe(self):
         return {**super().describe(), "resolution": self.resolution}
 
-    def _decode(self, path: Path) -> np.ndarray:
+    def _shape_of(self, path: Path) -> Tuple[int, ...]:
+        if self.resolution is not None:
+            return self.shape
+        w, h = self._size(path)
+        return (3, h, w)
+
+    def _decode(self, path: Path, shape: Tuple[int, ...]) -> np.ndarray:
         Image = self._Image
         try:
             with Image.open(path) as img:
@@ -87,7 +93,7 @@ class ImageFolderSource(PerFileSource):
             raise BadSample(str(exc) or type(exc).__name__) from None
         if self.resolution is not None:
             img = center_crop_resize(img, self.resolution)
-        elif (3, img.size[1], img.size[0]) != self.shape:
+        elif (3, img.size[1], img.size[0]) != shape:
             raise VRCurveError(
                 f"images differ in size: {self._first} is {self.shape[2]}x{self.shape[1]} but {path} is "
                 f"{img.size[0]}x{img.size[1]}; pass --resolution R to center-crop and resize all of them to R x R."

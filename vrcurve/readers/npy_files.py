@@ -20,6 +20,11 @@ def _header(path: Path) -> Tuple[Tuple[int, ...], np.dtype]:
     return tuple(int(s) for s in arr.shape), arr.dtype
 
 
+def _sample_shape(file_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """A file of 4 or more dimensions whose first axis has length 1 holds a batch of one: drop that axis."""
+    return tuple(file_shape[1:]) if len(file_shape) >= 4 and file_shape[0] == 1 else tuple(file_shape)
+
+
 class NpyFilesSource(PerFileSource):
     """N .npy files in sorted order; file i is sample i.
 
@@ -39,23 +44,24 @@ class NpyFilesSource(PerFileSource):
         self.n = len(self.files)
         self._first, (shape, dtype) = self._probe_first(_header)
         self._check_dtype(self._first, dtype)
-        self._file_shape = shape
-        self._drop_batch_axis = len(shape) >= 4 and shape[0] == 1
-        self.shape = shape[1:] if self._drop_batch_axis else shape
+        self.shape = _sample_shape(shape)
 
     def _check_dtype(self, path: Path, dtype: np.dtype) -> None:
         if not is_real_numeric(dtype):
             raise VRCurveError(f"{path} has dtype {dtype}, not a real numeric type; vrcurve needs float or integer samples.")
 
-    def _decode(self, path: Path) -> np.ndarray:
+    def _shape_of(self, path: Path) -> Tuple[int, ...]:
+        return _sample_shape(_header(path)[0])
+
+    def _decode(self, path: Path, shape: Tuple[int, ...]) -> np.ndarray:
         try:
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise BadSample(str(exc) or type(exc).__name__) from None
         self._check_dtype(path, arr.dtype)
-        if arr.shape != self._file_shape:
-            raise VRCurveError(f"samples differ in shape: {self._first} is {self._file_shape} but {path} is "
-                               f"{tuple(arr.shape)}; every file must hold one sample of the same shape.")
-        if self._drop_batch_axis:
+        if _sample_shape(arr.shape) != shape:
+            raise VRCurveError(f"samples differ in shape: {self._first} is {self.shape} but {path} is "
+                               f"{_sample_shape(arr.shape)}; every file must hold one sample of the same shape.")
+        if len(arr.shape) != len(shape):
             arr = arr[0]
         return np.asarray(arr, dtype=np.float32)
