@@ -258,3 +258,11 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
         bar.refresh()
     shown = stream.getvalue()
     assert "250/1,000 timesteps" in shown and "estimating" in shown and "eta" in shown
+
+
+def test_help_and_version_do_not_import_torch():
+    code = ("import sys; from vrcurve.cli import app; from typer.testing import CliRunner; "
+            "r = CliRunner().invoke(app, sys.argv[1:]); print(r.exit_code, 'torch' in sys.modules)")
+    for args in (["--version"], ["--help"], ["estimate", "--help"]):
+        p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+        assert p.stdout.split() == ["0", "False"], (args, p.stdout, p.stderr)
