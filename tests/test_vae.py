@@ -266,6 +266,12 @@ def test_vae_on_latents_is_refused(tmp_path, vae_dir, tiny_npy):
     assert not out.exists()
 
 
+def test_vae_on_the_demo_is_refused(tmp_path, vae_dir):
+    res = run("estimate", *SMALL, "--data", "demo", "--vae", vae_dir, "-o", tmp_path / "vr.safetensors")
+    assert res.exit_code == 1 and "--vae encodes RGB images, but the demo data are 1-channel 28x28 images" in res.stderr
+    assert not (tmp_path / "vr.safetensors").exists()
+
+
 def test_missing_diffusers_names_the_extra(tmp_path, images, vae_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers now raises ImportError
     out = tmp_path / "vr.safetensors"

@@ -342,6 +342,9 @@ def encode_source(source: Source, spec: str, device: torch.device, *, dtype: str
         VRCurveError: the data is not images; the VAE folder is not an AutoencoderKL or does not load; the
             images do not fit it; diffusers is missing (the message names ``pip install 'vrcurve[vae]'``).
     """
+    if source.format == "demo":
+        raise VRCurveError("--vae encodes RGB images, but the demo data are 1-channel 28x28 images that vrcurve "
+                           "estimates on as they are; drop --vae.")
     if source.format != "images":
         raise VRCurveError(f"--vae encodes images, but {source.name} is {source.format} data, which vrcurve takes "
                            "as latents already; drop --vae.")
