@@ -195,6 +195,16 @@ def test_skip_bad_replaces_an_undecodable_image(tmp_path, images, vae_dir):
     assert meta["data"]["skipped"] == 1 and meta["samples"] == N - 1
 
 
+def test_bfloat16_vae_is_recorded_and_close_to_float32(tmp_path, images, vae_dir):
+    a = estimate(tmp_path, "f32", "--data", images, "--resolution", R, "--vae", vae_dir, "--vae-sample", "mean")
+    b = estimate(tmp_path, "bf16", "--data", images, "--resolution", R, "--vae", vae_dir, "--vae-sample", "mean",
+                 "--vae-dtype", "bfloat16")
+    assert b[1]["data"]["vae"]["dtype"] == "bfloat16"
+    assert b[1]["data"]["fingerprint"] != a[1]["data"]["fingerprint"]  # other moments, rounded to bf16
+    # bf16 keeps 8 bits of mantissa: the curve moves by about that much, not more.
+    np.testing.assert_allclose(b[0]["S"], a[0]["S"], rtol=0.05, atol=1e-3)
+
+
 # ---- bad input: one sentence, exit 1, nothing written ---------------------------------------------------------
 
 def _no_config(vae_dir, tmp_path):
@@ -233,12 +243,23 @@ def _weights_of_another_config(vae_dir, tmp_path):
     return folder
 
 
+def _nan_weights(vae_dir, tmp_path):
+    # What an SDXL VAE run in float16 gives: NaN moments.
+    folder = tmp_path / "nan"
+    model = tiny_autoencoder()
+    with torch.no_grad():
+        model.quant_conv.bias.fill_(float("nan"))
+    model.save_pretrained(folder)
+    return folder
+
+
 @pytest.mark.parametrize("make, extra, message", [
     (_no_config, [], "holds no config.json (nor vae/config.json), so it is not a diffusers AutoencoderKL folder"),
     (_other_class, [], "holds a UNet2DModel, not an AutoencoderKL"),
     (_no_weights, [], "has a config.json but no weights (diffusion_pytorch_model.safetensors or .bin)"),
     (_truncated_weights, [], "cannot load the AutoencoderKL in"),
     (_weights_of_another_config, [], "lack"),
+    (_nan_weights, [], "in float32; check its weights."),
     (lambda d, t: d / "diffusion_pytorch_model.safetensors", [], "is a single file, but vrcurve loads a diffusers "
      "AutoencoderKL folder"),
     (lambda d, t: t / "no" / "such" / "vae", [], "does not exist; pass the folder of a diffusers AutoencoderKL"),

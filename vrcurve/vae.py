@@ -294,8 +294,10 @@ class EncodedSource(Source):
                 finite = np.isfinite(moments.reshape(len(x), -1)).all(axis=1)
                 if not finite.all():
                     i = int(np.delete(batch, bad)[np.flatnonzero(~finite)[0]])
+                    hint = ("check its weights" if self.dtype == "float32" else
+                            "pass --vae-dtype float32 (SDXL's VAE overflows in float16)")
                     raise VRCurveError(f"the VAE gives NaN or Inf for {self.parent.sample_name(i)} in {self.dtype}; "
-                                       "pass --vae-dtype float32 (SDXL's VAE overflows in float16).")
+                                       f"{hint}.")
                 rows.append(moments)
             self._done += len(batch)
             if self.progress is not None:
