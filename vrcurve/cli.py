@@ -190,7 +190,7 @@ def estimate(
                                                  "with --vae."),
     vae: Optional[str] = typer.Option(None, "--vae", help="Encode the image folder with this diffusers AutoencoderKL: a "
                                       "folder (or pipeline folder with vae/), or a repo id in the local Hugging Face cache; "
-                                      "never downloads. Needs vrcurve[vae]."),
+                                      "never downloads. Needs the extra: pip install vrcurve\\[vae]."),
     vae_sample: Moments = typer.Option(Moments.sample, "--vae-sample", help="With --vae: sample z = mean + std * eps "
                                        "(latent_dist.sample(), seeded per image; default) or the posterior mean."),
     vae_dtype: VAEDtype = typer.Option(VAEDtype.float32, "--vae-dtype", help="With --vae: the VAE's dtype."),
