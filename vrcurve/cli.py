@@ -62,6 +62,12 @@ class Moments(str, Enum):
     sample = "sample"
 
 
+class VAEDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
 class MomentsKind(str, Enum):
     auto = "auto"
     std = "std"
@@ -119,28 +125,34 @@ def _parse_samples(value: str) -> Optional[int]:
 
 
 def _progress_reporter(enabled: bool):
-    """A Rich progress bar on stderr (timesteps done / total, rate, elapsed, ETA), or None when quiet or
-    stderr is not a terminal. The estimator reports fractional timesteps while a chunk of queries is in flight."""
+    """A Rich progress bar on stderr (done / total, rate, elapsed, ETA), or None when quiet or stderr is not a
+    terminal. ``report(done, total, unit="timesteps")`` follows the estimate, which reports fractional
+    timesteps while a chunk of queries is in flight; with ``unit="images"`` it follows the VAE encoding first."""
     if not enabled or not sys.stderr.isatty():
         return None, None
     from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.text import Text
 
-    class Timesteps(ProgressColumn):
+    class Count(ProgressColumn):
         def render(self, task):
-            return Text("" if task.total is None else f"{task.completed:,.0f}/{task.total:,.0f} timesteps")
+            return Text("" if task.total is None else f"{task.completed:,.0f}/{task.total:,.0f} {task.fields['unit']}")
 
     class Rate(ProgressColumn):
         def render(self, task):
             return Text(f"{task.speed:,.1f}/s" if task.speed else "")
 
     bar = Progress(
-        TextColumn("estimating"), BarColumn(), Timesteps(), Rate(), TimeElapsedColumn(), TextColumn("eta"),
+        TextColumn("{task.description}"), BarColumn(), Count(), Rate(), TimeElapsedColumn(), TextColumn("eta"),
         TimeRemainingColumn(), console=err, transient=True,
     )
-    task = bar.add_task("estimate", total=None)
+    task = bar.add_task("estimating", total=None, unit="timesteps")
+    verbs = {"images": "encoding", "timesteps": "estimating"}
+    shown = ["timesteps"]
 
-    def report(done: float, total: int):
+    def report(done: float, total: int, unit: str = "timesteps"):
+        if unit != shown[0]:  # one line: encoding, then estimating, each with its own rate and ETA
+            shown[0] = unit
+            bar.reset(task, total=total, description=verbs.get(unit, unit), unit=unit)
         bar.update(task, completed=done, total=total)
 
     return bar, report
@@ -170,10 +182,19 @@ def estimate(
                                               "concatenated on the channel axis): use the mean, or sample z = mean + std * eps."),
     moments_kind: MomentsKind = typer.Option(MomentsKind.auto, "--moments-kind", help="Second half of the moments: std, logvar, "
                                              "or auto (logvar if any value is negative)."),
-    scaling_factor: float = typer.Option(1.0, "--scaling-factor", help="The trainer's latent rescaling (z - shift_factor) * "
-                                         "scaling_factor, e.g. 0.18215 for SD 1.x/2.x."),
-    shift_factor: float = typer.Option(0.0, "--shift-factor", help="The trainer's latent offset (diffusers' shift_factor; "
-                                       "not the timestep --shift)."),
+    scaling_factor: Optional[float] = typer.Option(None, "--scaling-factor", help="The trainer's latent rescaling (z - "
+                                                   "shift_factor) * scaling_factor, e.g. 0.18215 for SD 1.x/2.x. Default 1, "
+                                                   "or the VAE config's with --vae."),
+    shift_factor: Optional[float] = typer.Option(None, "--shift-factor", help="The trainer's latent offset (diffusers' "
+                                                 "shift_factor; not the timestep --shift). Default 0, or the VAE config's "
+                                                 "with --vae."),
+    vae: Optional[str] = typer.Option(None, "--vae", help="Encode the image folder with this diffusers AutoencoderKL: a "
+                                      "folder (or pipeline folder with vae/), or a repo id in the local Hugging Face cache; "
+                                      "never downloads. Needs the extra: pip install vrcurve\\[vae]."),
+    vae_sample: Moments = typer.Option(Moments.sample, "--vae-sample", help="With --vae: sample z = mean + std * eps "
+                                       "(latent_dist.sample(), seeded per image; default) or the posterior mean."),
+    vae_dtype: VAEDtype = typer.Option(VAEDtype.float32, "--vae-dtype", help="With --vae: the VAE's dtype."),
+    vae_batch_size: int = typer.Option(4, "--vae-batch-size", min=1, help="With --vae: images per encoder call."),
     resolution: Optional[int] = typer.Option(None, "--resolution", min=1, help="Image folders: center-crop and resize to R x R "
                                              "(default: the images' own size, which must then be the same for all)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip chosen images or .npy files that cannot be decoded, draw "
@@ -217,6 +238,8 @@ def estimate(
                 chunk_size=chunk_size, table_size=table_size, fit_scale=fit_scale, overwrite=overwrite,
                 progress=report, moments=moments.value if moments is not None else None,
                 moments_kind=moments_kind.value, scaling_factor=scaling_factor, shift_factor=shift_factor,
+                vae=vae, vae_sample=vae_sample.value, vae_dtype=vae_dtype.value, vae_batch_size=vae_batch_size,
+                encode_progress=None if report is None else functools.partial(report, unit="images"),
                 resolution=resolution, skip_bad=skip_bad, precision=precision.value, bootstrap=bootstrap,
                 check_convergence=check_convergence, ranks=ranks,
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -21,7 +21,7 @@ from .errors import VRCurveError
 from .estimator import Curve, estimate
 from .fit import LogitNormalFit, fit_logitnormal
 from .readers import open_source
-from .samples import LatentTransform, load_samples
+from .samples import MOMENTS, LatentTransform, load_samples
 from .schedulers import Scheduler
 
 
@@ -90,6 +90,20 @@ def _describe(devices: List[torch.device], ranks: Optional[Ranks]) -> str:
     return text if ranks is None else f"{text} x {ranks.world_size} ranks"
 
 
+def _data_metadata(source, chosen, vae_sample: Optional[str], default_scaling: bool, default_shift: bool) -> Dict[str, Any]:
+    """The artifact's ``data``: the source, the choice, and with a VAE how its latents were made."""
+    data = {
+        **source.describe(), "samples_chosen": int(len(chosen.indices)), "fingerprint": chosen.fingerprint,
+        "moments": chosen.moments, "skipped": len(chosen.skipped), "skipped_files": list(chosen.skipped_names),
+    }
+    if vae_sample is not None:
+        # The factors applied are normalization.scaling_factor / shift_factor; this says where they came from.
+        data["vae"] = {**data["vae"], "sample": vae_sample,
+                       "scaling_factor_from": "config" if default_scaling else "--scaling-factor",
+                       "shift_factor_from": "config" if default_shift else "--shift-factor"}
+    return data
+
+
 @contextmanager
 def _step(ranks: Optional[Ranks]):
     """Local work that every rank of a distributed run must agree succeeded (nothing to agree on alone)."""
@@ -121,8 +135,13 @@ def run_estimate(
     progress: Optional[Callable[[int, int], None]] = None,
     moments: Optional[str] = None,
     moments_kind: str = "auto",
-    scaling_factor: float = 1.0,
-    shift_factor: float = 0.0,
+    scaling_factor: Optional[float] = None,
+    shift_factor: Optional[float] = None,
+    vae: Optional[str] = None,
+    vae_sample: str = "sample",
+    vae_dtype: str = "float32",
+    vae_batch_size: int = 4,
+    encode_progress: Optional[Callable[[int, int], None]] = None,
     resolution: Optional[int] = None,
     skip_bad: bool = False,
     precision: str = "auto",
@@ -133,7 +152,11 @@ def run_estimate(
     """Run the whole estimate and write the artifact to ``out`` (atomically; nothing on failure).
 
     ``data``, ``key``, ``resolution`` and ``skip_bad`` go to ``open_source``; ``moments``, ``moments_kind``,
-    ``scaling_factor`` and ``shift_factor`` say how stored rows become latents (``LatentTransform``).
+    ``scaling_factor`` and ``shift_factor`` say how stored rows become latents (``LatentTransform``; the
+    factors default to 1 and 0). With ``vae`` (a diffusers AutoencoderKL folder or cached repo id) the data
+    must be images, which are encoded on the first of the devices, ``vae_batch_size`` at a time in
+    ``vae_dtype``; ``vae_sample`` takes the posterior mean or a seeded draw (``vrcurve.vae``), the factors
+    default to the VAE config's, and ``encode_progress(done, total)`` follows the images encoded.
     ``bootstrap`` replicates give a 90% interval for m (0: none); ``check_convergence`` also estimates the
     curve on nested subsets M/4 and M/2 of the samples with the same noise (``vrcurve.convergence``).
     ``device`` is what ``resolve_devices`` reads. With ``ranks`` (a torchrun process, ``vrcurve.distributed``)
@@ -150,9 +173,26 @@ def run_estimate(
         if timesteps < 2 or table_size < 2:
             raise VRCurveError(f"--timesteps and the table size must be at least 2, got {timesteps} and {table_size}.")
         devices = resolve_devices(device)
-        transform = LatentTransform(moments=moments, moments_kind=moments_kind, scaling_factor=scaling_factor,
-                                    shift_factor=shift_factor)
+        if vae is not None and moments is not None:
+            raise VRCurveError("--moments reads VAE moments stored in the data, but --vae computes them from images; "
+                               "drop --moments (--vae-sample mean|sample chooses the mean or a draw).")
+        if vae is not None and vae_sample not in MOMENTS:
+            raise VRCurveError(f"unknown --vae-sample {vae_sample!r}; choose {' or '.join(MOMENTS)}.")
+        # Checks the flags before the data is read (and a VAE loaded); the VAE's factors replace the defaults.
+        transform = LatentTransform(moments=moments if vae is None else vae_sample, moments_kind=moments_kind,
+                                    scaling_factor=1.0 if scaling_factor is None else scaling_factor,
+                                    shift_factor=0.0 if shift_factor is None else shift_factor)
         source = open_source(data, key=key, resolution=resolution, skip_bad=skip_bad)
+        if vae is not None:
+            from .vae import encode_source
+
+            source = encode_source(source, vae, devices[0], dtype=vae_dtype, batch_size=vae_batch_size,
+                                   progress=encode_progress)
+            transform = replace(
+                transform, moments_kind="logvar",  # latent_dist.parameters: mean, then log-variance
+                scaling_factor=source.located.scaling_factor if scaling_factor is None else scaling_factor,
+                shift_factor=source.located.shift_factor if shift_factor is None else shift_factor,
+            )
         chosen = load_samples(source, samples, seed, normalization, transform)
         x = torch.from_numpy(chosen.x)
     settings = dict(scheduler=scheduler, noise=noise, timesteps=timesteps, seed=seed, likelihood=likelihood, form=form,
@@ -181,10 +221,8 @@ def run_estimate(
         "shape": list(chosen.x.shape[1:]),
         "seed": seed,
         "normalization": chosen.normalization,
-        "data": {
-            **source.describe(), "samples_chosen": int(len(chosen.indices)), "fingerprint": chosen.fingerprint,
-            "moments": chosen.moments, "skipped": len(chosen.skipped), "skipped_files": list(chosen.skipped_names),
-        },
+        "data": _data_metadata(source, chosen, vae_sample if vae is not None else None,
+                               scaling_factor is None, shift_factor is None),
         "logitnormal_m": fit.m,
         "logitnormal_m_grid": fit.m_grid,
         "logitnormal_s": fit.s,
