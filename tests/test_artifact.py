@@ -25,7 +25,7 @@ def test_round_trip(tmp_path):
         np.testing.assert_array_equal(back[k], v.astype(np.float32))
     assert m["scheduler"] == {"name": "linear", "shift": 1.0}
     assert m["samples"] == 200 and m["likelihood"] == "mean" and m["ks"] == 0.0123
-    assert m["format"] == "vrcurve" and m["format_version"] == 1
+    assert m["format"] == "vrcurve" and m["format_version"] == 2
     assert m["checksum"] == payload_checksum(back)
 
 
@@ -77,8 +77,8 @@ def _rewrite_meta(path, **changes):
 def test_future_format_version(tmp_path):
     path = tmp_path / "a.safetensors"
     write_artifact(path, _tensors(), {})
-    _rewrite_meta(path, format_version="2", vrcurve_version="9.0.0")
-    with pytest.raises(VRCurveError, match=r"format version 2, written by vrcurve 9\.0\.0.*reads version 1: upgrade"):
+    _rewrite_meta(path, format_version="3", vrcurve_version="9.0.0")
+    with pytest.raises(VRCurveError, match=r"format version 3, written by vrcurve 9\.0\.0.*reads versions 1 to 2: upgrade"):
         read_artifact(path)
 
 
