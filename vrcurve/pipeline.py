@@ -275,7 +275,8 @@ def _plan_buckets(source, groups, samples: Optional[int], min_bucket: int, drop_
         raise VRCurveError(
             f"the resolution bucket {shape_text(shapes[b])} of {source.name} holds {counts[b]} samples{more}, fewer than "
             f"the minimum of {min_bucket} per bucket; pass --drop-small-buckets to leave such buckets out, "
-            f"--min-bucket {max(2, counts[b])} to estimate it from that few, or remove those files."
+            f"--min-bucket {max(2, counts[b])} to estimate it from that few, or remove those files"
+            + (" (or --resolution R to bring every image to one size)." if source.format == "images" else ".")
         )
     dropped = {shapes[b]: counts[b] for b in small}
     kept = {s: idx for s, idx in groups.items() if s not in dropped}

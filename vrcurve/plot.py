@@ -116,7 +116,8 @@ def plot_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], out
             ax_v.fill_between(t[ok], lo[ok], hi[ok], color="C1", alpha=0.25, lw=0, label="±2 s.e.")
         else:
             ax_v.fill_between(t, lo, hi, color="C1", alpha=0.25, lw=0, label="±2 s.e.")
-    ax_v.set_ylabel("variance V(t)" + (" (log)" if log_variance else ""))
+    # the pooled curve of buckets is the share-weighted sum of each bucket's V divided by its mean
+    ax_v.set_ylabel(("V(t) / mean, pooled" if meta.get("buckets") else "variance V(t)") + (" (log)" if log_variance else ""))
     ax_v.legend(loc="best", fontsize="small")
 
     buckets = meta.get("buckets") or []
