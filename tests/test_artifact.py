@@ -78,7 +78,8 @@ def test_future_format_version(tmp_path):
     path = tmp_path / "a.safetensors"
     write_artifact(path, _tensors(), {})
     _rewrite_meta(path, format_version="3", vrcurve_version="9.0.0")
-    with pytest.raises(VRCurveError, match=r"format version 3, written by vrcurve 9\.0\.0.*reads versions 1 to 2: upgrade"):
+    with pytest.raises(VRCurveError,
+                       match=r"format version 3, written by vrcurve 9\.0\.0.*reads versions 1 to 2: upgrade"):
         read_artifact(path)
 
 

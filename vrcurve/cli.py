@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ._version import __version__
+from .buckets import MIN_BUCKET
 from .errors import VRCurveError
 
 app = typer.Typer(
@@ -189,7 +190,7 @@ def estimate(
                                   "interval of m (0: none)."),
     check_convergence: bool = typer.Option(False, "--check-convergence", help="Also estimate on nested subsets M/4 "
                                            "and M/2 (same noise) and say whether the density and m have settled."),
-    min_bucket: int = typer.Option(16, "--min-bucket", min=2, help="Data of several sample shapes (resolution buckets): "
+    min_bucket: int = typer.Option(MIN_BUCKET, "--min-bucket", min=2, help="Data of several sample shapes (resolution buckets): "
                                    "the fewest samples a bucket's curve is estimated from."),
     drop_small_buckets: bool = typer.Option(False, "--drop-small-buckets", help="Leave out buckets holding fewer than "
                                             "--min-bucket samples (recorded in the artifact) instead of stopping."),
