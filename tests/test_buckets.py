@@ -460,3 +460,22 @@ def test_kohya_export_says_what_the_line_is_against_flux_shift(bucketed):
     assert r.exit_code == 0, r.output
     assert "flux_shift" in r.output and "mu(L) = 0.456667 + 0.000169271 * L" in r.output
     assert r.output.strip().splitlines()[-1].startswith("--timestep_sampling shift")
+
+
+def test_export_of_one_bucket_uses_its_own_fit(bucketed):
+    _, meta = read_artifact(bucketed[0])
+    r = _cli("export", bucketed[0], "--to", "simpletuner", "--bucket", "2x4x6", "--quiet")
+    assert r.exit_code == 0, r.output
+    shift = float(r.output.split("--flow_schedule_shift")[1])
+    assert shift == pytest.approx(math.exp(-meta["buckets"][1]["logitnormal_m"]), rel=1e-5)
+    pooled = float(_cli("export", bucketed[0], "--to", "simpletuner", "-q").output.split("--flow_schedule_shift")[1])
+    assert pooled == pytest.approx(math.exp(-meta["logitnormal_m"]), rel=1e-5)
+    assert _cli("export", bucketed[0], "--to", "json", "--bucket", "2x4x6").exit_code == 2
+
+
+def test_show_draws_each_bucket(bucketed):
+    r = _cli("show", bucketed[0])
+    _, meta = read_artifact(bucketed[0])
+    for b in meta["buckets"]:
+        shape = "x".join(map(str, b["shape"]))
+        assert f"bucket {shape} ({b['share']:.0%} of the data, m = {b['logitnormal_m']:+.4f})" in r.output

@@ -424,7 +424,14 @@ def show(
         out.print(line)
     if upper is not None:
         out.print("        ░ = pdf + 2 standard errors (over sources)")
+    for b, info in enumerate((dist.meta.get("buckets") or [])[:_SHOWN_BUCKETS]):
+        out.print()
+        out.print(f"bucket {_shape_text(info['shape'])} ({info['share']:.0%} of the data, m = {info['logitnormal_m']:+.4f})")
+        for line in density_picture(arrays[f"bucket.{b}.pdf"], height=4):
+            out.print(line)
 
+
+_SHOWN_BUCKETS = 6  # pictures of the largest buckets; the table lists them all
 
 _SHOW_ORDER = (
     "scheduler", "likelihood", "form", "samples", "noise", "timesteps", "dim", "shape", "seed", "normalization",
@@ -505,6 +512,8 @@ def export_cmd(
                                                "(default: the shortest bucket's tokens)."),
     max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", min=1, help="dynamic-shift: max_image_seq_len "
                                               "(default: the longest bucket's tokens)."),
+    bucket: Optional[str] = typer.Option(None, "--bucket", help="Export one resolution bucket's fit instead of the "
+                                         "pooled one: its sample shape, e.g. 16x128x128 (the nearest bucket by size)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the flags or config lines, no comment lines."),
 ):
     """Print the flags or config lines that make a trainer sample the artifact's logit-normal fit.
@@ -523,6 +532,19 @@ def export_cmd(
     if shift is not None and not (shift > 0 and math.isfinite(shift)):
         raise typer.BadParameter(f"must be a positive number, got {shift}; use 1 for no shift.", param_hint="--shift")
     arrays, meta = read_artifact(artifact)
+    chosen = None
+    if bucket is not None:
+        if to in (Target.dynamic_shift, Target.json):
+            raise typer.BadParameter("applies to one trainer's flags; dynamic-shift and json cover every bucket.",
+                                     param_hint="--bucket")
+        shape = _parse_shape(bucket, "--bucket")
+        if meta.get("buckets"):
+            from .artifact import bucket_arrays
+
+            b = _pick_bucket(meta["buckets"], shape)
+            chosen = meta["buckets"][b]
+            # the bucket's own fit and density, under the artifact's scheduler and settings
+            arrays, meta = bucket_arrays(arrays, b), {**{k: v for k, v in meta.items() if k != "buckets"}, **chosen}
     m, s = float(meta["logitnormal_m"]), float(meta.get("logitnormal_s", 1.0))
     if fit_scale:
         from .fit import fit_logitnormal
@@ -543,8 +565,11 @@ def export_cmd(
     result = export_artifact(arrays, meta, to.value, trainer_shift=1.0 if shift is None else shift, m=m, s=s,
                              where=str(artifact))
     source = describe_fit(meta, m, s)
-    if buckets:
-        source += " (the pooled density of its resolution buckets; vrcurve fit-logitnormal lists each bucket's m)"
+    if chosen is not None:
+        source += f" (its resolution bucket {_shape_text(chosen['shape'])}, {chosen['share']:.0%} of the data)"
+    elif buckets:
+        source += (" (the pooled density of its resolution buckets; vrcurve fit-logitnormal lists each bucket's m, "
+                   "--bucket exports one)")
     if to is Target.kohya and len(buckets) > 1:
         from .errors import VRCurveError as _E
 
