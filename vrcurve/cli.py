@@ -426,7 +426,8 @@ def show(
         out.print("        ░ = pdf + 2 standard errors (over sources)")
     for b, info in enumerate((dist.meta.get("buckets") or [])[:_SHOWN_BUCKETS]):
         out.print()
-        out.print(f"bucket {_shape_text(info['shape'])} ({info['share']:.0%} of the data, m = {info['logitnormal_m']:+.4f})")
+        out.print(f"bucket {_shape_text(info['shape'])} ({info['share']:.0%} of the data, "
+                  f"m = {info['logitnormal_m']:+.4f})")
         for line in density_picture(arrays[f"bucket.{b}.pdf"], height=4):
             out.print(line)
 

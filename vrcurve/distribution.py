@@ -96,7 +96,8 @@ class VRDistribution:
         try:
             key = tuple(int(v) for v in shape)
         except (TypeError, ValueError):
-            raise VRCurveError(f"shape= must be a sequence of whole numbers such as latents.shape[1:], got {shape!r}.") from None
+            raise VRCurveError(f"shape= must be a sequence of whole numbers such as latents.shape[1:], "
+                               f"got {shape!r}.") from None
         if key in self._buckets:
             return self._buckets[key][1]
         n = int(np.prod(key)) if key else 1

@@ -378,8 +378,7 @@ def to_dynamic_shift(line: ShiftLine, base_len: Optional[int] = None, max_len: O
     base_shift, max_shift = line.endpoints(base_len, max_len)
     values = {"use_dynamic_shifting": True, "time_shift_type": "exponential", "base_shift": base_shift,
               "max_shift": max_shift, "base_image_seq_len": int(base_len), "max_image_seq_len": int(max_len)}
-    lines = tuple(f'"{k}": {"true" if v is True else v if isinstance(v, int) else num(v) if isinstance(v, float) else json.dumps(v)},'
-                  for k, v in values.items())
+    lines = tuple(f'"{k}": {_json_value(v)},' for k, v in values.items())
     return Export(
         target="dynamic-shift",
         convention="t = 1 is noise (sigma): the shift mu moves logit(sigma) by +mu, i.e. vrcurve's location by -mu",
@@ -387,6 +386,11 @@ def to_dynamic_shift(line: ShiftLine, base_len: Optional[int] = None, max_len: O
         f"base_image_seq_len), sigma' = exp(mu)*sigma/(exp(mu)*sigma + 1 - sigma), sigma = sigmoid({num(s)}*z)",
         lines=lines, values={**values, "logit_std": float(s)},
     )
+
+
+def _json_value(v: Any) -> str:
+    """A config value as JSON, floats as ``num`` writes them."""
+    return num(v) if isinstance(v, float) else json.dumps(v)
 
 
 def shift_line_comments(line: ShiftLine, patch_size: int, shapes) -> Tuple[str, ...]:

@@ -160,7 +160,8 @@ def run_estimate(
         if timesteps < 2 or table_size < 2:
             raise VRCurveError(f"--timesteps and the table size must be at least 2, got {timesteps} and {table_size}.")
         if min_bucket < 2:
-            raise VRCurveError(f"--min-bucket must be at least 2 (the estimate of a bucket needs 2 samples), got {min_bucket}.")
+            raise VRCurveError(f"--min-bucket must be at least 2 (the estimate of a bucket needs 2 samples), "
+                               f"got {min_bucket}.")
         devices = resolve_devices(device)
         transform = LatentTransform(moments=moments, moments_kind=moments_kind, scaling_factor=scaling_factor,
                                     shift_factor=shift_factor)

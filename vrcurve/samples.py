@@ -293,8 +293,9 @@ def load_samples(source: Source, samples: Optional[int], seed: int, normalizatio
                    skipped_names=names)
 
 
-def load_buckets(source: Source, groups: Dict[Tuple[int, ...], np.ndarray], allocation: List[Optional[int]], seed: int,
-                 normalization: str = "global", transform: Optional[LatentTransform] = None) -> Tuple[List[Samples], Dict[str, Any]]:
+def load_buckets(source: Source, groups: Dict[Tuple[int, ...], np.ndarray], allocation: List[Optional[int]],
+                 seed: int, normalization: str = "global",
+                 transform: Optional[LatentTransform] = None) -> Tuple[List[Samples], Dict[str, Any]]:
     """Choose, read, check and transform each bucket's samples, and normalise them with pooled statistics.
 
     Each bucket is a ``Subset`` of ``source``; its M_b samples are chosen with ``seed`` among its own
@@ -319,13 +320,15 @@ def load_buckets(source: Source, groups: Dict[Tuple[int, ...], np.ndarray], allo
     if normalization not in NORMALIZATIONS:
         raise VRCurveError(f"unknown normalisation {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}.")
     shapes = list(groups)
-    ranks = {len(s) for s in shapes}
-    if len(ranks) > 1 or (shapes[0] and len(shapes[0]) >= 2 and len({s[0] for s in shapes}) > 1):
-        a, b = shapes[0], next(s for s in shapes[1:] if len(s) != len(shapes[0]) or s[0] != shapes[0][0])
-        raise VRCurveError(f"{source.name} mixes samples of shape {'x'.join(map(str, a))} and {'x'.join(map(str, b))}, "
-                           "whose channel counts (or number of axes) differ; one model cannot train on both: read "
-                           "the latents of one model at a time.")
-    loaded = [load_samples(source.subset(idx), m, seed, "none", transform) for idx, m in zip(groups.values(), allocation)]
+    first = shapes[0]
+    # buckets differ in their spatial (or temporal) size only; axis 0 is the channel axis
+    other = [s for s in shapes[1:] if len(s) != len(first) or (len(first) >= 2 and s[0] != first[0])]
+    if other:
+        raise VRCurveError(f"{source.name} mixes samples of shape {'x'.join(map(str, first))} and "
+                           f"{'x'.join(map(str, other[0]))}, whose channel counts (or number of axes) differ; one model "
+                           "cannot train on both: read the latents of one model at a time.")
+    loaded = [load_samples(source.subset(idx), m, seed, "none", transform)
+              for idx, m in zip(groups.values(), allocation)]
     counts = np.array([len(idx) for idx in groups.values()], dtype=np.float64)
     w = counts / counts.sum()
     rescale = {"scaling_factor": (transform or LatentTransform()).scaling_factor,
@@ -339,10 +342,11 @@ def load_buckets(source: Source, groups: Dict[Tuple[int, ...], np.ndarray], allo
     axes = (lambda x: (0,) + tuple(range(2, x.ndim))) if normalization == "channel" else (lambda x: None)
     means = [s.x.astype(np.float64).mean(axis=axes(s.x)) for s in loaded]
     mean = sum(wb * mb for wb, mb in zip(w, means))
-    var = sum(wb * (s.x.astype(np.float64).var(axis=axes(s.x)) + (mb - mean) ** 2) for wb, s, mb in zip(w, loaded, means))
+    var = sum(wb * (s.x.astype(np.float64).var(axis=axes(s.x)) + (mb - mean) ** 2)
+              for wb, s, mb in zip(w, loaded, means))
     std = np.sqrt(var)
     if not np.all(std > 0):
-        raise VRCurveError(f"{source.name}: the chosen samples hold one value (variance 0) in every bucket, so "
+        raise VRCurveError(f"{source.name}: the chosen samples of all buckets hold one value (variance 0), so "
                            f"--normalize {normalization} cannot scale them; check the data, or pass --normalize none.")
     out = []
     for s in loaded:
