@@ -479,3 +479,30 @@ def test_show_draws_each_bucket(bucketed):
     for b in meta["buckets"]:
         shape = "x".join(map(str, b["shape"]))
         assert f"bucket {shape} ({b['share']:.0%} of the data, m = {b['logitnormal_m']:+.4f})" in r.output
+
+
+def test_moments_noise_of_a_bucket_is_keyed_by_the_index_in_the_whole_data(tmp_path):
+    from vrcurve.samples import LatentTransform, moments_noise
+
+    folder = tmp_path / "moments"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(12):  # mean and std of a 2-channel latent, two spatial sizes
+        shape = (4, 2, 2) if i % 3 else (4, 2, 4)
+        m = np.concatenate([rng.standard_normal((2, *shape[1:])), np.full((2, *shape[1:]), 0.5)]).astype(np.float32)
+        np.save(folder / f"{i:02d}.npy", m)
+        files.append(m)
+    source = open_source(str(folder))
+    loaded, _ = load_buckets(source, source.groups(), [None, None], 7, "none", LatentTransform(moments="sample"))
+    for s in loaded:
+        for row, i in zip(s.x, s.indices):
+            expected = files[i][:2] + 0.5 * moments_noise(7, int(i), files[i][:2].shape)
+            np.testing.assert_allclose(row, expected, rtol=1e-6)
+
+
+def test_samples_all_uses_every_sample_of_every_bucket(mixed, tmp_path):
+    result = run_estimate(str(mixed), tmp_path / "all.safetensors", get_scheduler("linear"), samples=None, noise=2,
+                          timesteps=16, seed=0, precision="float32", bootstrap=0)
+    assert [b["samples"] for b in result.metadata["buckets"]] == [30, 18]
+    assert result.metadata["samples"] == 48
