@@ -240,7 +240,8 @@ def _two_bucket_artifact(path, T=50):
         buckets.append({"shape": shape, "dim": int(np.prod(shape)), "samples_total": 30 if b == 0 else 10,
                         "share": w, "samples": 16, "logitnormal_m": 1.0 - 2 * b, "logitnormal_m_grid": 1.0 - 2 * b,
                         "logitnormal_s": 1.0, "ks": 0.1})
-    write_artifact(path, tensors, {"logitnormal_m": 0.5, "shape": [4, 8, 8], "buckets": buckets})
+    write_artifact(path, tensors, {"time_convention": "t0_noise", "logitnormal_m": 0.5, "shape": [4, 8, 8],
+                                   "buckets": buckets})
     assert np.allclose(edges ** 2, densities[0].cdf)
     return path
 
@@ -324,6 +325,10 @@ def test_a_version_1_file_with_buckets_is_refused(tmp_path):
     (lambda t, b: b[1].update(shape=[4, 8, 8]), "two buckets have the same shape"),
     (lambda t, b: t.update({bucket_tensor_name(0, "pdf"): np.ones(7)}), "bucket.0.pdf has shape"),
     (lambda t, b: b[0].pop("share"), "bucket 0 lacks share"),
+    (lambda t, b: b[1].update(samples=0), "bucket 1 has an invalid samples 0"),
+    (lambda t, b: t.update({bucket_tensor_name(1, "cdf"): t[bucket_tensor_name(1, "cdf")][::-1].copy()}),
+     "bucket 1's cdf or inverse-CDF table does not rise"),
+    (lambda t, b: t[bucket_tensor_name(0, "pdf")].__setitem__(3, -1.0), "bucket 0's density is negative"),
 ])
 def test_inconsistent_buckets_are_refused(tmp_path, change, message):
     path = _two_bucket_artifact(tmp_path / "two.safetensors")

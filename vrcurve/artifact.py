@@ -200,6 +200,12 @@ def check_buckets(path: PathLike, version: int, tensors: Mapping[str, np.ndarray
             raise VRCurveError(f"{bad}: bucket {i} has the shape {shape!r}, not a list of positive whole numbers.")
     if len({tuple(b["shape"]) for b in buckets}) < len(buckets):
         raise VRCurveError(f"{bad}: two buckets have the same shape; re-create it with `vrcurve estimate`.")
+    for i, b in enumerate(buckets):
+        wrong = [k for k in ("dim", "samples_total", "samples") if not _positive_int(b[k])]
+        wrong += [k for k in ("logitnormal_m", "logitnormal_m_grid", "logitnormal_s", "ks") if not _finite_number(b[k])]
+        if wrong:
+            raise VRCurveError(f"{bad}: bucket {i} has an invalid {wrong[0]} {b[wrong[0]]!r}; re-create it with "
+                               "`vrcurve estimate`.")
     shares = [b["share"] for b in buckets]
     if not all(isinstance(w, (int, float)) and 0 < w <= 1 for w in shares) or abs(sum(shares) - 1) > 1e-6:
         raise VRCurveError(f"{bad}: the bucket shares {shares} do not add up to 1; re-create it with `vrcurve estimate`.")
@@ -217,3 +223,19 @@ def check_buckets(path: PathLike, version: int, tensors: Mapping[str, np.ndarray
     extra = sorted(set(names) - {bucket_tensor_name(i, n) for i in range(len(buckets)) for n in BUCKET_TENSORS})
     if extra:
         raise VRCurveError(f"{bad}: the tensor {extra[0]} belongs to no bucket; re-create it with `vrcurve estimate`.")
+    for i in range(len(buckets)):
+        # sample(shape=...) draws from these: the same rules as a density anywhere (rounding of float32 allowed)
+        pdf, cdf, icdf = (tensors[bucket_tensor_name(i, k)].astype(np.float64) for k in ("pdf", "cdf", "icdf"))
+        if not (np.isfinite(pdf).all() and np.isfinite(cdf).all() and np.isfinite(icdf).all()) or (pdf < 0).any():
+            raise VRCurveError(f"{bad}: bucket {i}'s density is negative or not finite; re-create it.")
+        if cdf[0] != 0 or abs(cdf[-1] - 1) > 1e-4 or (np.diff(cdf) < 0).any() or (np.diff(icdf) < 0).any() \
+                or icdf[0] < 0 or icdf[-1] > 1:
+            raise VRCurveError(f"{bad}: bucket {i}'s cdf or inverse-CDF table does not rise from 0 to 1; re-create it.")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
