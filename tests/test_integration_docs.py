@@ -99,3 +99,18 @@ def test_the_doc_covers_every_export_target():
     text = DOC.read_text()
     for target in TARGETS:
         assert f"`{target}`" in text
+
+
+def test_buckets_snippet_draws_each_batch_from_its_bucket(tmp_path, monkeypatch, capsys):
+    from scipy.stats import kstest
+    from test_buckets import _two_bucket_artifact
+
+    _two_bucket_artifact(tmp_path / "vr.safetensors")
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    # the last batch is of the (4, 16, 16) bucket, whose density is 2 (1 - t): cdf 1 - (1 - t)^2
+    namespace = {"loader": [torch.zeros(5000, 4, 8, 8), torch.zeros(5000, 4, 16, 16)]}
+    exec(compile(snippet("buckets"), "docs/integration.md:buckets", "exec"), namespace)
+    assert "(4, 8, 8): 0.75" in capsys.readouterr().out
+    t = namespace["t"].double().numpy()
+    assert kstest(t, lambda x: 1 - (1 - x) ** 2).pvalue > 1e-3

@@ -15,6 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import vrcurve
 from vrcurve.artifact import read_artifact
 from vrcurve.cli import app
 from vrcurve.readers import open_source
@@ -337,3 +338,22 @@ def test_progress_shows_encoding_then_estimating(monkeypatch):
         bar.refresh()
     assert "encoding" in encoding and "4/12 images" in encoding
     assert "estimating" in stream.getvalue()[len(encoding):] and "250/1,000 timesteps" in stream.getvalue()
+
+
+def test_images_of_two_sizes_become_two_latent_buckets(tmp_path, vae_dir):
+    """Without --resolution, images of two sizes are encoded per bucket: latents at half the image size
+    (f = 2), one curve per bucket, and the VAE recorded as for one bucket."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rng = np.random.default_rng(11)
+    for i in range(24):
+        h, w = (8, 8) if i % 3 else (12, 8)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    out = tmp_path / "b.safetensors"
+    res = run("estimate", "--data", folder, "--vae", vae_dir, "-o", out, "-M", "all", "-K", "4", "-T", "20",
+              "--bootstrap", "0", "--min-bucket", "4", "-q")
+    assert res.exit_code == 0, res.output
+    dist = vrcurve.load(out)
+    assert dist.buckets.keys() == {(4, 4, 4), (4, 6, 4)}
+    assert dist.meta["data"]["vae"]["sample"] == "sample"
+    assert sorted(b["samples"] for b in dist.meta["buckets"]) == [8, 16]

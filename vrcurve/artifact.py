@@ -8,6 +8,11 @@ checksum, ``read_artifact`` validates what a crafted file could still get wrong:
 and values (finite, pdf >= 0, cdf rising from 0 to 1, icdf rising in [0, 1]) and the types and allowed
 values of the metadata, so that a bad file is refused when it is loaded, not when it is used.
 
+Version 2 also adds resolution buckets: an artifact estimated on data of several sample shapes holds, beside
+the pooled curve in the version-1 tensors, each bucket's tensors ``bucket.<b>.<name>`` (``BUCKET_TENSORS``) and
+its metadata in the list ``buckets`` (shape, dim, samples_total, share, samples, the fit...). Data of one
+shape gives no ``buckets`` entry.
+
 Writes are atomic: a temporary file in the same folder, fsync, then rename; an interrupted write leaves
 nothing at the destination.
 """
@@ -159,6 +164,7 @@ def read_artifact(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]
     meta = {k: _decode(v) for k, v in raw_meta.items()}
     meta["format_version"] = version
     _check_metadata(path, meta, timesteps=tensors["pdf"].shape[0])
+    check_buckets(path, version, tensors, meta)
     return tensors, meta
 
 
@@ -210,20 +216,31 @@ def _check_tensors(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
         finite = np.isfinite(values) | (np.isnan(values) if name.endswith("_stderr") else False)
         if not finite.all():
             raise bad(f"tensor {name} holds NaN or infinite values")
-    pdf, cdf, icdf = (tensors[k].astype(np.float64) for k in ("pdf", "cdf", "icdf"))
     t = tensors["t"].astype(np.float64)
     if not ((t > 0) & (t < 1)).all() or (np.diff(t) <= 0).any():
         raise bad("the timesteps t are not increasing inside (0, 1)")
-    if (pdf < 0).any():
-        raise bad("the density pdf is negative somewhere")
-    if cdf[0] != 0 or abs(cdf[-1] - 1) > _DENSITY_TOL or (np.diff(cdf) < 0).any():
-        raise bad("the cdf does not rise from 0 to 1")
-    if np.abs(np.diff(cdf) - pdf / T).max() > _DENSITY_TOL:
-        raise bad("the cdf is not the integral of the pdf")
-    if (np.diff(icdf) < 0).any() or icdf[0] < 0 or icdf[-1] > 1:
-        raise bad("the inverse-CDF table does not rise inside [0, 1]")
+    problem = _density_problem(*(tensors[k] for k in ("pdf", "cdf", "icdf")))
+    if problem:
+        raise bad(problem)
     if (tensors["ks"] < 0).any() or (tensors["ks"] > 1).any():
         raise bad("a KS distance lies outside [0, 1]")
+
+
+def _density_problem(pdf: np.ndarray, cdf: np.ndarray, icdf: np.ndarray) -> str:
+    """What is wrong with a density's pdf (T,), cdf (T + 1,) and inverse-CDF table, or "" (float32 round-off
+    allowed). ``sample()`` draws from these, so a crafted file must not get past them."""
+    pdf, cdf, icdf = (np.asarray(a, dtype=np.float64) for a in (pdf, cdf, icdf))
+    if not (np.isfinite(pdf).all() and np.isfinite(cdf).all() and np.isfinite(icdf).all()):
+        return "the density holds NaN or infinite values"
+    if (pdf < 0).any():
+        return "the density pdf is negative somewhere"
+    if cdf[0] != 0 or abs(cdf[-1] - 1) > _DENSITY_TOL or (np.diff(cdf) < 0).any():
+        return "the cdf does not rise from 0 to 1"
+    if np.abs(np.diff(cdf) - pdf / pdf.shape[0]).max() > _DENSITY_TOL:
+        return "the cdf is not the integral of the pdf"
+    if (np.diff(icdf) < 0).any() or icdf[0] < 0 or icdf[-1] > 1:
+        return "the inverse-CDF table does not rise inside [0, 1]"
+    return ""
 
 
 def _number(value: Any) -> bool:
@@ -288,3 +305,94 @@ def _check_metadata(path: Path, meta: Mapping[str, Any], timesteps: int) -> None
     if "timesteps" in meta and meta["timesteps"] != timesteps:
         raise VRCurveError(f"{path} says timesteps={meta['timesteps']} but holds {timesteps} bins; re-create it "
                            "with `vrcurve estimate`.")
+
+
+# --- format version 2: resolution buckets -------------------------------------------------------------------
+
+BUCKET_TENSORS = ("S", "variance", "S_stderr", "variance_stderr", "pdf", "cdf", "icdf")
+BUCKET_KEYS = ("shape", "dim", "samples_total", "share", "samples", "logitnormal_m", "logitnormal_m_grid",
+               "logitnormal_s", "ks")
+
+
+def bucket_tensor_name(bucket: int, name: str) -> str:
+    """The name of bucket ``bucket``'s tensor ``name`` in the file, e.g. ``bucket.0.pdf``."""
+    return f"bucket.{int(bucket)}.{name}"
+
+
+def bucket_tensors(bucket: int, curve: Any, density: Any) -> Dict[str, np.ndarray]:
+    """The tensors of one bucket: its curve (S, variance and their standard errors, (T,)) and its density
+    (pdf (T,), cdf (T + 1,), icdf (U + 1,)), named by ``bucket_tensor_name``."""
+    values = {"S": curve.S, "variance": curve.variance, "S_stderr": curve.S_stderr,
+              "variance_stderr": curve.variance_stderr, "pdf": density.pdf, "cdf": density.cdf, "icdf": density.icdf}
+    return {bucket_tensor_name(bucket, k): v for k, v in values.items()}
+
+
+def bucket_arrays(tensors: Mapping[str, np.ndarray], bucket: int) -> Dict[str, np.ndarray]:
+    """Bucket ``bucket``'s tensors by their plain names (``pdf``, ``cdf``, ...), plus the shared ``t``, ``h2``."""
+    out = {k: tensors[bucket_tensor_name(bucket, k)] for k in BUCKET_TENSORS}
+    return {"t": tensors["t"], "h2": tensors["h2"], **out}
+
+
+def check_buckets(path: PathLike, version: int, tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+    """Refuse a version-2 artifact whose ``buckets`` metadata and ``bucket.*`` tensors do not fit together.
+
+    A version-1 artifact has neither. Checked: ``buckets`` is a non-empty list of objects with every key of
+    ``BUCKET_KEYS``, distinct shapes, shares in (0, 1] adding up to 1, and for each bucket every tensor of
+    ``BUCKET_TENSORS`` with the pooled tensor's length.
+    """
+    names = [n for n in tensors if n.startswith("bucket.")]
+    buckets = meta.get("buckets")
+    if version < 2:
+        if buckets is not None or names:
+            raise VRCurveError(f"{path} is format version 1 but holds resolution buckets, which version 1 has not; "
+                               "re-create it with `vrcurve estimate`.")
+        return
+    if buckets is None:
+        if names:
+            raise VRCurveError(f"{path} holds bucket tensors ({names[0]}) but no buckets metadata; re-create it.")
+        return
+    bad = f"{path} has invalid resolution buckets"
+    if not isinstance(buckets, list) or not buckets or not all(isinstance(b, dict) for b in buckets):
+        raise VRCurveError(f"{bad}: the buckets metadata is not a list of objects; re-create it with `vrcurve estimate`.")
+    for i, b in enumerate(buckets):
+        lacking = [k for k in BUCKET_KEYS if k not in b]
+        if lacking:
+            raise VRCurveError(f"{bad}: bucket {i} lacks {', '.join(lacking)}; re-create it with `vrcurve estimate`.")
+        shape = b["shape"]
+        if not (isinstance(shape, list) and shape and all(isinstance(s, int) and s > 0 for s in shape)):
+            raise VRCurveError(f"{bad}: bucket {i} has the shape {shape!r}, not a list of positive whole numbers.")
+    if len({tuple(b["shape"]) for b in buckets}) < len(buckets):
+        raise VRCurveError(f"{bad}: two buckets have the same shape; re-create it with `vrcurve estimate`.")
+    for i, b in enumerate(buckets):
+        wrong = [k for k in ("dim", "samples_total", "samples") if not _count(b[k])]
+        wrong += [k for k in ("logitnormal_m", "logitnormal_m_grid", "logitnormal_s", "ks") if not _number(b[k])]
+        if wrong:
+            raise VRCurveError(f"{bad}: bucket {i} has an invalid {wrong[0]} {b[wrong[0]]!r}; re-create it with "
+                               "`vrcurve estimate`.")
+    shares = [b["share"] for b in buckets]
+    if not all(isinstance(w, (int, float)) and 0 < w <= 1 for w in shares) or abs(sum(shares) - 1) > 1e-6:
+        raise VRCurveError(f"{bad}: the bucket shares {shares} do not add up to 1; re-create it with `vrcurve estimate`.")
+    T = tensors["pdf"].shape
+    expected = {"S": T, "variance": T, "S_stderr": T, "variance_stderr": T, "pdf": T, "cdf": tensors["cdf"].shape,
+                "icdf": None}
+    for i in range(len(buckets)):
+        for name in BUCKET_TENSORS:
+            key = bucket_tensor_name(i, name)
+            if key not in tensors:
+                raise VRCurveError(f"{bad}: bucket {i} lacks its tensor {key}; re-create it with `vrcurve estimate`.")
+            if tensors[key].ndim != 1 or (expected[name] is not None and tensors[key].shape != expected[name]):
+                raise VRCurveError(f"{bad}: {key} has shape {tuple(tensors[key].shape)}, not that of the pooled "
+                                   f"{name}; re-create it with `vrcurve estimate`.")
+    extra = sorted(set(names) - {bucket_tensor_name(i, n) for i in range(len(buckets)) for n in BUCKET_TENSORS})
+    if extra:
+        raise VRCurveError(f"{bad}: the tensor {extra[0]} belongs to no bucket; re-create it with `vrcurve estimate`.")
+    for i in range(len(buckets)):
+        for name in BUCKET_TENSORS:
+            values = tensors[bucket_tensor_name(i, name)]
+            if values.dtype != np.float32 or not (np.isfinite(values) | (np.isnan(values) if name.endswith("_stderr")
+                                                                          else False)).all():
+                raise VRCurveError(f"{bad}: {bucket_tensor_name(i, name)} is not float32 or holds NaN or infinite "
+                                   "values; re-create it with `vrcurve estimate`.")
+        problem = _density_problem(*(tensors[bucket_tensor_name(i, k)] for k in ("pdf", "cdf", "icdf")))
+        if problem:
+            raise VRCurveError(f"{bad}: bucket {i}: {problem}; re-create it with `vrcurve estimate`.")

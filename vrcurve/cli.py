@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ._version import __version__
+from .buckets import MIN_BUCKET
 from .errors import VRCurveError
 
 app = typer.Typer(
@@ -210,11 +211,18 @@ def estimate(
                                   "interval of m (0: none)."),
     check_convergence: bool = typer.Option(False, "--check-convergence", help="Also estimate on nested subsets M/4 "
                                            "and M/2 (same noise) and say whether the density and m have settled."),
+    min_bucket: int = typer.Option(MIN_BUCKET, "--min-bucket", min=2, help="Data of several sample shapes (resolution buckets): "
+                                   "the fewest samples a bucket's curve is estimated from."),
+    drop_small_buckets: bool = typer.Option(False, "--drop-small-buckets", help="Leave out buckets holding fewer than "
+                                            "--min-bucket samples (recorded in the artifact) instead of stopping."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing artifact."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success; no progress bar."),
 ):
-    """Estimate the variance curve on a sample of DATA and write the artifact."""
+    """Estimate the variance curve on a sample of DATA and write the artifact.
+
+    Data of several sample shapes is estimated per resolution bucket, with M split over the buckets in
+    proportion to their sizes; the artifact holds each bucket's density and their mixture."""
     from .pipeline import run_estimate
     from .schedulers import SCHEDULERS, get_scheduler
 
@@ -241,7 +249,8 @@ def estimate(
                 vae=vae, vae_sample=vae_sample.value, vae_dtype=vae_dtype.value, vae_batch_size=vae_batch_size,
                 encode_progress=None if report is None else functools.partial(report, unit="images"),
                 resolution=resolution, skip_bad=skip_bad, precision=precision.value, bootstrap=bootstrap,
-                check_convergence=check_convergence, ranks=ranks,
+                check_convergence=check_convergence, ranks=ranks, min_bucket=min_bucket,
+                drop_small_buckets=drop_small_buckets,
             )
         except RankFailed as exc:  # raised on every rank at once; the failing rank prints its message
             if exc.show:
@@ -268,9 +277,24 @@ def estimate(
                 value = summary[k]
                 table.add_row(k, f"[{value[0]:.4f}, {value[1]:.4f}]" if k == "logitnormal_m_ci90" else _fmt(value))
         out.print(table, markup=False)
+        if "buckets" in summary:
+            out.print(bucket_table(summary["buckets"], summary.get("buckets_dropped")))
         if conv is not None:
             out.print(convergence_table(conv))
             out.print(conv.message(), markup=False)
+
+
+def bucket_table(buckets: List[Dict[str, Any]], dropped: Optional[List[Dict[str, Any]]] = None,
+                 title: str = "resolution buckets") -> Table:
+    """One row per resolution bucket: shape, samples in the data, share, samples used and the fit."""
+    table = Table("shape", "samples", "share", "M", "m", "m 90%", "KS", box=None, title=title, title_justify="left")
+    for b in buckets:
+        ci = b.get("logitnormal_m_ci90")
+        table.add_row("x".join(map(str, b["shape"])), str(b["samples_total"]), f"{b['share']:.3f}", str(b["samples"]),
+                      f"{b['logitnormal_m']:+.4f}", f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "", f"{b['ks']:.4f}")
+    for d in dropped or ():
+        table.add_row("x".join(map(str, d["shape"])), str(d["samples_total"]), "", "dropped", "", "", "")
+    return table
 
 
 def convergence_table(conv) -> Table:
@@ -296,28 +320,47 @@ def fit_logitnormal_cmd(
     artifact: Path = typer.Argument(..., help="A vrcurve artifact."),
     convention: Convention = typer.Option(Convention.t0_noise, "--convention", help="t0-noise (vrcurve, SiT, flow_matching) or t1-noise (kohya, OneTrainer, SimpleTuner): m is negated."),
     fit_scale: bool = typer.Option(False, "--fit-scale", help="Also fit the scale s."),
+    bucket: Optional[str] = typer.Option(None, "--bucket", help="Fit one resolution bucket's density instead of the pooled "
+                                         "one: its sample shape, e.g. 16x64x64 (the nearest bucket by size if absent)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the best m."),
 ):
-    """Fit a logit-normal to the artifact's density by KS distance and print its location m."""
-    from .artifact import read_artifact
+    """Fit a logit-normal to the artifact's density by KS distance and print its location m (and each
+    resolution bucket's, for an artifact of several)."""
+    from .artifact import bucket_arrays, read_artifact
     from .fit import fit_logitnormal
 
     arrays, meta = read_artifact(artifact)
+    buckets = meta.get("buckets") or []
+    what = "pooled density" if buckets else "density"
+    if bucket is not None and buckets:  # an artifact of one shape is its one bucket
+        b = _pick_bucket(buckets, _parse_shape(bucket, "--bucket"))
+        arrays, what = bucket_arrays(arrays, b), f"bucket {_shape_text(buckets[b]['shape'])}"
+        buckets = []
+    elif bucket is not None:
+        _parse_shape(bucket, "--bucket")
     fit = fit_logitnormal(arrays["cdf"].astype("float64"), fit_scale=fit_scale)
     sign = 1.0 if convention is Convention.t0_noise else -1.0
     m, m_grid, m_cont = sign * fit.m, sign * fit.m_grid, sign * fit.m_continuous
     if quiet:
         print(f"{m:.4f}")
         return
+    per_bucket = []
+    for b, info in enumerate(buckets):
+        bf = fit_logitnormal(bucket_arrays(arrays, b)["cdf"].astype("float64"), fit_scale=fit_scale)
+        per_bucket.append({"shape": info["shape"], "share": info["share"], "samples": info["samples"], "m": sign * bf.m,
+                           "s": bf.s, "ks": bf.ks, "m_grid": sign * bf.m_grid})
     if as_json:
         print(json.dumps({
-            "artifact": str(artifact), "convention": convention.value, "m": m, "s": fit.s, "ks": fit.ks,
-            "m_grid": m_grid, "ks_grid_best": fit.ks_grid_best, "m_continuous": m_cont, "ks_continuous": fit.ks_continuous,
+            "artifact": str(artifact), "convention": convention.value, "density": what, "m": m, "s": fit.s,
+            "ks": fit.ks, "m_grid": m_grid, "ks_grid_best": fit.ks_grid_best, "m_continuous": m_cont,
+            "ks_continuous": fit.ks_continuous,
             "grid": [{"m": sign * float(g), "ks": float(k)} for g, k in zip(fit.grid, fit.ks_grid)],
+            **({"buckets": per_bucket} if per_bucket else {}),
         }))
         return
-    table = Table(title=f"KS distance to logit-normal(m, 1), {convention.value}", box=None, title_justify="left")
+    table = Table(title=f"KS distance of the {what} to logit-normal(m, 1), {convention.value}", box=None,
+                  title_justify="left")
     table.add_column("m", justify="right")
     table.add_column("KS", justify="right")
     table.add_column("")
@@ -328,6 +371,44 @@ def fit_logitnormal_cmd(
     out.print(f"continuous best m:  {m_cont:+.4f} (KS {fit.ks_continuous:.4f})")
     if fit_scale:
         out.print(f"best (m, s):        ({m:+.4f}, {fit.s:.4f}) (KS {fit.ks:.4f})")
+    if per_bucket:
+        bt = Table("shape", "share", "M", "m", "s", "KS", box=None, title=f"per resolution bucket, {convention.value}",
+                   title_justify="left")
+        for r in per_bucket:
+            bt.add_row(_shape_text(r["shape"]), f"{r['share']:.3f}", str(r["samples"]), f"{r['m']:+.4f}",
+                       f"{r['s']:.4f}", f"{r['ks']:.4f}")
+        out.print()
+        out.print(bt)
+
+
+def _shape_text(shape) -> str:
+    return "x".join(str(int(v)) for v in shape)
+
+
+def _parse_shape(text: str, option: str):
+    """``16x64x64`` (or ``16,64,64``) -> (16, 64, 64); a usage error otherwise."""
+    parts = text.replace(",", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a sample shape such as 16x64x64.", param_hint=option) from None
+    if not shape or min(shape) < 1:
+        raise typer.BadParameter(f"{text!r} is not a sample shape such as 16x64x64.", param_hint=option)
+    return shape
+
+
+def _pick_bucket(buckets, shape) -> int:
+    """The position of the bucket of ``shape`` in the artifact's ``buckets`` (the nearest by number of
+    elements when absent, as ``VRDistribution.bucket`` picks it); 0 for an artifact of one shape."""
+    import numpy as np
+
+    if not buckets:
+        return 0
+    shapes = [tuple(b["shape"]) for b in buckets]
+    if shape in shapes:
+        return shapes.index(shape)
+    n = int(np.prod(shape))
+    return min(range(len(shapes)), key=lambda b: abs(int(np.prod(shapes[b])) - n))
 
 
 @app.command()
@@ -347,10 +428,14 @@ def show(
         return
     table = Table(show_header=False, box=None, pad_edge=False)
     first = [k for k in _SHOW_ORDER if k in dist.meta]
-    for k in first + sorted(set(dist.meta) - set(first) - {"checksum"}):
+    for k in first + sorted(set(dist.meta) - set(first) - {"checksum", "buckets", "buckets_dropped"}):
         table.add_row(k, _fmt(dist.meta[k]))
     out.print(table)
     out.print()
+    if "buckets" in dist.meta:
+        out.print(bucket_table(dist.meta["buckets"], dist.meta.get("buckets_dropped"),
+                               title="resolution buckets (the density below is their mixture, by share)"))
+        out.print()
     arrays = dist.arrays
     upper = None
     if "variance_stderr" in arrays:
@@ -362,7 +447,15 @@ def show(
         out.print(line)
     if upper is not None:
         out.print("        ░ = pdf + 2 standard errors (over sources)")
+    for b, info in enumerate((dist.meta.get("buckets") or [])[:_SHOWN_BUCKETS]):
+        out.print()
+        out.print(f"bucket {_shape_text(info['shape'])} ({info['share']:.0%} of the data, "
+                  f"m = {info['logitnormal_m']:+.4f})")
+        for line in density_picture(arrays[f"bucket.{b}.pdf"], height=4):
+            out.print(line)
 
+
+_SHOWN_BUCKETS = 6  # pictures of the largest buckets; the table lists them all
 
 _SHOW_ORDER = (
     "scheduler", "likelihood", "form", "samples", "noise", "timesteps", "dim", "shape", "seed", "normalization",
@@ -423,6 +516,7 @@ class Target(str, Enum):
     simpletuner = "simpletuner"
     onetrainer = "onetrainer"
     sit = "sit"
+    dynamic_shift = "dynamic-shift"
     json = "json"
 
 
@@ -436,13 +530,25 @@ def export_cmd(
                                           "(SD3: 3; Flux, whose config sets use_dynamic_shifting: 1). Default 1."),
     fit_scale: bool = typer.Option(False, "--fit-scale", help="Refit the logit-normal with its scale s instead of using "
                                    "the artifact's fit."),
+    patch_size: int = typer.Option(2, "--patch-size", min=1, help="dynamic-shift: the transformer's patch side p; a "
+                                   "latent of H x W has (H/p)(W/p) tokens (2 for Flux and SD3)."),
+    base_seq_len: Optional[int] = typer.Option(None, "--base-seq-len", min=1, help="dynamic-shift: base_image_seq_len "
+                                               "(default: the shortest bucket's tokens)."),
+    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", min=1, help="dynamic-shift: max_image_seq_len "
+                                              "(default: the longest bucket's tokens)."),
+    bucket: Optional[str] = typer.Option(None, "--bucket", help="Export one resolution bucket's fit instead of the "
+                                         "pooled one: its sample shape, e.g. 16x128x128 (the nearest bucket by size)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the flags or config lines, no comment lines."),
 ):
-    """Print the flags or config lines that make a trainer sample the artifact's logit-normal fit."""
+    """Print the flags or config lines that make a trainer sample the artifact's logit-normal fit.
+
+    --to dynamic-shift (artifacts of several resolution buckets): the diffusers scheduler config of the data's
+    resolution-dependent shift, mu linear in the latent sequence length."""
     import math
 
     from .artifact import read_artifact
-    from .export import describe_fit, export_artifact, export_json
+    from .export import (bucket_shift_line, describe_fit, export_artifact, export_json, shift_line_comments,
+                         to_dynamic_shift)
 
     if shift is not None and to is not Target.diffusers:
         raise typer.BadParameter("applies to --to diffusers only; the other trainers take the shift from the fit.",
@@ -450,6 +556,19 @@ def export_cmd(
     if shift is not None and not (shift > 0 and math.isfinite(shift)):
         raise typer.BadParameter(f"must be a positive number, got {shift}; use 1 for no shift.", param_hint="--shift")
     arrays, meta = read_artifact(artifact)
+    chosen = None
+    if bucket is not None:
+        if to in (Target.dynamic_shift, Target.json):
+            raise typer.BadParameter("applies to one trainer's flags; dynamic-shift and json cover every bucket.",
+                                     param_hint="--bucket")
+        shape = _parse_shape(bucket, "--bucket")
+        if meta.get("buckets"):
+            from .artifact import bucket_arrays
+
+            b = _pick_bucket(meta["buckets"], shape)
+            chosen = meta["buckets"][b]
+            # the bucket's own fit and density, under the artifact's scheduler and settings
+            arrays, meta = bucket_arrays(arrays, b), {**{k: v for k, v in meta.items() if k != "buckets"}, **chosen}
     m, s = float(meta["logitnormal_m"]), float(meta.get("logitnormal_s", 1.0))
     if fit_scale:
         from .fit import fit_logitnormal
@@ -459,9 +578,31 @@ def export_cmd(
     if to is Target.json:
         print(json.dumps(export_json(arrays, meta, m, s)))
         return
+    buckets = meta.get("buckets") or []
+    if to is Target.dynamic_shift:
+        line = bucket_shift_line(meta, patch_size, where=str(artifact))
+        result = to_dynamic_shift(line, base_seq_len, max_seq_len, s=s)
+        notes = shift_line_comments(line, patch_size, [b["shape"] for b in buckets])
+        text = result.text("\n# ".join(notes), comments=not quiet)
+        print(text)
+        return
     result = export_artifact(arrays, meta, to.value, trainer_shift=1.0 if shift is None else shift, m=m, s=s,
                              where=str(artifact))
-    print(result.text(describe_fit(meta, m, s), comments=not quiet))
+    source = describe_fit(meta, m, s)
+    if chosen is not None:
+        source += f" (its resolution bucket {_shape_text(chosen['shape'])}, {chosen['share']:.0%} of the data)"
+    elif buckets:
+        source += (" (the pooled density of its resolution buckets; vrcurve fit-logitnormal lists each bucket's m, "
+                   "--bucket exports one)")
+    if to is Target.kohya and len(buckets) > 1:
+        from .errors import VRCurveError as _E
+
+        try:
+            line = bucket_shift_line(meta, patch_size, where=str(artifact))
+            source += "\n# " + "\n# ".join(shift_line_comments(line, patch_size, [b["shape"] for b in buckets]))
+        except _E:
+            pass  # buckets of one sequence length, or without (C, H, W) axes: nothing to say about flux_shift
+    print(result.text(source, comments=not quiet))
 
 
 @app.command("plot")
@@ -497,17 +638,23 @@ def compare_cmd(
 ):
     """KS distance between the artifacts' densities and the difference of their m, side by side."""
     from .artifact import read_artifact
-    from .compare import compare, differing_schedulers
+    from .compare import compare, compare_buckets, differing_schedulers
     from .export import scheduler_text
 
     if len(artifacts) < 2:
         raise typer.BadParameter("give at least two artifacts; each is compared with the first.",
                                  param_hint="ARTIFACTS")
-    rows = compare([(str(p), *read_artifact(p)) for p in artifacts])
-    worst = max(rows[1:], key=lambda r: r.ks)
-    failed = fail_above is not None and worst.ks > fail_above
+    read = [(str(p), *read_artifact(p)) for p in artifacts]
+    rows = compare(read)
+    bucket_rows = compare_buckets(read)
+    # a bucket's curve is what sample(shape=...) draws from: its moving counts as much as the pooled one's
+    candidates = [(r.ks, r.path, "") for r in rows[1:]] + [
+        (r.ks, r.path, f" in the bucket {_shape_text(r.shape)}") for r in bucket_rows if r.path != rows[0].path]
+    worst = max(candidates, key=lambda c: c[0])
+    failed = fail_above is not None and worst[0] > fail_above
     if as_json:
-        print(json.dumps({"reference": rows[0].path, "artifacts": [r.as_dict() for r in rows], "max_ks": worst.ks,
+        print(json.dumps({"reference": rows[0].path, "artifacts": [r.as_dict() for r in rows], "max_ks": worst[0],
+                          **({"buckets": [r.as_dict() for r in bucket_rows]} if bucket_rows else {}),
                           "fail_above": fail_above, "failed": failed}))
     else:
         table = Table(box=None, title=f"compared with {escape(rows[0].path)} (t = 0 noise)", title_justify="left")
@@ -517,13 +664,23 @@ def compare_cmd(
             table.add_row(escape(r.path), escape(scheduler_text(r.scheduler)), str(r.samples), str(r.noise),
                           str(r.dim), str(r.timesteps), f"{r.m:+.4f}", f"{r.s:.4f}", f"{r.ks:.4f}", f"{r.dm:+.4f}")
         # Piped output is not cut to 80 columns: paths are long, and a pipeline reads whole rows.
-        (out if out.is_terminal else Console(highlight=False, width=1000)).print(table)
+        wide = out if out.is_terminal else Console(highlight=False, width=1000)
+        wide.print(table)
+        if bucket_rows:
+            bt = Table(box=None, title="per resolution bucket",
+                       title_justify="left")
+            for col in ("bucket", "artifact", "share", "m", "KS", "Δm"):
+                bt.add_column(col, justify="left" if col in ("bucket", "artifact") else "right", no_wrap=True)
+            for r in bucket_rows:
+                bt.add_row(_shape_text(r.shape), escape(r.path), f"{r.share:.3f}", f"{r.m:+.4f}", f"{r.ks:.4f}",
+                           f"{r.dm:+.4f}")
+            wide.print(bt)
     differing = differing_schedulers(rows)
     if differing:
         err.print(f"note: {', '.join(differing)} used another scheduler than {rows[0].path}, so their times are "
                   "different variables.", markup=False)
     if failed:
-        raise VRCurveError(f"{worst.path} differs from {rows[0].path} by KS {worst.ks:.4f} > --fail-above "
+        raise VRCurveError(f"{worst[1]} differs from {rows[0].path}{worst[2]} by KS {worst[0]:.4f} > --fail-above "
                            f"{fail_above:g}; re-estimate or refresh the cached curve.")
 
 

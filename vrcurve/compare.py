@@ -64,3 +64,46 @@ def compare(artifacts: Sequence[Tuple[str, Mapping[str, np.ndarray], Mapping[str
 def differing_schedulers(rows: Sequence[Compared]) -> List[str]:
     """Paths whose scheduler differs from the reference's: their times are different variables."""
     return [r.path for r in rows[1:] if r.scheduler != rows[0].scheduler]
+
+
+@dataclass(frozen=True)
+class BucketCompared:
+    """One resolution bucket of one artifact, against the reference's bucket of the same shape.
+
+    Attributes:
+        path: the artifact's path; shape: the bucket's sample shape.
+        share: the bucket's share of that artifact's data.
+        m: the bucket's logit-normal location in its artifact's time; ks: KS distance of the bucket's density
+            to the reference bucket's (0 for the reference); dm: m - the reference bucket's m.
+    """
+
+    path: str
+    shape: Tuple[int, ...]
+    share: float
+    m: float
+    ks: float
+    dm: float
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {**self.__dict__, "shape": list(self.shape)}
+
+
+def compare_buckets(artifacts: Sequence[Tuple[str, Mapping[str, np.ndarray], Mapping[str, Any]]]) -> List[BucketCompared]:
+    """For each resolution bucket of the reference (the first artifact), the same-shape bucket of every
+    artifact that has one: the reference's row, then the others'. Empty when the reference has no buckets."""
+    from .artifact import bucket_arrays
+
+    def buckets(arrays, meta):
+        return {tuple(b["shape"]): (b, bucket_arrays(arrays, i)["cdf"]) for i, b in enumerate(meta.get("buckets") or [])}
+
+    ref = buckets(artifacts[0][1], artifacts[0][2])
+    others = [(str(path), buckets(arrays, meta)) for path, arrays, meta in artifacts]
+    rows = []
+    for shape, (ref_info, ref_cdf) in ref.items():
+        for path, own in others:
+            if shape in own:
+                info, cdf = own[shape]
+                rows.append(BucketCompared(path=path, shape=shape, share=float(info["share"]),
+                                           m=float(info["logitnormal_m"]), ks=ks_between_cdfs(ref_cdf, cdf),
+                                           dm=float(info["logitnormal_m"]) - float(ref_info["logitnormal_m"])))
+    return rows

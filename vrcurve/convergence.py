@@ -149,3 +149,64 @@ def check_convergence(full: Curve, full_cdf: np.ndarray, full_m: float,
     settled = half.ks_to_full <= KS_SETTLED and abs(half.m - full_m) <= M_SETTLED
     return ConvergenceReport(rows=tuple(rows), settled=settled)
 
+
+
+def pooled_variance(variances: Sequence[np.ndarray], shares: Sequence[float]) -> np.ndarray:
+    """The pooled curve of resolution buckets: sum_b w_b max(V_b, 0) / mean(max(V_b, 0)), shape (T,) or (T, R).
+
+    Each bucket's curve is normalised to mean 1 first, so the pooled curve's density is exactly the mixture
+    of the buckets' densities weighted by their shares w_b of the data (``density_from_curve`` of it).
+    """
+    out = 0.0
+    for V, w in zip(variances, shares):
+        v = np.maximum(np.nan_to_num(np.asarray(V, dtype=np.float64), nan=0.0, posinf=0.0), 0.0)
+        out = out + float(w) * v / v.mean(axis=0)
+    return np.asarray(out)
+
+
+def bootstrap_m_pooled(curves: Sequence[Curve], shares: Sequence[float], m_hat: float, *, replicates: int = 200,
+                       seed: int = 0, level: float = BOOTSTRAP_LEVEL) -> BootstrapInterval:
+    """``bootstrap_m`` for the pooled density of resolution buckets: sources are resampled within each bucket
+    (a stratified bootstrap: a bucket's share of the data is fixed, not drawn), the buckets' curves rebuilt and
+    pooled (``pooled_variance``), and m refitted."""
+    rng = np.random.default_rng([int(seed), 0x626F6F74])
+    Vs = []
+    for curve in curves:
+        M = curve.samples
+        counts = np.stack([np.bincount(rng.integers(0, M, size=M), minlength=M) for _ in range(replicates)], 1)
+        Vs.append(variance_from_sources(curve.per_source_S, curve.per_source_trcov, curve.h2, curve.form, counts / M))
+    V = pooled_variance(Vs, shares)
+    T = V.shape[0]
+    t = np.union1d(np.linspace(0.0, 1.0, 2001), np.arange(T + 1) / T)[1:-1]
+    ms = np.array([_fit_m_near(ks_objective(curve_cdf(V[:, b]), t), m_hat) for b in range(replicates)])
+    alpha = (1.0 - level) / 2
+    low, high = np.quantile(ms, [alpha, 1.0 - alpha])
+    return BootstrapInterval(low=float(low), high=float(high), std=float(ms.std(ddof=1)), level=level,
+                             replicates=replicates)
+
+
+def check_convergence_pooled(sizes: Sequence[int], full_cdf: np.ndarray, full_m: float,
+                             estimate_subsets: Callable[[List[np.ndarray]], np.ndarray], seed: int,
+                             fractions: Sequence[float] = (0.25, 0.5)) -> ConvergenceReport:
+    """``check_convergence`` for resolution buckets: nested subsets of each bucket's M_b samples, the same
+    fraction in every bucket.
+
+    Args:
+        sizes: (B,) the samples of each bucket.
+        full_cdf, full_m: the pooled density's CDF and fitted m.
+        estimate_subsets: given one array of positions per bucket, the pooled variance curve (T,) of those
+            samples, with the same settings and noise.
+    """
+    from .fit import fit_logitnormal
+
+    nested = [nested_subsets(M, seed, fractions) for M in sizes]
+    rows = []
+    for j in range(len(fractions)):
+        pos = [n[j] for n in nested]
+        cdf = density_from_curve(estimate_subsets(pos)).cdf
+        rows.append(ConvergenceRow(samples=sum(len(p) for p in pos), ks_to_full=ks_between_cdfs(cdf, full_cdf),
+                                   m=fit_logitnormal(cdf).m))
+    rows.append(ConvergenceRow(samples=int(sum(sizes)), ks_to_full=0.0, m=full_m))
+    half = rows[-2]
+    settled = half.ks_to_full <= KS_SETTLED and abs(half.m - full_m) <= M_SETTLED
+    return ConvergenceReport(rows=tuple(rows), settled=settled)

@@ -21,12 +21,15 @@ an artifact of another scheduler does not carry over to them: ``export_artifact`
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .buckets import (FLUX_BASE_SEQ_LEN, FLUX_BASE_SHIFT, FLUX_MAX_SEQ_LEN, FLUX_MAX_SHIFT, ShiftLine,
+                      fit_shift_line, sequence_length)
 from .errors import VRCurveError
 
 FLOW_TARGETS = ("diffusers", "kohya", "simpletuner", "onetrainer")
@@ -269,6 +272,15 @@ def export_json(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], m: fl
             targets["sit"] = to_sit(m_p, s, _sit_path_type(meta, "artifact")).values
         except VRCurveError:
             pass
+    dynamic = None
+    if name == "linear" and len(meta.get("buckets") or []) > 1:
+        try:
+            line = bucket_shift_line(meta)
+            dynamic = {"patch_size": 2, "intercept": line.intercept, "slope": line.slope,
+                       "lengths": list(line.lengths), "mus": list(line.mus), "residual": line.residual,
+                       "scheduler_config": {k: v for k, v in to_dynamic_shift(line).values.items() if k != "logit_std"}}
+        except VRCurveError:  # buckets without (C, H, W) shapes, or of one sequence length
+            pass
     T = int(np.asarray(arrays["pdf"]).shape[0])
     return {
         "time_convention": "t0_noise",
@@ -278,6 +290,7 @@ def export_json(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], m: fl
         "artifact_shift": shift,
         "logitnormal": {"m": float(m), "s": float(s), "m_path": m_p},
         "targets": targets,
+        **({"dynamic_shift": dynamic} if dynamic else {}),
         "bins": T,
         "pdf": [float(v) for v in np.asarray(arrays["pdf"], dtype=np.float64)],
         "cdf": [float(v) for v in np.asarray(arrays["cdf"], dtype=np.float64)],
@@ -321,3 +334,78 @@ def describe_fit(meta: Mapping[str, Any], m: float, s: float) -> str:
     where = f", shift {num(shift)}: m_p = m - ln(shift) = {num(m_p)}" if shift != 1.0 else ""
     return (f"logit-normal fit of the artifact (scheduler {scheduler_text(meta.get('scheduler'))}): "
             f"m = {num(m)}, s = {num(s)} in vrcurve time (t = 0 noise){where}")
+
+
+# --- resolution-dependent shift (artifacts of several resolution buckets) ---------------------------------
+
+
+def bucket_shift_line(meta: Mapping[str, Any], patch_size: int = 2, where: str = "the artifact") -> ShiftLine:
+    """The data's dynamic-shift line mu(L) = a + b L from the per-bucket fits of a linear artifact.
+
+    Each bucket's location in the unshifted path time, m_p = m - ln(s_a) (eq. (1)), asks for the Flux shift
+    mu = -m_p at its latent sequence length L = (H / p)(W / p) (``vrcurve.buckets``); the line is their
+    least-squares fit.
+
+    Raises:
+        VRCurveError: no buckets, a non-linear scheduler, or fewer than two sequence lengths.
+    """
+    _require_linear(meta, "Flux-style dynamic shifting", where)
+    buckets = meta.get("buckets") or []
+    if len(buckets) < 2:
+        raise VRCurveError(f"{where} was estimated on samples of one shape, so it says nothing about how the shift "
+                           "depends on resolution; estimate on data of several resolutions (resolution buckets).")
+    shift = artifact_shift(meta)
+    lengths = [sequence_length(b["shape"], patch_size) for b in buckets]
+    return fit_shift_line(lengths, [path_location(float(b["logitnormal_m"]), shift) for b in buckets])
+
+
+def to_dynamic_shift(line: ShiftLine, base_len: Optional[int] = None, max_len: Optional[int] = None,
+                     s: float = 1.0) -> Export:
+    """The line as a diffusers ``FlowMatchEulerDiscreteScheduler`` config (``scheduler_config.json``).
+
+    Definition (diffusers' ``calculate_shift`` and ``time_shift_type="exponential"``): mu = base_shift +
+    (max_shift - base_shift) (L - base_image_seq_len) / (max_image_seq_len - base_image_seq_len), then
+    sigma' = e^mu sigma / (e^mu sigma + 1 - sigma): logit(sigma') = logit(sigma) + mu, t = 1 is noise. So
+    base_shift and max_shift are the data line's mu at the two lengths, whatever lengths are chosen: the line
+    is the same. By default the lengths are the shortest and the longest bucket's, so that the two numbers are
+    measured, not extrapolated. The sampler the shift applies to must draw sigma = sigmoid(s z) (location 0,
+    scale s).
+    """
+    base_len = min(line.lengths) if base_len is None else int(base_len)
+    max_len = max(line.lengths) if max_len is None else int(max_len)
+    if not (0 < base_len < max_len):
+        raise VRCurveError(f"--base-seq-len must be positive and below --max-seq-len, got {base_len} and {max_len}.")
+    base_shift, max_shift = line.endpoints(base_len, max_len)
+    values = {"use_dynamic_shifting": True, "time_shift_type": "exponential", "base_shift": base_shift,
+              "max_shift": max_shift, "base_image_seq_len": int(base_len), "max_image_seq_len": int(max_len)}
+    lines = tuple(f'"{k}": {_json_value(v)},' for k, v in values.items())
+    return Export(
+        target="dynamic-shift",
+        convention="t = 1 is noise (sigma): the shift mu moves logit(sigma) by +mu, i.e. vrcurve's location by -mu",
+        definition=f"mu(L) = base_shift + (max_shift - base_shift)*(L - base_image_seq_len)/(max_image_seq_len - "
+        f"base_image_seq_len), sigma' = exp(mu)*sigma/(exp(mu)*sigma + 1 - sigma), sigma = sigmoid({num(s)}*z)",
+        lines=lines, values={**values, "logit_std": float(s)},
+    )
+
+
+def _json_value(v: Any) -> str:
+    """A config value as JSON, floats as ``num`` writes them."""
+    return num(v) if isinstance(v, float) else json.dumps(v)
+
+
+def shift_line_comments(line: ShiftLine, patch_size: int, shapes) -> Tuple[str, ...]:
+    """What the data's line is against kohya's ``flux_shift`` (and diffusers' default config): fixed constants
+    mu = 0.5 at 256 tokens and 1.15 at 4096, at each bucket's length."""
+    kohya = fit_shift_line([FLUX_BASE_SEQ_LEN, FLUX_MAX_SEQ_LEN], [-FLUX_BASE_SHIFT, -FLUX_MAX_SHIFT])
+    out = [f"data line: mu(L) = {num(line.intercept)} + {line.slope:.6g} * L over the buckets' latent tokens L "
+           f"(patch {patch_size}), rms residual {num(line.residual)}; kohya's --timestep_sampling flux_shift (and "
+           f"diffusers' default Flux config) fix mu(L) = {num(kohya.intercept)} + {kohya.slope:.6g} * L"]
+    for shape, L, mu in zip(shapes, line.lengths, line.mus):
+        fixed = float(kohya.mu(L))
+        out.append(f"bucket {'x'.join(map(str, shape))}: L = {L}, data mu = {num(mu)} (fit {num(float(line.mu(L)))}), "
+                   f"flux_shift mu = {num(fixed)}, difference {num(mu - fixed)} (shift exp(mu): {num(math.exp(mu))} "
+                   f"vs {num(math.exp(fixed))})")
+    out.append("kohya has no flag for flux_shift's constants: give the data's line to a trainer that reads the "
+               "scheduler config (vrcurve export --to dynamic-shift), or use --timestep_sampling shift "
+               "--discrete_flow_shift exp(mu) of the resolution you train most")
+    return tuple(out)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from .artifact import write_artifact
-from .convergence import ConvergenceReport, bootstrap_m
+from .artifact import bucket_tensors, write_artifact
+from .convergence import ConvergenceReport, bootstrap_m, bootstrap_m_pooled, check_convergence_pooled, pooled_variance
 from .convergence import check_convergence as convergence_check
 from .distributed import Ranks
 from .density import Density, density_from_curve
@@ -21,7 +22,8 @@ from .errors import VRCurveError
 from .estimator import Curve, estimate
 from .fit import LogitNormalFit, fit_logitnormal
 from .readers import open_source
-from .samples import MOMENTS, LatentTransform, load_samples
+from .buckets import MIN_BUCKET, allocate, shape_text, small_buckets
+from .samples import MOMENTS, LatentTransform, Samples, load_buckets, load_samples
 from .schedulers import Scheduler
 
 
@@ -33,6 +35,7 @@ class EstimateResult:
     fit: LogitNormalFit
     metadata: Dict[str, Any]
     convergence: Optional[ConvergenceReport] = None
+    buckets: Tuple["BucketResult", ...] = ()
 
     @property
     def peak_t(self) -> float:
@@ -47,7 +50,7 @@ class EstimateResult:
             "form": m["form"], "logitnormal_m": m["logitnormal_m"], "logitnormal_m_grid": m["logitnormal_m_grid"],
             "logitnormal_s": m["logitnormal_s"], "ks": m["ks"], "peak_t": self.peak_t, "elapsed_s": m["elapsed_s"],
             "device": m["device"], "precision": m.get("precision"), "kernel": m.get("kernel"),
-            **{k: m[k] for k in ("logitnormal_m_ci90", "convergence") if k in m},
+            **{k: m[k] for k in ("logitnormal_m_ci90", "convergence", "buckets", "buckets_dropped") if k in m},
         }
 
 
@@ -90,18 +93,24 @@ def _describe(devices: List[torch.device], ranks: Optional[Ranks]) -> str:
     return text if ranks is None else f"{text} x {ranks.world_size} ranks"
 
 
-def _data_metadata(source, chosen, vae_sample: Optional[str], default_scaling: bool, default_shift: bool) -> Dict[str, Any]:
-    """The artifact's ``data``: the source, the choice, and with a VAE how its latents were made."""
+def _data_metadata(source, chosen: List[Samples], vae: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The artifact's ``data``: the source, the samples chosen (of every bucket), and with a VAE how its
+    latents were made (``vae``: the sample mode and where each factor came from, merged into the source's)."""
     data = {
-        **source.describe(), "samples_chosen": int(len(chosen.indices)), "fingerprint": chosen.fingerprint,
-        "moments": chosen.moments, "skipped": len(chosen.skipped), "skipped_files": list(chosen.skipped_names),
+        **source.describe(), "samples_chosen": int(sum(len(ch.indices) for ch in chosen)),
+        "fingerprint": chosen[0].fingerprint if len(chosen) == 1 else _pooled_fingerprint(chosen),
+        "moments": chosen[0].moments, "skipped": int(sum(len(ch.skipped) for ch in chosen)),
+        "skipped_files": [n for ch in chosen for n in ch.skipped_names][:5],
     }
-    if vae_sample is not None:
+    if vae is not None:
         # The factors applied are normalization.scaling_factor / shift_factor; this says where they came from.
-        data["vae"] = {**data["vae"], "sample": vae_sample,
-                       "scaling_factor_from": "config" if default_scaling else "--scaling-factor",
-                       "shift_factor_from": "config" if default_shift else "--shift-factor"}
+        data["vae"] = {**data["vae"], **vae}
     return data
+
+
+def _pooled_fingerprint(chosen: List[Samples]) -> str:
+    """One fingerprint of the samples of every bucket, in bucket order."""
+    return hashlib.sha256("".join(ch.fingerprint for ch in chosen).encode()).hexdigest()[:16]
 
 
 @contextmanager
@@ -148,6 +157,8 @@ def run_estimate(
     bootstrap: int = 200,
     check_convergence: bool = False,
     ranks: Optional[Ranks] = None,
+    min_bucket: int = MIN_BUCKET,
+    drop_small_buckets: bool = False,
 ) -> EstimateResult:
     """Run the whole estimate and write the artifact to ``out`` (atomically; nothing on failure).
 
@@ -161,6 +172,11 @@ def run_estimate(
     curve on nested subsets M/4 and M/2 of the samples with the same noise (``vrcurve.convergence``).
     ``device`` is what ``resolve_devices`` reads. With ``ranks`` (a torchrun process, ``vrcurve.distributed``)
     every rank reads the same sample and estimates its share of the sources; only rank 0 writes.
+
+    Data of several sample shapes (``Source.groups``) is estimated per resolution bucket (``_run_buckets``):
+    M is split over the buckets (``vrcurve.buckets.allocate``, at least ``min_bucket`` each; a smaller bucket
+    is refused, or left out with ``drop_small_buckets``), and the artifact's main density is their mixture.
+    Data of one shape gives the same artifact as it always did.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -172,6 +188,9 @@ def run_estimate(
             raise VRCurveError(f"--bootstrap must be 0 (off) or a positive number of replicates, got {bootstrap}.")
         if timesteps < 2 or table_size < 2:
             raise VRCurveError(f"--timesteps and the table size must be at least 2, got {timesteps} and {table_size}.")
+        if min_bucket < 2:
+            raise VRCurveError(f"--min-bucket must be at least 2 (the estimate of a bucket needs 2 samples), "
+                               f"got {min_bucket}.")
         devices = resolve_devices(device)
         if vae is not None and moments is not None:
             raise VRCurveError("--moments reads VAE moments stored in the data, but --vae computes them from images; "
@@ -193,10 +212,24 @@ def run_estimate(
                 scaling_factor=source.located.scaling_factor if scaling_factor is None else scaling_factor,
                 shift_factor=source.located.shift_factor if shift_factor is None else shift_factor,
             )
-        chosen = load_samples(source, samples, seed, normalization, transform)
-        x = torch.from_numpy(chosen.x)
+        groups = source.groups()
+        if len(groups) > 1:
+            plan = _plan_buckets(source, groups, samples, min_bucket, drop_small_buckets)
+            chosen_b, pooled_stats = load_buckets(source, plan.groups, plan.allocation, seed, normalization, transform)
+        else:
+            chosen = load_samples(source, samples, seed, normalization, transform)
+            x = torch.from_numpy(chosen.x)
+    vae_info = None if vae is None else {
+        "sample": vae_sample, "scaling_factor_from": "config" if scaling_factor is None else "--scaling-factor",
+        "shift_factor_from": "config" if shift_factor is None else "--shift-factor"}
     settings = dict(scheduler=scheduler, noise=noise, timesteps=timesteps, seed=seed, likelihood=likelihood, form=form,
                     chunk_size=chunk_size, device=devices, precision=precision, ranks=ranks)
+    if len(groups) > 1:
+        return _run_buckets(
+            source, plan, chosen_b, pooled_stats, out, settings, vae_info, started=started, writer=writer, progress=progress,
+            table_size=table_size, fit_scale=fit_scale, bootstrap=bootstrap, check_convergence=check_convergence,
+            devices=devices, ranks=ranks,
+        )
     curve = estimate(x, source_ids=chosen.indices, progress=progress, **settings)
     density = density_from_curve(curve.variance, table_size)
     fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)
@@ -221,8 +254,7 @@ def run_estimate(
         "shape": list(chosen.x.shape[1:]),
         "seed": seed,
         "normalization": chosen.normalization,
-        "data": _data_metadata(source, chosen, vae_sample if vae is not None else None,
-                               scaling_factor is None, shift_factor is None),
+        "data": _data_metadata(source, [chosen], vae_info),
         "logitnormal_m": fit.m,
         "logitnormal_m_grid": fit.m_grid,
         "logitnormal_s": fit.s,
@@ -247,3 +279,165 @@ def run_estimate(
     if writer:
         write_artifact(out, tensors, metadata)
     return EstimateResult(path=out, curve=curve, density=density, fit=fit, metadata=metadata, convergence=convergence)
+
+
+@dataclass(frozen=True)
+class BucketPlan:
+    """The resolution buckets to estimate, in ``groups`` order (largest first), and the samples of each.
+
+    Attributes:
+        groups: {shape: indices} of the buckets kept.
+        allocation: (B,) M_b per bucket, or None each for --samples all.
+        dropped: {shape: count} of the buckets left out (``drop_small_buckets``).
+        min_bucket: the minimum per bucket that was applied.
+    """
+
+    groups: Dict[Tuple[int, ...], np.ndarray]
+    allocation: List[Optional[int]]
+    dropped: Dict[Tuple[int, ...], int]
+    min_bucket: int
+
+
+@dataclass(frozen=True)
+class BucketResult:
+    """One resolution bucket's estimate: its shape, count and share of the data, and its own curve and fit."""
+
+    shape: Tuple[int, ...]
+    count: int
+    share: float
+    curve: Curve
+    density: Density
+    fit: LogitNormalFit
+    metadata: Dict[str, Any]
+
+
+def _plan_buckets(source, groups, samples: Optional[int], min_bucket: int, drop_small: bool) -> BucketPlan:
+    """Check the buckets against ``min_bucket`` and split M over them (docs/data.md, "Resolution buckets")."""
+    shapes = list(groups)
+    counts = [len(idx) for idx in groups.values()]
+    small = small_buckets(counts, min_bucket)
+    if small and not drop_small:
+        b = small[0]
+        more = f" (and {len(small) - 1} more bucket{'s' if len(small) > 2 else ''} that small)" if len(small) > 1 else ""
+        raise VRCurveError(
+            f"the resolution bucket {shape_text(shapes[b])} of {source.name} holds {counts[b]} samples{more}, fewer than "
+            f"the minimum of {min_bucket} per bucket; pass --drop-small-buckets to leave such buckets out, "
+            f"--min-bucket {max(2, counts[b])} to estimate it from that few, or remove those files"
+            + (" (or --resolution R to bring every image to one size)." if source.format == "images" else ".")
+        )
+    dropped = {shapes[b]: counts[b] for b in small}
+    kept = {s: idx for s, idx in groups.items() if s not in dropped}
+    if not kept:
+        raise VRCurveError(f"every resolution bucket of {source.name} holds fewer than --min-bucket {min_bucket} samples "
+                           f"(the largest: {max(counts)}); lower --min-bucket.")
+    allocation = allocate([len(i) for i in kept.values()], samples, min_bucket)
+    return BucketPlan(groups=kept, allocation=[None] * len(kept) if samples is None else allocation, dropped=dropped,
+                      min_bucket=min_bucket)
+
+
+def _bucket_progress(progress, b: int, B: int):
+    """The progress of bucket b of B, as a share of the whole bar (each bucket counts as T timesteps)."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(b * total + done, B * total)
+
+
+def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: Dict[str, Any], out: Path,
+                 settings: Dict[str, Any], vae_info: Optional[Dict[str, Any]], *, started: float, writer: bool, progress, table_size: int,
+                 fit_scale: bool, bootstrap: int, check_convergence: bool, devices, ranks) -> EstimateResult:
+    """Estimate each bucket with the same estimator and settings, pool their densities, fit and write."""
+    seed = settings["seed"]
+    counts = np.array([len(idx) for idx in plan.groups.values()], dtype=np.float64)
+    shares = counts / counts.sum()
+    B = len(chosen)
+    results: List[BucketResult] = []
+    for b, ch in enumerate(chosen):
+        shape = tuple(ch.x.shape[1:])  # the latents' shape (after --moments or --vae), as the trainer sees it
+        curve = estimate(torch.from_numpy(ch.x), source_ids=ch.indices, progress=_bucket_progress(progress, b, B),
+                         **settings)
+        density = density_from_curve(curve.variance, table_size)
+        fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)
+        interval = bootstrap_m(curve, fit.m_continuous, replicates=bootstrap, seed=seed) if bootstrap and writer else None
+        meta = {
+            "shape": list(shape), "dim": curve.dim, "samples_total": int(counts[b]), "share": float(shares[b]),
+            "samples": curve.samples, "fingerprint": ch.fingerprint, "skipped": len(ch.skipped),
+            "logitnormal_m": fit.m, "logitnormal_m_grid": fit.m_grid, "logitnormal_s": fit.s, "ks": fit.ks,
+            "peak_t": float(curve.t[int(np.argmax(density.pdf))]),
+            **({} if interval is None else {"logitnormal_m_ci90": [interval.low, interval.high]}),
+        }
+        results.append(BucketResult(shape=tuple(shape), count=int(counts[b]), share=float(shares[b]), curve=curve,
+                                    density=density, fit=fit, metadata=meta))
+    curves = [r.curve for r in results]
+    first = curves[0]
+    pooled_V = pooled_variance([c.variance for c in curves], shares)
+    density = density_from_curve(pooled_V, table_size)
+    fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)
+    # The pooled curve is a mixture of the buckets' curves, each divided by its mean Z_b: standard errors of
+    # independent buckets add in quadrature with those weights.
+    Z = [np.maximum(c.variance, 0).mean() for c in curves]
+    S = sum(w * c.S for w, c in zip(shares, curves))
+    S_se = np.sqrt(sum((w * c.S_stderr) ** 2 for w, c in zip(shares, curves)))
+    V_se = np.sqrt(sum((w / z * c.variance_stderr) ** 2 for w, z, c in zip(shares, Z, curves)))
+    interval = (bootstrap_m_pooled(curves, shares, fit.m_continuous, replicates=bootstrap, seed=seed)
+                if bootstrap and writer else None)
+    convergence = None
+    if check_convergence:
+        def estimate_subsets(positions):
+            sub = [estimate(torch.from_numpy(ch.x[pos]), source_ids=ch.indices[pos], **settings).variance
+                   for ch, pos in zip(chosen, positions)]
+            return pooled_variance(sub, shares)
+
+        convergence = check_convergence_pooled([c.samples for c in curves], density.cdf, fit.m_continuous,
+                                               estimate_subsets, seed)
+    elapsed = time.perf_counter() - started
+    skipped_names = [n for ch in chosen for n in ch.skipped_names][:5]
+    metadata = {
+        "time_convention": "t0_noise",
+        "scheduler": settings["scheduler"].describe(),
+        "likelihood": first.likelihood,
+        "form": first.form,
+        "samples": int(sum(c.samples for c in curves)),
+        "noise": settings["noise"],
+        "timesteps": settings["timesteps"],
+        "dim": first.dim,
+        "shape": list(results[0].shape),
+        "seed": seed,
+        "normalization": pooled_stats,
+        # the first file's shape would say nothing here: the largest bucket's, and every bucket's, as stored
+        "data": {**_data_metadata(source, chosen, vae_info), "shape": list(next(iter(plan.groups))),
+                 "shapes": [list(s) for s in plan.groups]},
+        "logitnormal_m": fit.m,
+        "logitnormal_m_grid": fit.m_grid,
+        "logitnormal_s": fit.s,
+        "ks": fit.ks,
+        **({} if interval is None else {
+            "logitnormal_m_ci90": [interval.low, interval.high],
+            "bootstrap": {"replicates": interval.replicates, "level": interval.level, "m_std": interval.std,
+                          "over": "sources within each bucket", "s": 1.0},
+        }),
+        **({} if convergence is None else {"convergence": convergence.as_metadata()}),
+        "buckets": [r.metadata for r in results],
+        "min_bucket": plan.min_bucket,
+        **({"buckets_dropped": [{"shape": list(s), "samples_total": int(n)} for s, n in plan.dropped.items()]}
+           if plan.dropped else {}),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "elapsed_s": round(elapsed, 3),
+        "device": _describe(devices, ranks),
+        "precision": first.precision,
+        "kernel": first.kernel,
+    }
+    tensors = {
+        "t": first.t, "S": S, "h2": first.h2, "variance": pooled_V, "pdf": density.pdf, "cdf": density.cdf,
+        "icdf": density.icdf, "ks_m": fit.grid, "ks": fit.ks_grid, "S_stderr": S_se, "variance_stderr": V_se,
+    }
+    for b, r in enumerate(results):
+        tensors.update(bucket_tensors(b, r.curve, r.density))
+    pooled_curve = Curve(
+        t=first.t, S=S, trcov=sum(w * c.trcov for w, c in zip(shares, curves)), h2=first.h2, variance=pooled_V,
+        S_stderr=S_se, variance_stderr=V_se, samples=metadata["samples"], noise=first.noise, dim=first.dim,
+        likelihood=first.likelihood, form=first.form, precision=first.precision, kernel=first.kernel,
+    )
+    if writer:
+        write_artifact(out, tensors, metadata)
+    return EstimateResult(path=out, curve=pooled_curve, density=density, fit=fit, metadata=metadata,
+                          convergence=convergence, buckets=tuple(results))

@@ -13,8 +13,12 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from .artifact import atomic_path
+from .artifact import atomic_path, bucket_tensor_name
 from .errors import VRCurveError
+
+
+# Resolution buckets drawn in the pdf panel, the largest first; more would hide the pooled density.
+MAX_DRAWN_BUCKETS = 6
 
 
 def _matplotlib():
@@ -67,7 +71,8 @@ def plot_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], out
         width, height: the image size in pixels (for raster formats); dpi: pixels per inch.
         title: a title above the panels (e.g. the artifact's name).
 
-    Shaded bands are +-2 standard errors over sources, where the artifact has them.
+    Shaded bands are +-2 standard errors over sources, where the artifact has them. An artifact of several
+    resolution buckets also shows each bucket's density (the largest ``MAX_DRAWN_BUCKETS``) beside the pooled one.
     """
     Figure = _matplotlib()
     out = Path(out)
@@ -111,10 +116,17 @@ def plot_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], out
             ax_v.fill_between(t[ok], lo[ok], hi[ok], color="C1", alpha=0.25, lw=0, label="±2 s.e.")
         else:
             ax_v.fill_between(t, lo, hi, color="C1", alpha=0.25, lw=0, label="±2 s.e.")
-    ax_v.set_ylabel("variance V(t)" + (" (log)" if log_variance else ""))
+    # the pooled curve of buckets is the share-weighted sum of each bucket's V divided by its mean
+    ax_v.set_ylabel(("V(t) / mean, pooled" if meta.get("buckets") else "variance V(t)") + (" (log)" if log_variance else ""))
     ax_v.legend(loc="best", fontsize="small")
 
-    ax_p.stairs(pdf, edges, color="C2", lw=1.2, label="pdf(t)")
+    buckets = meta.get("buckets") or []
+    ax_p.stairs(pdf, edges, color="C2", lw=1.2, label="pdf(t), pooled" if buckets else "pdf(t)")
+    for b, info in enumerate(buckets[:MAX_DRAWN_BUCKETS]):
+        # each bucket's own density, what sample(shape=...) draws from; the pooled one is their mixture
+        shape = "x".join(str(v) for v in info["shape"])
+        ax_p.stairs(np.asarray(arrays[bucket_tensor_name(b, "pdf")], dtype=np.float64), edges, color=f"C{3 + b}",
+                    lw=0.8, alpha=0.8, label=f"bucket {shape} ({info['share']:.0%}), m = {info['logitnormal_m']:+.3f}")
     if V_se is not None:
         # pdf is proportional to V, so the relative standard error of V is that of pdf.
         Vp = np.maximum(V, 0)

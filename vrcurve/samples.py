@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import VRCurveError
 from .readers import Source
+from .readers.base import Subset
 
 NORMALIZATIONS = ("global", "channel", "none")
 MOMENTS = ("mean", "sample")
@@ -75,7 +76,8 @@ class Samples:
 
     Attributes:
         x: float32 (M, *shape), after moments, rescaling and normalisation.
-        indices: int64 (M,), sorted: the samples' indices in the source.
+        indices: int64 (M,), sorted: the samples' indices in the source (for one bucket, a ``Subset``, their
+            indices in the whole source).
         fingerprint: ``fingerprint(indices, rows as stored)``.
         normalization: the mode, its statistics, and the rescaling applied before it.
         moments: None, or {"mode": "mean"|"sample", "kind": "std"|"logvar"|None}.
@@ -270,6 +272,11 @@ def load_samples(source: Source, samples: Optional[int], seed: int, normalizatio
     if bad.any():
         raise VRCurveError(f"{source.sample_name(int(idx[np.flatnonzero(bad)[0]]))} contains NaN or Inf; clean the "
                            "data or choose other samples with --seed.")
+    names = tuple(source.sample_name(i) for i in skipped[:_NAMED_SKIPS])
+    if isinstance(source, Subset):
+        # One bucket of a larger source: the moments' noise, the fingerprint and the estimator's noise are
+        # keyed by the index in the whole data, as for any other sample of it.
+        idx, skipped = source.indices[idx], [int(source.indices[i]) for i in skipped]
     fp = fingerprint(idx, x)
     moments = None
     if transform.moments is not None:
@@ -283,4 +290,73 @@ def load_samples(source: Source, samples: Optional[int], seed: int, normalizatio
     x, stats = normalize(x, normalization, source.name)
     stats = {**stats, "scaling_factor": transform.scaling_factor, "shift_factor": transform.shift_factor}
     return Samples(x=x, indices=idx, fingerprint=fp, normalization=stats, moments=moments, skipped=tuple(skipped),
-                   skipped_names=tuple(source.sample_name(i) for i in skipped[:_NAMED_SKIPS]))
+                   skipped_names=names)
+
+
+def load_buckets(source: Source, groups: Dict[Tuple[int, ...], np.ndarray], allocation: List[Optional[int]],
+                 seed: int, normalization: str = "global",
+                 transform: Optional[LatentTransform] = None) -> Tuple[List[Samples], Dict[str, Any]]:
+    """Choose, read, check and transform each bucket's samples, and normalise them with pooled statistics.
+
+    Each bucket is a ``Subset`` of ``source``; its M_b samples are chosen with ``seed`` among its own
+    samples (``load_samples``), so a bucket's draw does not depend on the other buckets.
+
+    Statistics are pooled, not per bucket: a trainer rescales latents of every resolution with the same
+    factors, so a bucket whose values spread less (an upsampled image holds less detail) is fed to the model
+    at that smaller scale, and its curve should show it. The pooled statistics are those of the mixture of
+    the buckets, each weighted by its share of the data n_b / N (as the pooled density is): mean =
+    sum_b w_b mean_b and var = sum_b w_b (var_b + (mean_b - mean)^2), per channel for ``channel``.
+
+    Args:
+        source: the whole source.
+        groups: {shape: sorted indices} of the buckets to estimate (``Source.groups``, small ones left out).
+        allocation: (B,) samples per bucket, in the order of ``groups`` (``vrcurve.buckets.allocate``), or
+            None for every sample of the bucket (--samples all).
+        seed, normalization, transform: as for ``load_samples``.
+
+    Returns:
+        (one Samples per bucket, normalised; the pooled normalisation statistics recorded in the artifact).
+    """
+    if normalization not in NORMALIZATIONS:
+        raise VRCurveError(f"unknown normalisation {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}.")
+    shapes = list(groups)
+    first = shapes[0]
+    # buckets differ in their spatial (or temporal) size only; axis 0 is the channel axis
+    other = [s for s in shapes[1:] if len(s) != len(first) or (len(first) >= 2 and s[0] != first[0])]
+    if other:
+        raise VRCurveError(f"{source.name} mixes samples of shape {'x'.join(map(str, first))} and "
+                           f"{'x'.join(map(str, other[0]))}, whose channel counts (or number of axes) differ; one model "
+                           "cannot train on both: read the latents of one model at a time.")
+    loaded = [load_samples(source.subset(idx), m, seed, "none", transform)
+              for idx, m in zip(groups.values(), allocation)]
+    counts = np.array([len(idx) for idx in groups.values()], dtype=np.float64)
+    w = counts / counts.sum()
+    rescale = {"scaling_factor": (transform or LatentTransform()).scaling_factor,
+               "shift_factor": (transform or LatentTransform()).shift_factor}
+    if normalization == "none":
+        return loaded, {"mode": "none", "pooled": True, **rescale}
+    if normalization == "channel" and len(shapes[0]) < 2:
+        raise VRCurveError(f"{source.name}: --normalize channel needs samples with a channel axis (shape C x ...), "
+                           f"got sample shape {shapes[0]}; use --normalize global.")
+    # per bucket: mean and second central moment over its samples (and spatial axes), per channel or global
+    axes = (lambda x: (0,) + tuple(range(2, x.ndim))) if normalization == "channel" else (lambda x: None)
+    means = [s.x.astype(np.float64).mean(axis=axes(s.x)) for s in loaded]
+    mean = sum(wb * mb for wb, mb in zip(w, means))
+    var = sum(wb * (s.x.astype(np.float64).var(axis=axes(s.x)) + (mb - mean) ** 2)
+              for wb, s, mb in zip(w, loaded, means))
+    std = np.sqrt(var)
+    if not np.all(std > 0):
+        raise VRCurveError(f"{source.name}: the chosen samples of all buckets hold one value (variance 0), so "
+                           f"--normalize {normalization} cannot scale them; check the data, or pass --normalize none.")
+    out = []
+    for s in loaded:
+        shape = (1, -1) + (1,) * (s.x.ndim - 2) if normalization == "channel" else ()
+        m_, sd = (np.reshape(mean, shape), np.reshape(std, shape)) if shape else (mean, std)
+        out.append(Samples(x=((s.x.astype(np.float64) - m_) / sd).astype(np.float32), indices=s.indices,
+                           fingerprint=s.fingerprint, normalization=s.normalization, moments=s.moments,
+                           skipped=s.skipped, skipped_names=s.skipped_names))
+    if normalization == "global":
+        stats = {"mode": "global", "mean": float(mean), "std": float(std)}
+    else:
+        stats = {"mode": "channel", "mean": np.ravel(mean).tolist(), "std": np.ravel(std).tolist()}
+    return out, {**stats, "pooled": True, **rescale}
