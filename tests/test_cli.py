@@ -178,7 +178,7 @@ def test_density_picture_of_a_short_curve():
 
 def test_schedulers_lists_all():
     res = run("schedulers", "--json")
-    assert set(json.loads(res.stdout)) == {"linear", "cosine", "diffusion", "custom"}
+    assert set(json.loads(res.stdout)) == {"linear", "cosine", "diffusion", "scaled_linear", "ddpm_linear", "custom"}
 
 
 def test_version():
