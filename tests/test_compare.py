@@ -25,7 +25,7 @@ def write_logitnormal(path, m, T=1000, scheduler=None):
     edges = np.arange(T + 1) / T
     inner = edges[1:-1]
     cdf = np.concatenate([[0.0], ndtr(np.log(inner) - np.log1p(-inner) - m), [1.0]])
-    d = density_from_curve(np.diff(cdf))
+    d = density_from_curve(np.diff(cdf), uniform_mix=0.0)
     tensors = {"t": (np.arange(T) + 0.5) / T, "S": np.zeros(T), "h2": np.ones(T), "variance": d.pdf, "pdf": d.pdf,
                "cdf": d.cdf, "icdf": d.icdf, "ks_m": np.zeros(25), "ks": np.zeros(25), "S_stderr": np.zeros(T),
                "variance_stderr": np.zeros(T)}

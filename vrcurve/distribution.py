@@ -101,7 +101,12 @@ class VRDistribution:
         return cdf[k] + (pos - k) * (cdf[k + 1] - cdf[k])
 
     def weights(self, t) -> torch.Tensor:
-        """Importance weights 1 / pdf(t): multiply per-example losses by them for the uniform-t objective."""
+        """Importance weights 1 / pdf(t): multiply per-example losses by them for the uniform-t objective.
+
+        E_{t ~ pi}[weights(t)] = 1. With the artifact's density floor lambda (``meta["uniform_mix"]``, 0.02 by
+        default) pdf >= lambda everywhere, so the weights are at most 1 / lambda; an artifact written with
+        ``--uniform-mix 0`` may have empty bins, where the weight is infinite (such t are never drawn).
+        """
         return 1.0 / self.pdf(t)
 
     def sample_indices(self, n: int, num_train_timesteps: int = 1000, *,

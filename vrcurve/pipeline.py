@@ -16,7 +16,7 @@ from .artifact import write_artifact
 from .convergence import ConvergenceReport, bootstrap_m
 from .convergence import check_convergence as convergence_check
 from .distributed import Ranks
-from .density import Density, density_from_curve
+from .density import DEFAULT_UNIFORM_MIX, Density, check_uniform_mix, density_from_curve
 from .errors import VRCurveError
 from .estimator import Curve, estimate
 from .fit import LogitNormalFit, fit_logitnormal
@@ -44,7 +44,7 @@ class EstimateResult:
         return {
             "artifact": str(self.path), "samples": m["samples"], "noise": m["noise"], "timesteps": m["timesteps"],
             "dim": m["dim"], "shape": m["shape"], "scheduler": m["scheduler"], "likelihood": m["likelihood"],
-            "form": m["form"], "logitnormal_m": m["logitnormal_m"], "logitnormal_m_grid": m["logitnormal_m_grid"],
+            "form": m["form"], "uniform_mix": m["uniform_mix"], "logitnormal_m": m["logitnormal_m"], "logitnormal_m_grid": m["logitnormal_m_grid"],
             "logitnormal_s": m["logitnormal_s"], "ks": m["ks"], "peak_t": self.peak_t, "elapsed_s": m["elapsed_s"],
             "device": m["device"], "precision": m.get("precision"), "kernel": m.get("kernel"),
             **{k: m[k] for k in ("logitnormal_m_ci90", "convergence") if k in m},
@@ -129,6 +129,7 @@ def run_estimate(
     bootstrap: int = 200,
     check_convergence: bool = False,
     ranks: Optional[Ranks] = None,
+    uniform_mix: float = DEFAULT_UNIFORM_MIX,
 ) -> EstimateResult:
     """Run the whole estimate and write the artifact to ``out`` (atomically; nothing on failure).
 
@@ -138,6 +139,7 @@ def run_estimate(
     curve on nested subsets M/4 and M/2 of the samples with the same noise (``vrcurve.convergence``).
     ``device`` is what ``resolve_devices`` reads. With ``ranks`` (a torchrun process, ``vrcurve.distributed``)
     every rank reads the same sample and estimates its share of the sources; only rank 0 writes.
+    ``uniform_mix`` is the density floor (``density_from_curve``), recorded in the metadata.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -145,6 +147,7 @@ def run_estimate(
     with _step(ranks):  # every rank reads the data: a path missing on one node fails the whole run
         if writer and out.exists() and not overwrite:
             raise VRCurveError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+        check_uniform_mix(uniform_mix)
         if bootstrap < 0:
             raise VRCurveError(f"--bootstrap must be 0 (off) or a positive number of replicates, got {bootstrap}.")
         if timesteps < 2 or table_size < 2:
@@ -158,15 +161,16 @@ def run_estimate(
     settings = dict(scheduler=scheduler, noise=noise, timesteps=timesteps, seed=seed, likelihood=likelihood, form=form,
                     chunk_size=chunk_size, device=devices, precision=precision, ranks=ranks)
     curve = estimate(x, source_ids=chosen.indices, progress=progress, **settings)
-    density = density_from_curve(curve.variance, table_size)
+    density = density_from_curve(curve.variance, table_size, uniform_mix=uniform_mix)
     fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)
     # the bootstrap is the same on every rank: only the one that writes computes it
-    interval = bootstrap_m(curve, fit.m_continuous, replicates=bootstrap, seed=seed) if bootstrap and writer else None
+    interval = (bootstrap_m(curve, fit.m_continuous, replicates=bootstrap, seed=seed, uniform_mix=uniform_mix)
+                if bootstrap and writer else None)
     convergence = None
     if check_convergence:
         convergence = convergence_check(
             curve, density.cdf, fit.m_continuous,
-            lambda pos: estimate(x[pos], source_ids=chosen.indices[pos], **settings), seed,
+            lambda pos: estimate(x[pos], source_ids=chosen.indices[pos], **settings), seed, uniform_mix=uniform_mix,
         )
     elapsed = time.perf_counter() - started
     metadata = {
@@ -174,6 +178,7 @@ def run_estimate(
         "scheduler": scheduler.describe(),
         "likelihood": likelihood,
         "form": form,
+        "uniform_mix": float(uniform_mix),
         "samples": curve.samples,
         "noise": noise,
         "timesteps": timesteps,
