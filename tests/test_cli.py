@@ -148,6 +148,9 @@ def test_show(tiny_artifact):
     assert "standard errors" in res.stdout
     meta = json.loads(run("show", tiny_artifact, "--json").stdout)
     assert meta["format"] == "vrcurve" and meta["samples"] == 16
+    norm = meta["normalization"]
+    assert f"global (mean {norm['mean']:.4g}, std {norm['std']:.4g})" in res.stdout
+    assert next(line for line in res.stdout.splitlines() if line.startswith("uniform_mix")).split()[1] == "0.0200"
 
 
 def test_density_picture_puts_the_peak_where_it_is():

@@ -349,9 +349,11 @@ def show(
         print(json.dumps(dist.meta))
         return
     table = Table(show_header=False, box=None, pad_edge=False)
+    from .compare import normalization_text
+
     first = [k for k in _SHOW_ORDER if k in dist.meta]
     for k in first + sorted(set(dist.meta) - set(first) - {"checksum"}):
-        table.add_row(k, _fmt(dist.meta[k]))
+        table.add_row(k, normalization_text(dist.meta[k]) if k == "normalization" else _fmt(dist.meta[k]))
     out.print(table)
     out.print()
     arrays = dist.arrays
@@ -368,7 +370,7 @@ def show(
 
 
 _SHOW_ORDER = (
-    "scheduler", "likelihood", "form", "samples", "noise", "timesteps", "dim", "shape", "seed", "normalization",
+    "scheduler", "likelihood", "form", "uniform_mix", "samples", "noise", "timesteps", "dim", "shape", "seed", "normalization",
     "data", "logitnormal_m", "logitnormal_m_grid", "logitnormal_s", "ks", "time_convention", "device", "precision",
     "kernel", "elapsed_s", "created", "format", "format_version", "vrcurve_version",
 )
@@ -503,7 +505,7 @@ def compare_cmd(
 ):
     """KS distance between the artifacts' densities and the difference of their m, side by side."""
     from .artifact import read_artifact
-    from .compare import compare, differing_schedulers
+    from .compare import compare, differing_normalizations, differing_schedulers, normalization_text
     from .export import scheduler_text
 
     if len(artifacts) < 2:
@@ -517,10 +519,12 @@ def compare_cmd(
                           "fail_above": fail_above, "failed": failed}))
     else:
         table = Table(box=None, title=f"compared with {escape(rows[0].path)} (t = 0 noise)", title_justify="left")
-        for col in ("artifact", "scheduler", "M", "K", "d", "T", "m", "s", "KS", "Δm"):
-            table.add_column(col, justify="left" if col in ("artifact", "scheduler") else "right", no_wrap=True)
+        for col in ("artifact", "scheduler", "normalization", "M", "K", "d", "T", "m", "s", "KS", "Δm"):
+            table.add_column(col, justify="left" if col in ("artifact", "scheduler", "normalization") else "right",
+                             no_wrap=True)
         for r in rows:
-            table.add_row(escape(r.path), escape(scheduler_text(r.scheduler)), str(r.samples), str(r.noise),
+            table.add_row(escape(r.path), escape(scheduler_text(r.scheduler)),
+                          escape(normalization_text(r.normalization, short=True)), str(r.samples), str(r.noise),
                           str(r.dim), str(r.timesteps), f"{r.m:+.4f}", f"{r.s:.4f}", f"{r.ks:.4f}", f"{r.dm:+.4f}")
         # Piped output is not cut to 80 columns: paths are long, and a pipeline reads whole rows.
         (out if out.is_terminal else Console(highlight=False, width=1000)).print(table)
@@ -528,6 +532,11 @@ def compare_cmd(
     if differing:
         err.print(f"note: {', '.join(differing)} used another scheduler than {rows[0].path}, so their times are "
                   "different variables.", markup=False)
+    renormed = differing_normalizations(rows)
+    if renormed:
+        err.print(f"note: {', '.join(renormed)} normalised or rescaled the data differently from {rows[0].path} "
+                  f"({normalization_text(rows[0].normalization, short=True)}), so the curves are of data at different "
+                  "scales (docs/data.md).", markup=False)
     if failed:
         raise VRCurveError(f"{worst.path} differs from {rows[0].path} by KS {worst.ks:.4f} > --fail-above "
                            f"{fail_above:g}; re-estimate or refresh the cached curve.")
