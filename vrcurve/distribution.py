@@ -113,7 +113,9 @@ class VRDistribution:
                        generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
         """Integer timesteps for discrete-time trainers (DDPM/DiT: index 0 is almost clean, N - 1 pure noise).
 
-        The noise level (1 - t in vrcurve time) is drawn from this density and binned into N indices.
+        The noise level (1 - t in vrcurve time) is drawn from this density and binned into N indices: index i
+        covers the noise levels [i / N, (i + 1) / N), the bin whose midpoint t_i = 1 - (i + 0.5) / N is where the
+        ``scaled_linear`` and ``ddpm_linear`` schedulers equal alphas_cumprod[i].
         """
         t = self.sample(n, generator=generator, device=device, dtype=torch.float64)
         noise_level = 1.0 - t if self.convention == T0_NOISE else t

@@ -276,7 +276,7 @@ class DiscreteBetaScheduler(Scheduler):
 
 
 class CustomScheduler(Scheduler):
-    """A user scheduler named ``module:object``.
+    """A user scheduler named ``module:object``. Building one imports that module, which runs its code.
 
     The object (or the class, which is instantiated without arguments) may be:
     - a vrcurve ``Scheduler``;
@@ -318,8 +318,9 @@ def _resolve_custom(spec: str):
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise VRCurveError(
-            f"cannot import module {module_name!r} for the custom scheduler ({exc}); "
-            "check that it is on PYTHONPATH."
+            f"cannot import module {module_name!r} for the custom scheduler ({exc}); check that it is on PYTHONPATH "
+            "(the vrcurve command does not look in the current folder: run python -m vrcurve there, or set "
+            "PYTHONPATH=.)."
         ) from None
     obj = module
     for part in attr.split("."):
