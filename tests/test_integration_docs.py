@@ -129,8 +129,11 @@ def test_custom_scheduler_snippet_and_where_the_module_is_looked_for(tmp_path, t
     assert res.returncode == 1 and "cannot import module 'my_schedules'" in res.stderr and "python -m vrcurve" in res.stderr
     assert not (tmp_path / "b.safetensors").exists()
     assert _run_vrcurve(cmd, tmp_path, [root, "."]).returncode == 0
-    # the path it describes: h_t = a' - a m'/m = 1 / (1 - (1 - sigma_min) t)
+    # the path it describes: h_t = a' - a m'/m = 1 / (1 - (1 - sigma_min) t); imported here under a name of its
+    # own, so that this process's module cache does not hand it to other tests that write a my_schedules.py
+    (tmp_path / "doc_custom_scheduler.py").write_text(snippet("custom-scheduler"))
     monkeypatch.syspath_prepend(str(tmp_path))
-    sched = get_scheduler("my_schedules:FLOOR_1E2")
+    monkeypatch.delitem(sys.modules, "doc_custom_scheduler", raising=False)
+    sched = get_scheduler("doc_custom_scheduler:FLOOR_1E2")
     t = torch.linspace(0.0, 0.99, 50, dtype=torch.float64)
     torch.testing.assert_close(sched.h(t), 1 / (1 - 0.99 * t))
