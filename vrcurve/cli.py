@@ -271,7 +271,7 @@ def estimate(
         if conv is not None:
             out.print(convergence_table(conv))
             out.print(f"m moves by {conv.m_drift_per_doubling:+.3f} per doubling of M; "
-                      + ("settled." if conv.settled else "NOT settled (the warning above says what to do)."),
+                      + ("settled." if conv.settled else "NOT settled (the warning on stderr says what to do)."),
                       markup=False)
 
 
