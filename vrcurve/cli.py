@@ -451,9 +451,9 @@ def export_cmd(
     import math
 
     from .artifact import read_artifact
-    from .export import describe_fit, export_artifact, export_json
+    from .export import SHIFT_TARGETS, describe_fit, export_artifact, export_json
 
-    if shift is not None and to not in (Target.diffusers, Target.kohya_sd3):
+    if shift is not None and to.value not in SHIFT_TARGETS:
         raise typer.BadParameter("applies to --to diffusers and kohya-sd3 only; the other trainers take the shift "
                                  "from the fit.", param_hint="--shift")
     if shift is not None and not (shift > 0 and math.isfinite(shift)):

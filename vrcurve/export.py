@@ -102,6 +102,12 @@ def _check_scale(s: float) -> float:
     return float(s)
 
 
+def _check_shift(shift: float) -> float:
+    if not (shift > 0 and math.isfinite(shift)):
+        raise VRCurveError(f"--shift must be a positive number, got {shift}; use the trainer's shift (1 for none).")
+    return float(shift)
+
+
 def to_diffusers(m_p: float, s: float, shift: float = 1.0) -> Export:
     """diffusers' SD3/Flux DreamBooth/LoRA scripts (``train_dreambooth*_sd3.py``, ``*_flux.py``).
 
@@ -125,10 +131,7 @@ def to_diffusers(m_p: float, s: float, shift: float = 1.0) -> Export:
             config sets ``use_dynamic_shifting``, and an unshifted scheduler: 1.0).
     """
     s = _check_scale(s)
-    if not (shift > 0 and math.isfinite(shift)):
-        raise VRCurveError(f"--shift must be a positive number, got {shift}; use the trainer scheduler's shift "
-                           "(1 for none).")
-    mean = float(m_p) + math.log(shift)
+    mean = float(m_p) + math.log(_check_shift(shift))
     return Export(
         target="diffusers",
         convention="u runs with t = 0 noise, like vrcurve (u = 1 - sigma before the scheduler's shift) in the SD3, "
@@ -158,7 +161,8 @@ def to_kohya_sd3(m_p: float, s: float, training_shift: float = 1.0) -> Export:
     s = _check_scale(s)
     _check_shift(training_shift)
     mean = -float(m_p) - math.log(training_shift)
-    values = {"weighting_scheme": "logit_normal", "logit_mean": mean, "logit_std": s, "training_shift": float(training_shift)}
+    values = {"weighting_scheme": "logit_normal", "logit_mean": mean, "logit_std": s,
+              "training_shift": float(training_shift)}
     return Export(
         target="kohya-sd3",
         convention="t = 1 is noise (u is the noise level sigma), the opposite of vrcurve: logit_mean = -m_p - ln(shift)",
@@ -167,12 +171,6 @@ def to_kohya_sd3(m_p: float, s: float, training_shift: float = 1.0) -> Export:
         lines=(" ".join(f"--{k} {v if isinstance(v, str) else num(v)}" for k, v in values.items()),),
         values=values,
     )
-
-
-def _check_shift(shift: float) -> float:
-    if not (shift > 0 and math.isfinite(shift)):
-        raise VRCurveError(f"--shift must be a positive number, got {shift}; use the trainer's shift (1 for none).")
-    return float(shift)
 
 
 def to_kohya(m_p: float, s: float) -> Export:
@@ -250,8 +248,8 @@ def to_onetrainer(m_p: float, s: float, discrete: bool = False) -> Export:
             '"min_noising_strength": 0.0,',
             '"max_noising_strength": 1.0,',
         ),
-        values={"__version": ONETRAINER_CONFIG_VERSION, "timestep_distribution": "LOGIT_NORMAL", "noising_bias": bias, "noising_weight": weight,
-                "timestep_shift": 1.0, "dynamic_timestep_shifting": False, "min_noising_strength": 0.0,
+        values={"__version": ONETRAINER_CONFIG_VERSION, "timestep_distribution": "LOGIT_NORMAL", "noising_bias": bias,
+                "noising_weight": weight, "timestep_shift": 1.0, "dynamic_timestep_shifting": False, "min_noising_strength": 0.0,
                 "max_noising_strength": 1.0},
     )
 
