@@ -149,6 +149,9 @@ def test_show(tiny_artifact):
     assert "standard errors" in res.stdout
     meta = json.loads(run("show", tiny_artifact, "--json").stdout)
     assert meta["format"] == "vrcurve" and meta["samples"] == 16
+    norm = meta["normalization"]
+    assert f"global (mean {norm['mean']:.4g}, std {norm['std']:.4g})" in res.stdout
+    assert next(line for line in res.stdout.splitlines() if line.startswith("uniform_mix")).split()[1] == "0.0200"
 
 
 def test_density_picture_puts_the_peak_where_it_is():
@@ -179,7 +182,7 @@ def test_density_picture_of_a_short_curve():
 
 def test_schedulers_lists_all():
     res = run("schedulers", "--json")
-    assert set(json.loads(res.stdout)) == {"linear", "cosine", "diffusion", "custom"}
+    assert set(json.loads(res.stdout)) == {"linear", "cosine", "diffusion", "scaled_linear", "ddpm_linear", "custom"}
 
 
 def test_version():
@@ -266,3 +269,80 @@ def test_help_and_version_do_not_import_torch():
     for args in (["--version"], ["--help"], ["estimate", "--help"]):
         p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
         assert p.stdout.split() == ["0", "False"], (args, p.stdout, p.stderr)
+
+
+def test_uniform_mix_is_applied_and_recorded(tiny_npy, tmp_path):
+    paths = {}
+    for lam in ("0", "0.2"):
+        paths[lam] = tmp_path / f"mix{lam}.safetensors"
+        assert run("estimate", "--data", tiny_npy, "-o", paths[lam], *SMALL, "-q", "--uniform-mix", lam).exit_code == 0
+    (a0, m0), (a2, m2) = read_artifact(paths["0"]), read_artifact(paths["0.2"])
+    assert m0["uniform_mix"] == 0.0 and m2["uniform_mix"] == 0.2
+    np.testing.assert_array_equal(a0["variance"], a2["variance"])  # the same curve, only the density differs
+    np.testing.assert_allclose(a2["pdf"], 0.8 * a0["pdf"].astype(np.float64) + 0.2, rtol=1e-6)
+    assert a2["pdf"].min() >= 0.2 - 1e-6
+    # the fit is of the mixed density
+    from vrcurve.fit import fit_logitnormal
+
+    assert m2["logitnormal_m"] == pytest.approx(fit_logitnormal(a2["cdf"].astype(np.float64)).m, abs=1e-4)
+    default = tmp_path / "default.safetensors"
+    assert run("estimate", "--data", tiny_npy, "-o", default, *SMALL, "-q").exit_code == 0
+    assert read_artifact(default)[1]["uniform_mix"] == 0.02
+
+
+@pytest.mark.parametrize("lam", ["1", "-0.5"])
+def test_uniform_mix_out_of_range_is_a_usage_error(tiny_npy, tmp_path, lam):
+    res = run("estimate", "--data", tiny_npy, "-o", tmp_path / "x.safetensors", *SMALL, "--uniform-mix", lam)
+    assert res.exit_code == 2 and "--uniform-mix" in res.output and not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.fixture
+def undersampled_npy(tmp_path):
+    """16 samples in 512 dimensions: with --likelihood sum the density moves with M (not settled)."""
+    path = tmp_path / "wide.npy"
+    np.save(path, np.random.default_rng(1).standard_normal((16, 512)).astype(np.float32))
+    return path
+
+
+@pytest.mark.parametrize("mode", [["-q"], ["--json"], []])
+def test_not_settled_warning_once_on_stderr(undersampled_npy, tmp_path, mode):
+    res = run("estimate", "--data", undersampled_npy, "-o", tmp_path / "u.safetensors", "-M", "16", "-K", "4", "-T", "50",
+              "--likelihood", "sum", "--check-convergence", "--bootstrap", "0", *mode)
+    assert res.exit_code == 0, res.output
+    meta = read_artifact(tmp_path / "u.safetensors")[1]
+    assert meta["convergence"]["settled"] is False
+    drift = meta["convergence"]["m_drift_per_doubling"]
+    assert res.stderr.count("warning: NOT settled") == 1 and res.stderr.count("\n") == 1
+    assert f"{drift:+.3f} per doubling of M" in res.stderr
+    assert "choose M once" not in res.stdout  # the advice is printed once, on stderr
+    if mode == ["-q"]:
+        assert res.stdout == ""
+    elif mode == ["--json"]:
+        assert json.loads(res.stdout)["convergence"]["m_drift_per_doubling"] == drift
+    else:
+        assert f"m moves by {drift:+.3f} per doubling of M; NOT settled" in res.stdout
+
+
+def test_noise_advice_is_printed_with_the_interval(tiny_npy, tmp_path):
+    res = run("estimate", "--data", tiny_npy, "-o", tmp_path / "k.safetensors", *SMALL, "--bootstrap", "20")
+    assert res.exit_code == 0
+    lo, hi = read_artifact(tmp_path / "k.safetensors")[1]["logitnormal_m_ci90"]
+    assert f"±{(hi - lo) / 2:.3f}" in res.stdout and ("K=4 is enough" in res.stdout or "raise --noise (K) to 16" in res.stdout)
+
+
+@pytest.mark.parametrize("normalize", ["global", "channel"])
+def test_scaling_factor_warning_when_normalisation_undoes_it(tiny_npy, tmp_path, normalize):
+    plain, scaled = tmp_path / "p.safetensors", tmp_path / "s.safetensors"
+    assert run("estimate", "--data", tiny_npy, "-o", plain, *SMALL, "--normalize", normalize, "-q").stderr == ""
+    res = run("estimate", "--data", tiny_npy, "-o", scaled, *SMALL, "--normalize", normalize, "-q",
+              "--scaling-factor", "0.18215", "--shift-factor", "0.5")
+    assert res.exit_code == 0 and res.stdout == ""
+    assert res.stderr.startswith(f"warning: --normalize {normalize} divides by") and res.stderr.count("\n") == 1
+    # what the warning says: the factors did not change the curve (beyond float round-off of the rescaling)
+    np.testing.assert_allclose(read_artifact(scaled)[0]["variance"], read_artifact(plain)[0]["variance"], rtol=1e-4)
+
+
+def test_no_scaling_warning_with_normalize_none(tiny_npy, tmp_path):
+    res = run("estimate", "--data", tiny_npy, "-o", tmp_path / "n.safetensors", *SMALL, "--normalize", "none", "-q",
+              "--scaling-factor", "0.18215")
+    assert res.exit_code == 0 and res.stderr == ""

@@ -20,17 +20,19 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def write_logitnormal(path, m, T=1000, scheduler=None):
+def write_logitnormal(path, m, T=1000, scheduler=None, normalization=None):
     """An artifact whose density is logit-normal(m, 1) on T bins, with m as its fit."""
     edges = np.arange(T + 1) / T
     inner = edges[1:-1]
     cdf = np.concatenate([[0.0], ndtr(np.log(inner) - np.log1p(-inner) - m), [1.0]])
-    d = density_from_curve(np.diff(cdf))
+    d = density_from_curve(np.diff(cdf), uniform_mix=0.0)
     tensors = {"t": (np.arange(T) + 0.5) / T, "S": np.zeros(T), "h2": np.ones(T), "variance": d.pdf, "pdf": d.pdf,
                "cdf": d.cdf, "icdf": d.icdf, "ks_m": np.zeros(25), "ks": np.zeros(25), "S_stderr": np.zeros(T),
                "variance_stderr": np.zeros(T)}
     meta = {"time_convention": "t0_noise", "scheduler": scheduler or {"name": "linear", "shift": 1.0},
-            "logitnormal_m": m, "logitnormal_s": 1.0, "samples": 10, "noise": 2, "timesteps": T, "dim": 4}
+            "logitnormal_m": m, "logitnormal_s": 1.0, "samples": 10, "noise": 2, "timesteps": T, "dim": 4,
+            "normalization": normalization or {"mode": "global", "mean": 0.1, "std": 2.0, "scaling_factor": 1.0,
+                                               "shift_factor": 0.0}}
     write_artifact(path, tensors, meta)
     return path
 
@@ -84,7 +86,7 @@ def test_table_side_by_side(pair):
     lines = res.stdout.splitlines()
     for path, m in ((a, "+0.2000"), (b, "+0.9000"), (c, "+0.2500")):
         row = next(line.split() for line in lines if line.split()[:1] == [str(path)])
-        assert row[6] == m
+        assert row[7] == m  # after the path, scheduler, normalization, M, K, d, T
     assert next(line.split() for line in lines if line.split()[:1] == [str(b)])[-1] == "+0.7000"  # difference of m
 
 
@@ -134,3 +136,26 @@ def test_different_schedulers_get_a_note(tmp_path):
     b = write_logitnormal(tmp_path / "b.safetensors", 0.2, scheduler={"name": "cosine"})
     res = run("compare", a, b)
     assert res.exit_code == 0 and "different variables" in res.stderr
+
+
+def test_normalisation_is_shown_and_a_difference_noted(tmp_path):
+    a = write_logitnormal(tmp_path / "a.safetensors", 0.2)
+    b = write_logitnormal(tmp_path / "b.safetensors", 0.5, normalization={
+        "mode": "none", "scaling_factor": 0.18215, "shift_factor": 0.0})
+    res = run("compare", a, b)
+    assert res.exit_code == 0
+    assert "normalization" in res.stdout and "global" in res.stdout and "none, (z - 0) * 0.18215" in res.stdout
+    assert res.stderr.startswith(f"note: {b} normalised or rescaled the data differently") and res.stderr.count("\n") == 1
+    rows = json.loads(run("compare", a, b, "--json").stdout)["artifacts"]
+    assert rows[1]["normalization"]["scaling_factor"] == 0.18215
+    assert run("compare", a, a).stderr == ""
+
+
+def test_normalization_text():
+    from vrcurve.compare import normalization_text
+
+    assert normalization_text({"mode": "global", "mean": -0.43654, "std": 0.70222, "scaling_factor": 1.0,
+                               "shift_factor": 0.0}) == "global (mean -0.4365, std 0.7022)"
+    assert normalization_text({"mode": "channel", "mean": [0, 0, 0, 0], "std": [1, 1, 1, 1], "scaling_factor": 1.5305,
+                               "shift_factor": 0.0609}) == "channel (4 channels), (z - 0.0609) * 1.5305 (undone by the normalisation)"
+    assert normalization_text({"mode": "none"}) == "none" and normalization_text(None) == "?"

@@ -90,3 +90,52 @@ def test_bootstrap_is_seeded():
     a, b = bootstrap_m(c, m, replicates=30, seed=1), bootstrap_m(c, m, replicates=30, seed=1)
     assert (a.low, a.high) == (b.low, b.high)
     assert bootstrap_m(c, m, replicates=30, seed=2).low != pytest.approx(a.low, abs=1e-9)
+
+
+def test_drift_per_doubling_is_the_slope_in_log2_m():
+    from vrcurve.convergence import ConvergenceRow, drift_per_doubling
+
+    rows = [ConvergenceRow(samples=M, ks_to_full=0.0, m=0.2 + 0.05 * np.log2(M / 50)) for M in (50, 100, 200)]
+    assert drift_per_doubling(rows) == pytest.approx(0.05, abs=1e-12)
+    rows = [ConvergenceRow(50, 0.1, 0.0), ConvergenceRow(100, 0.05, 0.3), ConvergenceRow(200, 0.0, 0.3)]
+    assert drift_per_doubling(rows) == pytest.approx(0.15, abs=1e-12)  # least squares through (0,0) (1,.3) (2,.3)
+
+
+@pytest.mark.parametrize("ks, settled, shown", [(0.02004, True, "KS 0.0200 <= 0.02"), (0.02006, False, "KS 0.0201 > 0.02")])
+def test_verdict_reads_like_the_printed_numbers(ks, settled, shown):
+    from vrcurve import convergence
+
+    full = estimate(_data(8, 2, 0), LinearScheduler(), noise=2, timesteps=10)
+    fake = iter([0.1, ks])  # KS of the M/4 and M/2 densities to the full one
+
+    def ks_between(a, b):
+        return next(fake)
+
+    cdf = density_from_curve(full.variance).cdf
+    m = fit_logitnormal(cdf).m
+    orig = convergence.ks_between_cdfs
+    convergence.ks_between_cdfs = ks_between
+    try:
+        report = check_convergence(full, cdf, m, lambda pos: full, seed=0)  # every subset "estimates" the full curve
+    finally:
+        convergence.ks_between_cdfs = orig
+    assert report.settled is settled
+    assert shown in report.message() and "m by 0.000 <= 0.05" in report.message()
+    assert report.message().startswith("settled: " if settled else "NOT settled: ")
+    assert report.as_metadata()["m_drift_per_doubling"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_not_settled_message_agrees_with_the_docs():
+    report = _check(_data(16, 512, 1), "sum")
+    text = report.message()
+    assert "per doubling of M" in text and "compare densities only at the same M" in text
+    assert "to see whether it settles" not in text  # the drift usually does not settle (docs/validation.md)
+    assert f"{report.m_drift_per_doubling:+.3f}" in text
+
+
+def test_noise_advice_follows_the_interval():
+    from vrcurve.convergence import BootstrapInterval, noise_advice
+
+    assert noise_advice(BootstrapInterval(0.24, 0.26, 0.006, 0.9, 200), 500).startswith("K=500 is enough")
+    wide = noise_advice(BootstrapInterval(0.1, 0.2, 0.03, 0.9, 200), 50)
+    assert "±0.050" in wide and "raise --noise (K) to 200" in wide

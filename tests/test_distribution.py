@@ -16,7 +16,7 @@ def _dist(T=100, with_empty=False):
     if with_empty:
         v[:10] = 0
         v[50:60] = 0
-    d = density_from_curve(v, 4096)
+    d = density_from_curve(v, 4096, uniform_mix=0.0)  # the empty bins stay empty
     return VRDistribution(d.pdf, d.cdf, d.icdf, meta={"logitnormal_m": 0.25, "logitnormal_s": 1.0})
 
 

@@ -45,5 +45,5 @@ def test_fit_on_a_density_from_a_curve():
     t = (np.arange(T) + 0.5) / T
     m0 = -0.8
     pdf = norm.pdf((np.log(t / (1 - t)) - m0)) / (t * (1 - t))  # logit-normal density at midpoints
-    fit = fit_logitnormal(density_from_curve(pdf).cdf)
+    fit = fit_logitnormal(density_from_curve(pdf, uniform_mix=0.0).cdf)
     assert fit.m == pytest.approx(m0, abs=0.01)

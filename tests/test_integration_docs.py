@@ -114,3 +114,41 @@ def test_buckets_snippet_draws_each_batch_from_its_bucket(tmp_path, monkeypatch,
     assert "(4, 8, 8): 0.75" in capsys.readouterr().out
     t = namespace["t"].double().numpy()
     assert kstest(t, lambda x: 1 - (1 - x) ** 2).pvalue > 1e-3
+
+
+def _run_vrcurve(argv, cwd, pythonpath):
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath)}
+    return subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_custom_scheduler_snippet_and_where_the_module_is_looked_for(tmp_path, tiny_npy, monkeypatch):
+    from vrcurve.artifact import read_artifact
+    from vrcurve.schedulers import get_scheduler
+
+    (tmp_path / "my_schedules.py").write_text(snippet("custom-scheduler"))
+    root = str(Path(vrcurve.__file__).resolve().parents[1])
+    small = ["--data", str(tiny_npy), "-M", "8", "-K", "2", "-T", "20", "--bootstrap", "0", "-q"]
+    # python -m vrcurve, run in the module's folder, finds it
+    res = _run_vrcurve(["-m", "vrcurve", "estimate", *small, "-s", "my_schedules:CondOTMin", "-o", "a.safetensors"],
+                       tmp_path, [root])
+    assert res.returncode == 0, res.stderr
+    assert read_artifact(tmp_path / "a.safetensors")[1]["scheduler"] == {"name": "custom", "object": "my_schedules:CondOTMin"}
+    # a console script (sys.path[0] is its own folder) does not, and says what to do; PYTHONPATH=. fixes it
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "vrcurve_cmd.py").write_text("import sys\nfrom vrcurve.cli import main\nsys.exit(main())\n")
+    cmd = ["bin/vrcurve_cmd.py", "estimate", *small, "-s", "my_schedules:FLOOR_1E2", "-o", "b.safetensors"]
+    res = _run_vrcurve(cmd, tmp_path, [root])
+    assert res.returncode == 1 and "cannot import module 'my_schedules'" in res.stderr and "python -m vrcurve" in res.stderr
+    assert not (tmp_path / "b.safetensors").exists()
+    assert _run_vrcurve(cmd, tmp_path, [root, "."]).returncode == 0
+    # the path it describes: h_t = a' - a m'/m = 1 / (1 - (1 - sigma_min) t); imported here under a name of its
+    # own, so that this process's module cache does not hand it to other tests that write a my_schedules.py
+    (tmp_path / "doc_custom_scheduler.py").write_text(snippet("custom-scheduler"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "doc_custom_scheduler", raising=False)
+    sched = get_scheduler("doc_custom_scheduler:FLOOR_1E2")
+    t = torch.linspace(0.0, 0.99, 50, dtype=torch.float64)
+    torch.testing.assert_close(sched.h(t), 1 / (1 - 0.99 * t))

@@ -167,11 +167,15 @@ def estimate(
     out_path: Path = typer.Option(Path("vr.safetensors"), "--out", "-o", help="Artifact to write."),
     key: Optional[str] = typer.Option(None, "--key", help="Array, dataset or tensor name in .npz, HDF5 or safetensors files "
                                       "(HDF5 per-sample layouts: 'group/*' or '*/name'); detected when unambiguous."),
-    scheduler: str = typer.Option("linear", "--scheduler", "-s", help="linear, cosine, diffusion, custom, or module:object."),
+    scheduler: str = typer.Option("linear", "--scheduler", "-s", help="linear, cosine, diffusion, scaled_linear (SD 1.x/"
+                                  "2.x/SDXL), ddpm_linear, custom, or module:object (imports and runs that code)."),
     shift: Optional[float] = typer.Option(None, "--shift", help="Timestep shift of the linear scheduler (SD3/Flux)."),
-    beta_min: float = typer.Option(0.1, "--beta-min", help="Diffusion (VP) beta_min."),
-    beta_max: float = typer.Option(20.0, "--beta-max", help="Diffusion (VP) beta_max."),
-    custom: Optional[str] = typer.Option(None, "--custom", help="module:object of a custom scheduler."),
+    beta_min: Optional[float] = typer.Option(None, "--beta-min", help="diffusion (VP): beta_min, default 0.1; "
+                                             "scaled_linear/ddpm_linear: beta_start, default 0.00085/0.0001."),
+    beta_max: Optional[float] = typer.Option(None, "--beta-max", help="diffusion (VP): beta_max, default 20; "
+                                             "scaled_linear/ddpm_linear: beta_end, default 0.012/0.02."),
+    custom: Optional[str] = typer.Option(None, "--custom", help="module:object of a custom scheduler (imports and runs "
+                                         "that module's code)."),
     samples: str = typer.Option("200", "--samples", "-M", help="M, samples drawn from the data (or 'all')."),
     noise: int = typer.Option(500, "--noise", "-K", min=1, help="K, noises per sample."),
     timesteps: int = typer.Option(1000, "--timesteps", "-T", min=2, help="T, timestep bins."),
@@ -206,6 +210,9 @@ def estimate(
     precision: Precision = typer.Option(Precision.auto, "--precision", help="Of the heavy products: auto (bf16 on CPUs with "
                                         "bf16 dot products, TF32 on recent GPUs, else float32), float32, bf16, tf32 (CUDA)."),
     table_size: int = typer.Option(4096, "--table-size", min=2, help="U, entries of the inverse-CDF table minus one."),
+    uniform_mix: float = typer.Option(0.02, "--uniform-mix", help="The density floor: the share of uniform timesteps "
+                                      "mixed into the density, in [0, 1); keeps every timestep reachable and the "
+                                      "weights 1/pdf below 1/share. 0: none."),
     fit_scale: bool = typer.Option(False, "--fit-scale", help="Also fit the logit-normal scale s."),
     bootstrap: int = typer.Option(200, "--bootstrap", min=0, help="Bootstrap replicates over sources for the 90% "
                                   "interval of m (0: none)."),
@@ -229,6 +236,9 @@ def estimate(
     if scheduler not in SCHEDULERS and ":" not in scheduler:
         raise typer.BadParameter(f"{scheduler!r} is not one of {', '.join(SCHEDULERS)} nor module:object.",
                                  param_hint="--scheduler")
+    if not 0.0 <= uniform_mix < 1.0:
+        raise typer.BadParameter(f"must be a share in [0, 1), got {uniform_mix}; 0 turns the floor off.",
+                                 param_hint="--uniform-mix")
     sched = get_scheduler(scheduler, shift=shift, beta_min=beta_min, beta_max=beta_max, custom=custom)
     from .distributed import RankFailed, launch, local_device
 
@@ -236,6 +246,12 @@ def estimate(
         if ranks is not None:
             device = local_device(device, ranks.local_rank)
         writer = ranks is None or ranks.rank == 0
+        if writer and normalize is not Normalize.none and (scaling_factor != 1.0 or shift_factor != 0.0):
+            # Warnings go to stderr even with -q: they are about the result, not progress.
+            err.print(f"warning: --normalize {normalize.value} divides by the chosen samples' own mean and std, which "
+                      "undoes --scaling-factor and --shift-factor exactly, so they cannot change the result; pass "
+                      "--normalize none to estimate at the scale your trainer feeds the model (docs/data.md).",
+                      markup=False)
         bar, report = _progress_reporter(writer and not quiet and not as_json)
         try:
             if bar is not None:
@@ -250,7 +266,7 @@ def estimate(
                 encode_progress=None if report is None else functools.partial(report, unit="images"),
                 resolution=resolution, skip_bad=skip_bad, precision=precision.value, bootstrap=bootstrap,
                 check_convergence=check_convergence, ranks=ranks, min_bucket=min_bucket,
-                drop_small_buckets=drop_small_buckets,
+                drop_small_buckets=drop_small_buckets, uniform_mix=uniform_mix,
             )
         except RankFailed as exc:  # raised on every rank at once; the failing rank prints its message
             if exc.show:
@@ -264,7 +280,7 @@ def estimate(
         return  # under torchrun only rank 0 prints
     summary = result.summary()
     conv = result.convergence
-    if conv is not None and not conv.settled and not quiet:
+    if conv is not None and not conv.settled:  # once, on stderr, with -q and --json too
         err.print(f"warning: {conv.message()}", markup=False)
     if as_json:
         print(json.dumps(summary))
@@ -279,9 +295,18 @@ def estimate(
         out.print(table, markup=False)
         if "buckets" in summary:
             out.print(bucket_table(summary["buckets"], summary.get("buckets_dropped")))
+        if "logitnormal_m_ci90" in summary:
+            from .convergence import BootstrapInterval, noise_advice
+
+            low, high = summary["logitnormal_m_ci90"]
+            boot = result.metadata["bootstrap"]
+            out.print(noise_advice(BootstrapInterval(low, high, boot["m_std"], boot["level"], boot["replicates"]),
+                                   summary["noise"]), markup=False)
         if conv is not None:
             out.print(convergence_table(conv))
-            out.print(conv.message(), markup=False)
+            out.print(f"m moves by {conv.m_drift_per_doubling:+.3f} per doubling of M; "
+                      + ("settled." if conv.settled else "NOT settled (the warning on stderr says what to do)."),
+                      markup=False)
 
 
 def bucket_table(buckets: List[Dict[str, Any]], dropped: Optional[List[Dict[str, Any]]] = None,
@@ -308,7 +333,8 @@ def convergence_table(conv) -> Table:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4f}"
+        # small parameters (beta_start = 0.00085) keep their digits
+        return f"{value:.4g}" if 0 < abs(value) < 0.01 else f"{value:.4f}"
     if isinstance(value, dict):
         return " ".join(f"{k}={_fmt(v)}" for k, v in value.items())
     return str(value)
@@ -427,9 +453,11 @@ def show(
         print(json.dumps(dist.meta))
         return
     table = Table(show_header=False, box=None, pad_edge=False)
+    from .compare import normalization_text
+
     first = [k for k in _SHOW_ORDER if k in dist.meta]
     for k in first + sorted(set(dist.meta) - set(first) - {"checksum", "buckets", "buckets_dropped"}):
-        table.add_row(k, _fmt(dist.meta[k]))
+        table.add_row(k, normalization_text(dist.meta[k]) if k == "normalization" else _fmt(dist.meta[k]))
     out.print(table)
     out.print()
     if "buckets" in dist.meta:
@@ -458,7 +486,7 @@ def show(
 _SHOWN_BUCKETS = 6  # pictures of the largest buckets; the table lists them all
 
 _SHOW_ORDER = (
-    "scheduler", "likelihood", "form", "samples", "noise", "timesteps", "dim", "shape", "seed", "normalization",
+    "scheduler", "likelihood", "form", "uniform_mix", "samples", "noise", "timesteps", "dim", "shape", "seed", "normalization",
     "data", "logitnormal_m", "logitnormal_m_grid", "logitnormal_s", "ks", "time_convention", "device", "precision",
     "kernel", "elapsed_s", "created", "format", "format_version", "vrcurve_version",
 )
@@ -513,6 +541,7 @@ def schedulers(as_json: bool = typer.Option(False, "--json", help="Print one JSO
 class Target(str, Enum):
     diffusers = "diffusers"
     kohya = "kohya"
+    kohya_sd3 = "kohya-sd3"
     simpletuner = "simpletuner"
     onetrainer = "onetrainer"
     sit = "sit"
@@ -524,10 +553,13 @@ class Target(str, Enum):
 @_user_errors
 def export_cmd(
     artifact: Path = typer.Argument(..., help="A vrcurve artifact."),
-    to: Target = typer.Option(..., "--to", help="The trainer: diffusers, kohya, simpletuner, onetrainer, sit, or json "
-                              "(everything, with the pdf and icdf tables)."),
-    shift: Optional[float] = typer.Option(None, "--shift", help="diffusers only: the shift of the trainer's scheduler "
-                                          "(SD3: 3; Flux, whose config sets use_dynamic_shifting: 1). Default 1."),
+    to: Target = typer.Option(..., "--to", help="The trainer: diffusers (SD3/Flux scripts), kohya (FLUX.1 scripts), "
+                              "kohya-sd3 (SD3 scripts), simpletuner, onetrainer, sit, or json (everything, with the pdf "
+                              "and icdf tables)."),
+    shift: Optional[float] = typer.Option(None, "--shift", help="diffusers: the shift of the trainer's scheduler (SD3: "
+                                          "3; Flux, whose config sets use_dynamic_shifting: 1), required for an artifact "
+                                          "estimated with --shift; kohya-sd3: the --training_shift to print (default: "
+                                          "the artifact's)."),
     fit_scale: bool = typer.Option(False, "--fit-scale", help="Refit the logit-normal with its scale s instead of using "
                                    "the artifact's fit."),
     patch_size: int = typer.Option(2, "--patch-size", min=1, help="dynamic-shift: the transformer's patch side p; a "
@@ -547,12 +579,12 @@ def export_cmd(
     import math
 
     from .artifact import read_artifact
-    from .export import (bucket_shift_line, describe_fit, export_artifact, export_json, shift_line_comments,
-                         to_dynamic_shift)
+    from .export import (SHIFT_TARGETS, bucket_shift_line, describe_fit, export_artifact, export_json,
+                         shift_line_comments, to_dynamic_shift)
 
-    if shift is not None and to is not Target.diffusers:
-        raise typer.BadParameter("applies to --to diffusers only; the other trainers take the shift from the fit.",
-                                 param_hint="--shift")
+    if shift is not None and to.value not in SHIFT_TARGETS:
+        raise typer.BadParameter("applies to --to diffusers and kohya-sd3 only; the other trainers take the shift "
+                                 "from the fit.", param_hint="--shift")
     if shift is not None and not (shift > 0 and math.isfinite(shift)):
         raise typer.BadParameter(f"must be a positive number, got {shift}; use 1 for no shift.", param_hint="--shift")
     arrays, meta = read_artifact(artifact)
@@ -586,8 +618,7 @@ def export_cmd(
         text = result.text("\n# ".join(notes), comments=not quiet)
         print(text)
         return
-    result = export_artifact(arrays, meta, to.value, trainer_shift=1.0 if shift is None else shift, m=m, s=s,
-                             where=str(artifact))
+    result = export_artifact(arrays, meta, to.value, trainer_shift=shift, m=m, s=s, where=str(artifact))
     source = describe_fit(meta, m, s)
     if chosen is not None:
         source += f" (its resolution bucket {_shape_text(chosen['shape'])}, {chosen['share']:.0%} of the data)"
@@ -638,7 +669,7 @@ def compare_cmd(
 ):
     """KS distance between the artifacts' densities and the difference of their m, side by side."""
     from .artifact import read_artifact
-    from .compare import compare, compare_buckets, differing_schedulers
+    from .compare import compare, compare_buckets, differing_normalizations, differing_schedulers, normalization_text
     from .export import scheduler_text
 
     if len(artifacts) < 2:
@@ -658,10 +689,12 @@ def compare_cmd(
                           "fail_above": fail_above, "failed": failed}))
     else:
         table = Table(box=None, title=f"compared with {escape(rows[0].path)} (t = 0 noise)", title_justify="left")
-        for col in ("artifact", "scheduler", "M", "K", "d", "T", "m", "s", "KS", "Δm"):
-            table.add_column(col, justify="left" if col in ("artifact", "scheduler") else "right", no_wrap=True)
+        for col in ("artifact", "scheduler", "normalization", "M", "K", "d", "T", "m", "s", "KS", "Δm"):
+            table.add_column(col, justify="left" if col in ("artifact", "scheduler", "normalization") else "right",
+                             no_wrap=True)
         for r in rows:
-            table.add_row(escape(r.path), escape(scheduler_text(r.scheduler)), str(r.samples), str(r.noise),
+            table.add_row(escape(r.path), escape(scheduler_text(r.scheduler)),
+                          escape(normalization_text(r.normalization, short=True)), str(r.samples), str(r.noise),
                           str(r.dim), str(r.timesteps), f"{r.m:+.4f}", f"{r.s:.4f}", f"{r.ks:.4f}", f"{r.dm:+.4f}")
         # Piped output is not cut to 80 columns: paths are long, and a pipeline reads whole rows.
         wide = out if out.is_terminal else Console(highlight=False, width=1000)
@@ -679,6 +712,11 @@ def compare_cmd(
     if differing:
         err.print(f"note: {', '.join(differing)} used another scheduler than {rows[0].path}, so their times are "
                   "different variables.", markup=False)
+    renormed = differing_normalizations(rows)
+    if renormed:
+        err.print(f"note: {', '.join(renormed)} normalised or rescaled the data differently from {rows[0].path} "
+                  f"({normalization_text(rows[0].normalization, short=True)}), so the curves are of data at different "
+                  "scales (docs/data.md).", markup=False)
     if failed:
         raise VRCurveError(f"{worst[1]} differs from {rows[0].path}{worst[2]} by KS {worst[0]:.4f} > --fail-above "
                            f"{fail_above:g}; re-estimate or refresh the cached curve.")

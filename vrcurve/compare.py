@@ -27,6 +27,7 @@ class Compared:
         m, s: its logit-normal fit in its own time; m_path: the location in the path's unshifted time.
         ks: KS distance of its density to the reference's (0 for the reference).
         dm: m - m of the reference.
+        normalization: its ``normalization`` metadata (mode, statistics, rescaling factors).
     """
 
     path: str
@@ -40,6 +41,7 @@ class Compared:
     m_path: float
     ks: float
     dm: float
+    normalization: Any = None
 
     def as_dict(self) -> Dict[str, Any]:
         return dict(self.__dict__)
@@ -56,7 +58,7 @@ def compare(artifacts: Sequence[Tuple[str, Mapping[str, np.ndarray], Mapping[str
             path=str(path), scheduler=meta.get("scheduler"), samples=meta.get("samples"), noise=meta.get("noise"),
             dim=meta.get("dim"), timesteps=int(np.asarray(arrays["pdf"]).shape[0]), m=m,
             s=float(meta.get("logitnormal_s", 1.0)), m_path=path_location(m, artifact_shift(meta)),
-            ks=ks_between_cdfs(ref_cdf, arrays["cdf"]), dm=m - ref_m,
+            ks=ks_between_cdfs(ref_cdf, arrays["cdf"]), dm=m - ref_m, normalization=meta.get("normalization"),
         ))
     return rows
 
@@ -107,3 +109,26 @@ def compare_buckets(artifacts: Sequence[Tuple[str, Mapping[str, np.ndarray], Map
                                            m=float(info["logitnormal_m"]), ks=ks_between_cdfs(ref_cdf, cdf),
                                            dm=float(info["logitnormal_m"]) - float(ref_info["logitnormal_m"])))
     return rows
+def normalization_text(norm: Any, *, short: bool = False) -> str:
+    """An artifact's ``normalization`` metadata in words: the mode, its statistics, and the trainer's rescaling
+    (z - shift_factor) * scaling_factor when it is not the identity. ``short``: without the statistics."""
+    if not isinstance(norm, Mapping):
+        return "?" if norm is None else str(norm)
+    mode = str(norm.get("mode", "?"))
+    text = mode
+    if not short and mode == "global" and "mean" in norm:
+        text += f" (mean {float(norm['mean']):.4g}, std {float(norm['std']):.4g})"
+    elif not short and mode == "channel" and isinstance(norm.get("mean"), list):
+        text += f" ({len(norm['mean'])} channels)"
+    scale, shift = float(norm.get("scaling_factor", 1.0)), float(norm.get("shift_factor", 0.0))
+    if scale != 1.0 or shift != 0.0:
+        text += f", (z - {shift:g}) * {scale:g}"
+        if mode != "none" and not short:
+            text += " (undone by the normalisation)"
+    return text
+
+
+def differing_normalizations(rows: Sequence[Compared]) -> List[str]:
+    """Paths whose data were normalised or rescaled differently from the reference's (mode or factors)."""
+    return [r.path for r in rows[1:] if normalization_text(r.normalization, short=True)
+            != normalization_text(rows[0].normalization, short=True)]

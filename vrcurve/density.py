@@ -1,9 +1,19 @@
 """From a variance curve to a sampling density, its CDF and inverse-CDF table (SPEC §2.3).
 
 pi is piecewise constant on T equal bins of [0, 1] (t = 0 noise), proportional to max(V(t_k), 0) and
-normalised to integrate to 1. The CDF is piecewise linear, given by its T + 1 values on the bin edges, and
-the table ``icdf`` holds its exact inverse at u_j = j / U, j = 0..U. Empty bins (pdf = 0) are allowed: the
-inverse skips them.
+normalised to integrate to 1, then mixed with a uniform share lambda (the density floor, ``uniform_mix``):
+
+    pi = (1 - lambda) V+ / integral(V+) + lambda,        so   pi >= lambda   and   1 / pi <= 1 / lambda.
+
+With lambda > 0 every bin is reachable and the importance weights 1 / pi are bounded. The CDF is piecewise
+linear, given by its T + 1 values on the bin edges, and the table ``icdf`` holds its exact inverse at
+u_j = j / U, j = 0..U. Empty bins (pdf = 0, possible only with lambda = 0) are allowed: the inverse skips them.
+
+Why lambda = 0.02 by default: a V that is exactly 0 in some bins (it happens, at the data end and on small
+runs) would leave those timesteps untrained and make 1 / pi unbounded. A 2% share bounds the weights by 50
+and changes the CDF by at most 0.02 in KS distance (|F_mix - F| = lambda |t - F(t)| <= lambda), the size of
+the ``--check-convergence`` threshold, so it costs at most 2% of the training steps that VR-sampling would
+otherwise place by the curve.
 """
 
 from __future__ import annotations
@@ -25,19 +35,47 @@ class Density:
     icdf: np.ndarray
 
 
-def density_from_curve(variance: np.ndarray, table_size: int = 4096) -> Density:
-    """Normalise max(V, 0) to a piecewise-constant density and tabulate its inverse CDF."""
+DEFAULT_UNIFORM_MIX = 0.02
+
+
+def check_uniform_mix(uniform_mix: float) -> float:
+    """``uniform_mix`` if it is a share in [0, 1), else a VRCurveError."""
+    if not (0.0 <= uniform_mix < 1.0):
+        raise VRCurveError(f"--uniform-mix must be a share in [0, 1), got {uniform_mix}; 0 turns the floor off, "
+                           f"the default is {DEFAULT_UNIFORM_MIX}.")
+    return float(uniform_mix)
+
+
+def density_from_curve(variance: np.ndarray, table_size: int = 4096, *,
+                       uniform_mix: float = DEFAULT_UNIFORM_MIX) -> Density:
+    """Normalise max(V, 0) to a piecewise-constant density, mix in the uniform share, tabulate its inverse CDF.
+
+    Args:
+        variance: (T,) V(t_k) on the bin midpoints; negative and NaN values count as 0.
+        table_size: U, the inverse-CDF table has U + 1 entries.
+        uniform_mix: lambda in [0, 1): the density is (1 - lambda) V+ / integral(V+) + lambda.
+    """
+    lam = check_uniform_mix(uniform_mix)
     v, c = _clipped_cumsum(variance)
-    pdf = v * (v.shape[0] / c[-1])
-    cdf = np.concatenate([[0.0], c / c[-1]])
+    T = v.shape[0]
+    pdf = (1.0 - lam) * v * (T / c[-1]) + lam
+    cdf = _mixed_cdf(c, lam)
     u = np.arange(table_size + 1, dtype=np.float64) / table_size
     return Density(pdf=pdf, cdf=cdf, icdf=invert_cdf(cdf, u))
 
 
-def curve_cdf(variance: np.ndarray) -> np.ndarray:
-    """The CDF alone (T + 1,) of ``density_from_curve(variance)``, without its inverse table."""
+def curve_cdf(variance: np.ndarray, *, uniform_mix: float = DEFAULT_UNIFORM_MIX) -> np.ndarray:
+    """The CDF alone (T + 1,) of ``density_from_curve(variance, uniform_mix=...)``, without its inverse table."""
     _, c = _clipped_cumsum(variance)
-    return np.concatenate([[0.0], c / c[-1]])
+    return _mixed_cdf(c, check_uniform_mix(uniform_mix))
+
+
+def _mixed_cdf(c, lam):
+    """(1 - lambda) C / C_T + lambda k / T on the edges k = 0..T; exactly 0 and 1 at the ends."""
+    T = c.shape[0]
+    cdf = np.concatenate([[0.0], (1.0 - lam) * (c / c[-1]) + lam * np.arange(1, T + 1) / T])
+    cdf[-1] = 1.0
+    return cdf
 
 
 def _clipped_cumsum(variance):

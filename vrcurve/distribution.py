@@ -156,14 +156,21 @@ class VRDistribution:
 
     def weights(self, t, *, shape: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Importance weights 1 / pdf(t): multiply per-example losses by them for the uniform-t objective.
-        With ``shape``, the density of the bucket the timesteps were drawn from."""
+        With ``shape``, the density of the bucket the timesteps were drawn from.
+
+        E_{t ~ pi}[weights(t)] = 1. With the artifact's density floor lambda (``meta["uniform_mix"]``, 0.02 by
+        default) pdf >= lambda everywhere, so the weights are at most 1 / lambda; an artifact written with
+        ``--uniform-mix 0`` may have empty bins, where the weight is infinite (such t are never drawn).
+        """
         return 1.0 / self.pdf(t, shape=shape)
 
     def sample_indices(self, n: int, num_train_timesteps: int = 1000, *, shape: Optional[Sequence[int]] = None,
                        generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
         """Integer timesteps for discrete-time trainers (DDPM/DiT: index 0 is almost clean, N - 1 pure noise).
 
-        The noise level (1 - t in vrcurve time) is drawn from this density and binned into N indices.
+        The noise level (1 - t in vrcurve time) is drawn from this density and binned into N indices: index i
+        covers the noise levels [i / N, (i + 1) / N), the bin whose midpoint t_i = 1 - (i + 0.5) / N is where the
+        ``scaled_linear`` and ``ddpm_linear`` schedulers equal alphas_cumprod[i].
         """
         t = self.sample(n, shape=shape, generator=generator, device=device, dtype=torch.float64)
         noise_level = 1.0 - t if self.convention == T0_NOISE else t

@@ -14,9 +14,12 @@ and every trainer below is told m_p (and s) in its own words. Each mapping is a 
 trainer's definition in its docstring; tests/test_export.py re-implements each definition, samples from it
 and checks the samples against logit-normal(m_p, s) in vrcurve time.
 
-The flow trainers (diffusers, kohya, SimpleTuner, OneTrainer) train the linear (rectified-flow) path
+The flow trainers (diffusers, kohya, kohya-sd3, SimpleTuner, OneTrainer) train the linear (rectified-flow) path
 x = (1 - sigma) x1 + sigma eps. The curve depends on the path, not only on the noise level, so the fit of
-an artifact of another scheduler does not carry over to them: ``export_artifact`` refuses it.
+an artifact of another scheduler does not carry over to them: ``export_artifact`` refuses it. The discrete
+DDPM schedules (``scaled_linear``, ``ddpm_linear``: SD 1.x/2.x/SDXL) are trained with integer timesteps; of
+these trainers only OneTrainer takes a timestep density for them, and for the others the refusal says what to
+use instead (``VRDistribution.sample_indices``).
 """
 
 from __future__ import annotations
@@ -32,8 +35,17 @@ from .buckets import (FLUX_BASE_SEQ_LEN, FLUX_BASE_SHIFT, FLUX_MAX_SEQ_LEN, FLUX
                       fit_shift_line, sequence_length)
 from .errors import VRCurveError
 
-FLOW_TARGETS = ("diffusers", "kohya", "simpletuner", "onetrainer")
+FLOW_TARGETS = ("diffusers", "kohya", "kohya-sd3", "simpletuner", "onetrainer")
 TARGETS = FLOW_TARGETS + ("sit", "json")
+# Where the trainer's shift is part of the printed flags, the export sets it; diffusers takes it from the
+# scheduler config, which the flags cannot change.
+SHIFT_TARGETS = ("diffusers", "kohya-sd3")
+DISCRETE_SCHEDULERS = ("scaled_linear", "ddpm_linear")
+
+# OneTrainer migrates a config whose "__version" is below its current one (and one without it from version 0;
+# migration 3 rewrites noising_weight/noising_bias). The keys below were checked against this version of
+# modules/util/config/TrainConfig.py.
+ONETRAINER_CONFIG_VERSION = 11
 
 # SiT's path types (transport/path.py): ICPlan is a = t, m = 1 - t; GVPCPlan a = sin(pi t / 2),
 # m = cos(pi t / 2); VPCPlan the VP diffusion with sigma_min = 0.1, sigma_max = 20 (its beta_min, beta_max).
@@ -93,8 +105,20 @@ def _check_scale(s: float) -> float:
     return float(s)
 
 
+def _check_shift(shift: float) -> float:
+    if not (shift > 0 and math.isfinite(shift)):
+        raise VRCurveError(f"--shift must be a positive number, got {shift}; use the trainer's shift (1 for none).")
+    return float(shift)
+
+
 def to_diffusers(m_p: float, s: float, shift: float = 1.0) -> Export:
     """diffusers' SD3/Flux DreamBooth/LoRA scripts (``train_dreambooth*_sd3.py``, ``*_flux.py``).
+
+    Checked against the scripts that index the scheduler's timesteps with u (``train_dreambooth_sd3.py``,
+    ``train_dreambooth_lora_sd3.py``, ``train_dreambooth_flux.py``, ``train_dreambooth_lora_flux.py``, and the
+    same code in ``*_flux2*.py``, ``*_flux_kontext.py``, ``*_sana.py``, ``*_hidream.py``, ``*_qwen_image.py``,
+    ``*_z_image.py``); not ``train_dreambooth_lora_ideogram4.py``, which uses u as sigma (t = 1 noise) with a
+    resolution-dependent mean, nor ``*_lumina2.py``, which reverses the interpolation.
 
     Definition (``compute_density_for_timestep_sampling`` with ``weighting_scheme="logit_normal"``):
     u = sigmoid(N(logit_mean, logit_std^2)); index i = floor(u N) into the scheduler's descending
@@ -110,18 +134,45 @@ def to_diffusers(m_p: float, s: float, shift: float = 1.0) -> Export:
             config sets ``use_dynamic_shifting``, and an unshifted scheduler: 1.0).
     """
     s = _check_scale(s)
-    if not (shift > 0 and math.isfinite(shift)):
-        raise VRCurveError(f"--shift must be a positive number, got {shift}; use the trainer scheduler's shift "
-                           "(1 for none).")
-    mean = float(m_p) + math.log(shift)
+    mean = float(m_p) + math.log(_check_shift(shift))
     return Export(
         target="diffusers",
-        convention="u runs with t = 0 noise, like vrcurve (u = 1 - sigma before the scheduler's shift); the "
-        "timesteps it feeds the model run the other way (1000 = noise)",
+        convention="u runs with t = 0 noise, like vrcurve (u = 1 - sigma before the scheduler's shift) in the SD3, "
+        "Flux, Flux2, Sana, HiDream, Qwen-Image and Z-Image scripts (not ideogram4, lumina2); the timesteps it "
+        "feeds the model run the other way (1000 = noise)",
         definition=f"u = sigmoid(N(logit_mean, logit_std^2)), sigma = shift*(1-u)/(1+(shift-1)*(1-u)) with the "
         f"trainer scheduler's shift = {num(shift)}",
         lines=(f"--weighting_scheme logit_normal --logit_mean {num(mean)} --logit_std {num(s)}",),
         values={"weighting_scheme": "logit_normal", "logit_mean": mean, "logit_std": s, "shift": float(shift)},
+    )
+
+
+def to_kohya_sd3(m_p: float, s: float, training_shift: float = 1.0) -> Export:
+    """kohya sd-scripts, SD3/SD3.5 (``sd3_train.py``, ``sd3_train_network.py``).
+
+    Definition (``get_noisy_model_input_and_timesteps`` in ``library/sd3_train_utils.py``):
+    u = sigmoid(N(logit_mean, logit_std^2)), then u = shift u / (1 + (shift - 1) u) with shift =
+    ``training_shift``, timestep = floor(1000 u) (``--min_timestep``/``--max_timestep`` unset), sigma = timestep /
+    1000, x = (1 - sigma) x1 + sigma eps. So u is the noise level (t = 1 noise) and logit(1 - sigma) ~
+    N(-(logit_mean + ln shift), logit_std^2): logit_mean = -m_p - ln(training_shift), logit_std = s.
+
+    Args:
+        m_p: location in the unshifted path time, eq. (1).
+        s: logit-normal scale.
+        training_shift: the ``--training_shift`` printed with the flags (default: the artifact's shift).
+    """
+    s = _check_scale(s)
+    _check_shift(training_shift)
+    mean = -float(m_p) - math.log(training_shift)
+    values = {"weighting_scheme": "logit_normal", "logit_mean": mean, "logit_std": s,
+              "training_shift": float(training_shift)}
+    return Export(
+        target="kohya-sd3",
+        convention="t = 1 is noise (u is the noise level sigma), the opposite of vrcurve: logit_mean = -m_p - ln(shift)",
+        definition="u = sigmoid(N(logit_mean, logit_std^2)), sigma = shift*u/(1+(shift-1)*u) with shift = "
+        "training_shift; leave --min_timestep/--max_timestep unset",
+        lines=(" ".join(f"--{k} {v if isinstance(v, str) else num(v)}" for k, v in values.items()),),
+        values=values,
     )
 
 
@@ -168,22 +219,30 @@ def _sigmoid_then_shift(target: str, flags: Mapping[str, str], scale: str, shift
     )
 
 
-def to_onetrainer(m_p: float, s: float) -> Export:
-    """OneTrainer, flow-matching models, timestep distribution LOGIT_NORMAL (config JSON keys).
+def to_onetrainer(m_p: float, s: float, discrete: bool = False) -> Export:
+    """OneTrainer, timestep distribution LOGIT_NORMAL (config JSON keys), flow-matching or DDPM models.
 
     Definition (``ModelSetupNoiseMixin._get_timestep_discrete``): v = sigmoid(N(noising_bias,
     (noising_weight + 1)^2)), timestep = floor(v N) (min/max noising strength 0 and 1, timestep_shift 1,
     no dynamic shifting); the flow-matching mixin uses sigma = (timestep + 1) / N and
-    x = (1 - sigma) x1 + sigma eps. t = 1 is noise: noising_bias = -m_p, noising_weight = s - 1.
+    x = (1 - sigma) x1 + sigma eps; SD/SDXL (``discrete``) use timestep as the index into the model's DDPM
+    alphas_cumprod (0 almost clean), whose noise-level bin is v in [i / N, (i + 1) / N), i.e. vrcurve's
+    t = 1 - v. t = 1 is noise in both: noising_bias = -m_p, noising_weight = s - 1. ``"__version"`` is the
+    config version these keys were checked against: without it OneTrainer migrates the config from version 0
+    and rewrites noising_bias.
     """
     s = _check_scale(s)
     bias, weight = -float(m_p), s - 1.0
+    definition = ("timestep = 1000*sigmoid(N(noising_bias, (noising_weight+1)^2)), " +
+                  ("the index into the model's DDPM alphas_cumprod (0 = almost clean)" if discrete else
+                   "sigma = timestep/1000") +
+                  f"; keys for a config saved by OneTrainer with \"__version\": {ONETRAINER_CONFIG_VERSION}")
     return Export(
         target="onetrainer",
-        convention="t = 1 is noise (timestep / 1000 = sigma), the opposite of vrcurve: the location is -m_p",
-        definition="timestep = 1000*sigmoid(N(noising_bias, (noising_weight+1)^2)), sigma = timestep/1000; "
-        "config lines for the training JSON",
+        convention="t = 1 is noise (timestep / 1000 is the noise level), the opposite of vrcurve: the location is -m_p",
+        definition=definition,
         lines=(
+            f'"__version": {ONETRAINER_CONFIG_VERSION},',
             '"timestep_distribution": "LOGIT_NORMAL",',
             f'"noising_bias": {num(bias)},',
             f'"noising_weight": {num(weight)},',
@@ -192,8 +251,8 @@ def to_onetrainer(m_p: float, s: float) -> Export:
             '"min_noising_strength": 0.0,',
             '"max_noising_strength": 1.0,',
         ),
-        values={"timestep_distribution": "LOGIT_NORMAL", "noising_bias": bias, "noising_weight": weight,
-                "timestep_shift": 1.0, "dynamic_timestep_shifting": False, "min_noising_strength": 0.0,
+        values={"__version": ONETRAINER_CONFIG_VERSION, "timestep_distribution": "LOGIT_NORMAL", "noising_bias": bias,
+                "noising_weight": weight, "timestep_shift": 1.0, "dynamic_timestep_shifting": False, "min_noising_strength": 0.0,
                 "max_noising_strength": 1.0},
     )
 
@@ -227,9 +286,31 @@ def scheduler_text(sched: Any) -> str:
     return str(sched)
 
 
-def _require_linear(meta: Mapping[str, Any], target: str, where: str) -> None:
+# What each trainer does with SD 1.x/2.x/SDXL (DDPM) models, where it has no density option to print.
+_NO_DDPM_OPTION = {
+    "diffusers": "diffusers' SD/SDXL scripts draw integer timesteps uniformly (torch.randint) and have no "
+                 "logit-normal option",
+    "kohya": "kohya's SD/SDXL scripts draw integer timesteps uniformly between --min_timestep and --max_timestep "
+             "and have no timestep-density option",
+    "kohya-sd3": "kohya's SD/SDXL scripts draw integer timesteps uniformly between --min_timestep and "
+                 "--max_timestep and have no timestep-density option",
+    "simpletuner": "the SimpleTuner flags vrcurve prints are those of its flow-matching models",
+}
+
+
+def scheduler_name(meta: Mapping[str, Any]) -> Optional[str]:
     sched = meta.get("scheduler") or {}
-    name = sched.get("name") if isinstance(sched, dict) else str(sched)
+    return sched.get("name") if isinstance(sched, dict) else str(sched)
+
+
+def _require_linear(meta: Mapping[str, Any], target: str, where: str) -> None:
+    name = scheduler_name(meta)
+    if name in DISCRETE_SCHEDULERS:
+        raise VRCurveError(
+            f"{where} was estimated with the {name} (DDPM) schedule, and {_NO_DDPM_OPTION[target]}, so there are no "
+            f"flags to print: draw integer timesteps in the training script with vrcurve.load(...).sample_indices("
+            f"batch_size, 1000) (docs/integration.md), or use --to onetrainer or --to json."
+        )
     if name != "linear":
         raise VRCurveError(
             f"{where} was estimated with the {name} scheduler, but {target} trains the linear (rectified-flow) "
@@ -262,11 +343,14 @@ def export_json(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], m: fl
     shift = artifact_shift(meta)
     m_p = path_location(m, shift)
     targets: Dict[str, Any] = {}
-    name = (meta.get("scheduler") or {}).get("name") if isinstance(meta.get("scheduler"), dict) else None
+    name = scheduler_name(meta)
     if name == "linear":
-        for t, ex in (("diffusers", to_diffusers(m_p, s)), ("kohya", to_kohya(m_p, s)),
-                      ("simpletuner", to_simpletuner(m_p, s)), ("onetrainer", to_onetrainer(m_p, s))):
+        for t, ex in (("diffusers", to_diffusers(m_p, s, shift)), ("kohya", to_kohya(m_p, s)),
+                      ("kohya-sd3", to_kohya_sd3(m_p, s, shift)), ("simpletuner", to_simpletuner(m_p, s)),
+                      ("onetrainer", to_onetrainer(m_p, s))):
             targets[t] = ex.values
+    if name in DISCRETE_SCHEDULERS:
+        targets["onetrainer"] = to_onetrainer(m_p, s, discrete=True).values
     if name in SIT_PATH_TYPES:
         try:
             targets["sit"] = to_sit(m_p, s, _sit_path_type(meta, "artifact")).values
@@ -300,27 +384,41 @@ def export_json(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], m: fl
 
 
 def export_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], target: str, *,
-                    trainer_shift: float = 1.0, m: Optional[float] = None, s: Optional[float] = None,
+                    trainer_shift: Optional[float] = None, m: Optional[float] = None, s: Optional[float] = None,
                     where: str = "the artifact") -> Export:
     """The export of an artifact to ``target`` (any of ``TARGETS`` but ``json``; see ``export_json``).
 
     Args:
         arrays, meta: the artifact, as ``read_artifact`` returns it.
         target: the trainer.
-        trainer_shift: diffusers only: the shift of the trainer's scheduler.
+        trainer_shift: diffusers and kohya-sd3 only: the shift the trainer applies on top of the drawn time
+            (diffusers: its scheduler config's ``shift``; kohya-sd3: ``--training_shift``, printed with the
+            flags). None: kohya-sd3 uses the artifact's shift; diffusers uses 1 for an unshifted artifact and
+            refuses a shifted one, since the scheduler's shift is not in the flags and must be stated.
         m, s: the logit-normal fit in the artifact's time (default: the artifact's ``logitnormal_m``/``_s``).
         where: the artifact's name, for messages.
 
     Raises:
-        VRCurveError: a scheduler that the target does not train.
+        VRCurveError: a scheduler that the target does not train, or an unstated trainer shift (above).
     """
     m = float(meta["logitnormal_m"]) if m is None else float(m)
     s = float(meta.get("logitnormal_s", 1.0)) if s is None else float(s)
-    m_p = path_location(m, artifact_shift(meta))
+    shift_a = artifact_shift(meta)
+    m_p = path_location(m, shift_a)
+    if target == "onetrainer" and scheduler_name(meta) in DISCRETE_SCHEDULERS:
+        return to_onetrainer(m_p, s, discrete=True)
     if target in FLOW_TARGETS:
         _require_linear(meta, target, where)
         if target == "diffusers":
-            return to_diffusers(m_p, s, trainer_shift)
+            if trainer_shift is None and shift_a != 1.0:
+                raise VRCurveError(
+                    f"{where} was estimated with --shift {num(shift_a)}; pass --shift with the shift of the trainer's "
+                    f"scheduler (its config's shift: 3 for SD3, 1 for Flux and other dynamically shifted ones), e.g. "
+                    f"--shift {num(shift_a)} if you estimated with the trainer's own shift: the flags depend on it."
+                )
+            return to_diffusers(m_p, s, 1.0 if trainer_shift is None else trainer_shift)
+        if target == "kohya-sd3":
+            return to_kohya_sd3(m_p, s, shift_a if trainer_shift is None else trainer_shift)
         return {"kohya": to_kohya, "simpletuner": to_simpletuner, "onetrainer": to_onetrainer}[target](m_p, s)
     if target == "sit":
         return to_sit(m_p, s, _sit_path_type(meta, where))

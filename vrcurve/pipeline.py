@@ -17,7 +17,7 @@ from .artifact import bucket_tensors, write_artifact
 from .convergence import ConvergenceReport, bootstrap_m, bootstrap_m_pooled, check_convergence_pooled, pooled_variance
 from .convergence import check_convergence as convergence_check
 from .distributed import Ranks
-from .density import Density, density_from_curve
+from .density import DEFAULT_UNIFORM_MIX, Density, check_uniform_mix, density_from_curve
 from .errors import VRCurveError
 from .estimator import Curve, estimate
 from .fit import LogitNormalFit, fit_logitnormal
@@ -47,7 +47,7 @@ class EstimateResult:
         return {
             "artifact": str(self.path), "samples": m["samples"], "noise": m["noise"], "timesteps": m["timesteps"],
             "dim": m["dim"], "shape": m["shape"], "scheduler": m["scheduler"], "likelihood": m["likelihood"],
-            "form": m["form"], "logitnormal_m": m["logitnormal_m"], "logitnormal_m_grid": m["logitnormal_m_grid"],
+            "form": m["form"], "uniform_mix": m["uniform_mix"], "logitnormal_m": m["logitnormal_m"], "logitnormal_m_grid": m["logitnormal_m_grid"],
             "logitnormal_s": m["logitnormal_s"], "ks": m["ks"], "peak_t": self.peak_t, "elapsed_s": m["elapsed_s"],
             "device": m["device"], "precision": m.get("precision"), "kernel": m.get("kernel"),
             **{k: m[k] for k in ("logitnormal_m_ci90", "convergence", "buckets", "buckets_dropped") if k in m},
@@ -159,6 +159,7 @@ def run_estimate(
     ranks: Optional[Ranks] = None,
     min_bucket: int = MIN_BUCKET,
     drop_small_buckets: bool = False,
+    uniform_mix: float = DEFAULT_UNIFORM_MIX,
 ) -> EstimateResult:
     """Run the whole estimate and write the artifact to ``out`` (atomically; nothing on failure).
 
@@ -177,6 +178,7 @@ def run_estimate(
     M is split over the buckets (``vrcurve.buckets.allocate``, at least ``min_bucket`` each; a smaller bucket
     is refused, or left out with ``drop_small_buckets``), and the artifact's main density is their mixture.
     Data of one shape gives the same artifact as it always did.
+    ``uniform_mix`` is the density floor (``density_from_curve``), recorded in the metadata.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -184,6 +186,7 @@ def run_estimate(
     with _step(ranks):  # every rank reads the data: a path missing on one node fails the whole run
         if writer and out.exists() and not overwrite:
             raise VRCurveError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+        check_uniform_mix(uniform_mix)
         if bootstrap < 0:
             raise VRCurveError(f"--bootstrap must be 0 (off) or a positive number of replicates, got {bootstrap}.")
         if timesteps < 2 or table_size < 2:
@@ -227,19 +230,20 @@ def run_estimate(
     if len(groups) > 1:
         return _run_buckets(
             source, plan, chosen_b, pooled_stats, out, settings, vae_info, started=started, writer=writer, progress=progress,
-            table_size=table_size, fit_scale=fit_scale, bootstrap=bootstrap, check_convergence=check_convergence,
-            devices=devices, ranks=ranks,
+            table_size=table_size, uniform_mix=uniform_mix, fit_scale=fit_scale, bootstrap=bootstrap,
+            check_convergence=check_convergence, devices=devices, ranks=ranks,
         )
     curve = estimate(x, source_ids=chosen.indices, progress=progress, **settings)
-    density = density_from_curve(curve.variance, table_size)
+    density = density_from_curve(curve.variance, table_size, uniform_mix=uniform_mix)
     fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)
     # the bootstrap is the same on every rank: only the one that writes computes it
-    interval = bootstrap_m(curve, fit.m_continuous, replicates=bootstrap, seed=seed) if bootstrap and writer else None
+    interval = (bootstrap_m(curve, fit.m_continuous, replicates=bootstrap, seed=seed, uniform_mix=uniform_mix)
+                if bootstrap and writer else None)
     convergence = None
     if check_convergence:
         convergence = convergence_check(
             curve, density.cdf, fit.m_continuous,
-            lambda pos: estimate(x[pos], source_ids=chosen.indices[pos], **settings), seed,
+            lambda pos: estimate(x[pos], source_ids=chosen.indices[pos], **settings), seed, uniform_mix=uniform_mix,
         )
     elapsed = time.perf_counter() - started
     metadata = {
@@ -247,6 +251,7 @@ def run_estimate(
         "scheduler": scheduler.describe(),
         "likelihood": likelihood,
         "form": form,
+        "uniform_mix": float(uniform_mix),
         "samples": curve.samples,
         "noise": noise,
         "timesteps": timesteps,
@@ -343,8 +348,8 @@ def _bucket_progress(progress, b: int, B: int):
 
 
 def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: Dict[str, Any], out: Path,
-                 settings: Dict[str, Any], vae_info: Optional[Dict[str, Any]], *, started: float, writer: bool, progress, table_size: int,
-                 fit_scale: bool, bootstrap: int, check_convergence: bool, devices, ranks) -> EstimateResult:
+                 settings: Dict[str, Any], vae_info: Optional[Dict[str, Any]], *, started: float, writer: bool,
+                 progress, table_size: int, uniform_mix: float, fit_scale: bool, bootstrap: int, check_convergence: bool, devices, ranks) -> EstimateResult:
     """Estimate each bucket with the same estimator and settings, pool their densities, fit and write."""
     seed = settings["seed"]
     counts = np.array([len(idx) for idx in plan.groups.values()], dtype=np.float64)
@@ -355,9 +360,10 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
         shape = tuple(ch.x.shape[1:])  # the latents' shape (after --moments or --vae), as the trainer sees it
         curve = estimate(torch.from_numpy(ch.x), source_ids=ch.indices, progress=_bucket_progress(progress, b, B),
                          **settings)
-        density = density_from_curve(curve.variance, table_size)
+        density = density_from_curve(curve.variance, table_size, uniform_mix=uniform_mix)
         fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)
-        interval = bootstrap_m(curve, fit.m_continuous, replicates=bootstrap, seed=seed) if bootstrap and writer else None
+        interval = (bootstrap_m(curve, fit.m_continuous, replicates=bootstrap, seed=seed, uniform_mix=uniform_mix)
+                    if bootstrap and writer else None)
         meta = {
             "shape": list(shape), "dim": curve.dim, "samples_total": int(counts[b]), "share": float(shares[b]),
             "samples": curve.samples, "fingerprint": ch.fingerprint, "skipped": len(ch.skipped),
@@ -370,7 +376,8 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
     curves = [r.curve for r in results]
     first = curves[0]
     pooled_V = pooled_variance([c.variance for c in curves], shares)
-    density = density_from_curve(pooled_V, table_size)
+    # the floor of the mixture is the mixture of the buckets' floors: (1 - l) sum_b w_b p_b + l = sum_b w_b ((1 - l) p_b + l)
+    density = density_from_curve(pooled_V, table_size, uniform_mix=uniform_mix)
     fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)
     # The pooled curve is a mixture of the buckets' curves, each divided by its mean Z_b: standard errors of
     # independent buckets add in quadrature with those weights.
@@ -378,7 +385,8 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
     S = sum(w * c.S for w, c in zip(shares, curves))
     S_se = np.sqrt(sum((w * c.S_stderr) ** 2 for w, c in zip(shares, curves)))
     V_se = np.sqrt(sum((w / z * c.variance_stderr) ** 2 for w, z, c in zip(shares, Z, curves)))
-    interval = (bootstrap_m_pooled(curves, shares, fit.m_continuous, replicates=bootstrap, seed=seed)
+    interval = (bootstrap_m_pooled(curves, shares, fit.m_continuous, replicates=bootstrap, seed=seed,
+                                   uniform_mix=uniform_mix)
                 if bootstrap and writer else None)
     convergence = None
     if check_convergence:
@@ -388,7 +396,7 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
             return pooled_variance(sub, shares)
 
         convergence = check_convergence_pooled([c.samples for c in curves], density.cdf, fit.m_continuous,
-                                               estimate_subsets, seed)
+                                               estimate_subsets, seed, uniform_mix=uniform_mix)
     elapsed = time.perf_counter() - started
     skipped_names = [n for ch in chosen for n in ch.skipped_names][:5]
     metadata = {
@@ -417,6 +425,7 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
         }),
         **({} if convergence is None else {"convergence": convergence.as_metadata()}),
         "buckets": [r.metadata for r in results],
+        "uniform_mix": float(uniform_mix),
         "min_bucket": plan.min_bucket,
         **({"buckets_dropped": [{"shape": list(s), "samples_total": int(n)} for s, n in plan.dropped.items()]}
            if plan.dropped else {}),

@@ -174,8 +174,109 @@ class DiffusionScheduler(Scheduler):
         return {"beta_min": float(self.beta_min), "beta_max": float(self.beta_max)}
 
 
+@dataclass(frozen=True)
+class DiscreteBetaScheduler(Scheduler):
+    """DDPM's discrete beta schedules (``scaled_linear``: SD 1.x/2.x/SDXL; ``ddpm_linear``: DDPM), in vrcurve time.
+
+    A discrete DDPM trainer draws an index i = 0..N-1 (0 almost clean, N - 1 noise) and trains on
+    x_i = sqrt(abar_i) x1 + sqrt(1 - abar_i) eps with abar_i = prod_{j<=i} (1 - beta_j), where
+
+        scaled_linear:  beta_j = (sqrt(beta_start) + j e)^2,  e = (sqrt(beta_end) - sqrt(beta_start)) / (N - 1)
+        ddpm_linear:    beta_j = beta_start + j d,            d = (beta_end - beta_start) / (N - 1)
+
+    (diffusers ``DDPMScheduler(beta_schedule="scaled_linear" | "linear")``). Index i covers the noise levels
+    [i / N, (i + 1) / N) of ``VRDistribution.sample_indices``, so its bin midpoint is t_i = 1 - (i + 0.5) / N and
+    the continuous index is x(t) = N (1 - t) - 1/2. Each factor 1 - beta_j is a product of terms linear in j
+    (A - j d, or (1 - c_j)(1 + c_j) with c_j = sqrt(beta_j)), and a product of linear terms is a ratio of Gamma
+    functions:
+
+        prod_{j=0..x} (A - j d) = d^(x+1) Gamma(A/d + 1) / Gamma(A/d - x)
+        prod_{j=0..x} (B + j d) = d^(x+1) Gamma(B/d + x + 1) / Gamma(B/d)
+
+    so log abar(x) is a sum of lgamma terms: smooth in t, with exact derivatives (digamma), and equal to the
+    discrete abar_i at every t_i. Then a = sqrt(abar), m = sqrt(1 - abar) (variance preserving, like VP).
+    m > 0 at t = 1 (abar = 1 only half an index beyond it): DDPM never trains on clean data.
+    """
+
+    kind: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    num_train_timesteps: int = 1000
+
+    DEFAULTS = {"scaled_linear": (0.00085, 0.012), "ddpm_linear": (0.0001, 0.02)}
+
+    def __post_init__(self):
+        if self.kind not in self.DEFAULTS:
+            raise VRCurveError(f"unknown beta schedule {self.kind!r}; choose scaled_linear or ddpm_linear.")
+        N, b0, b1 = self.num_train_timesteps, self.beta_start, self.beta_end
+        if not (isinstance(N, int) and N >= 2):
+            raise VRCurveError(f"num_train_timesteps must be a whole number >= 2, got {N}.")
+        if not (0 < b0 < b1 < 1 and math.isfinite(b1)):
+            raise VRCurveError(
+                f"{self.kind} needs 0 < beta_start < beta_end < 1, got beta_start={b0}, beta_end={b1}; the usual "
+                f"values are {self.DEFAULTS[self.kind][0]} and {self.DEFAULTS[self.kind][1]} (--beta-min, --beta-max)."
+            )
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.kind
+
+    def _factors(self):
+        """(sign, offset, step) per linear factor: sign -1 is (A - j d) as (offset, step) = (A, d); +1 is (B + j d)."""
+        N, b0, b1 = self.num_train_timesteps, self.beta_start, self.beta_end
+        if self.kind == "ddpm_linear":
+            return ((-1, 1.0 - b0, (b1 - b0) / (N - 1)),)
+        c0, e = math.sqrt(b0), (math.sqrt(b1) - math.sqrt(b0)) / (N - 1)
+        return ((-1, 1.0 - c0, e), (+1, 1.0 + c0, e))
+
+    def _x(self, t):
+        return self.num_train_timesteps * (1.0 - t) - 0.5
+
+    def log_alpha_bar(self, t: Tensor) -> Tensor:
+        """log abar at t: equals log alphas_cumprod[i] of the discrete schedule at t_i = 1 - (i + 0.5) / N."""
+        x = self._x(t)
+        out = torch.zeros_like(t)
+        for sign, offset, step in self._factors():
+            r = offset / step
+            if sign < 0:
+                out = out + (x + 1) * math.log(step) + math.lgamma(r + 1) - torch.lgamma(r - x)
+            else:
+                out = out + (x + 1) * math.log(step) + torch.lgamma(r + x + 1) - math.lgamma(r)
+        return out
+
+    def _d_log_alpha_bar(self, t):
+        """d log abar / dt (> 0: the signal grows towards the data end)."""
+        x = self._x(t)
+        dx = torch.zeros_like(t)
+        for sign, offset, step in self._factors():
+            r = offset / step
+            dx = dx + math.log(step) + (torch.digamma(r - x) if sign < 0 else torch.digamma(r + x + 1))
+        return -self.num_train_timesteps * dx
+
+    def alpha(self, t):
+        return torch.exp(0.5 * self.log_alpha_bar(t))
+
+    def sigma(self, t):
+        return torch.sqrt(-torch.expm1(self.log_alpha_bar(t)))
+
+    def d_alpha(self, t):
+        return 0.5 * self._d_log_alpha_bar(t) * self.alpha(t)
+
+    def d_sigma(self, t):
+        # m m' = -a a' since a^2 + m^2 = 1; m > 0 on all of [0, 1].
+        return -torch.exp(self.log_alpha_bar(t)) * 0.5 * self._d_log_alpha_bar(t) / self.sigma(t)
+
+    def h(self, t):
+        # a' / m^2, as for any variance-preserving path
+        return self.d_alpha(t) / -torch.expm1(self.log_alpha_bar(t))
+
+    def params(self):
+        return {"beta_start": float(self.beta_start), "beta_end": float(self.beta_end),
+                "num_train_timesteps": int(self.num_train_timesteps)}
+
+
 class CustomScheduler(Scheduler):
-    """A user scheduler named ``module:object``.
+    """A user scheduler named ``module:object``. Building one imports that module, which runs its code.
 
     The object (or the class, which is instantiated without arguments) may be:
     - a vrcurve ``Scheduler``;
@@ -217,8 +318,9 @@ def _resolve_custom(spec: str):
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise VRCurveError(
-            f"cannot import module {module_name!r} for the custom scheduler ({exc}); "
-            "check that it is on PYTHONPATH."
+            f"cannot import module {module_name!r} for the custom scheduler ({exc}); check that it is on PYTHONPATH "
+            "(the vrcurve command does not look in the current folder: run python -m vrcurve there, or set "
+            "PYTHONPATH=.)."
         ) from None
     obj = module
     for part in attr.split("."):
@@ -252,22 +354,30 @@ SCHEDULERS = {
     "linear": "a = t, m = 1 - t; --shift s maps sigma = 1 - t to s*sigma / (1 + (s-1)*sigma)",
     "cosine": "a = sin(pi t / 2), m = cos(pi t / 2)",
     "diffusion": "VP: a = exp(-B/2), m = sqrt(1 - exp(-B)), B = bmin (1-t) + (bmax-bmin)(1-t)^2/2",
-    "custom": "module:object giving alpha, sigma, d_alpha, d_sigma of t (t = 0 noise)",
+    "scaled_linear": "DDPM, SD 1.x/2.x/SDXL: betas (sqrt(b0) .. sqrt(b1))^2 over N = 1000 indices, b0 = 0.00085, "
+                     "b1 = 0.012 (--beta-min, --beta-max); a^2 = alphas_cumprod at t = 1 - (i + 0.5)/N",
+    "ddpm_linear": "DDPM: betas b0 .. b1 linear over N = 1000 indices, b0 = 0.0001, b1 = 0.02; a^2 = alphas_cumprod "
+                   "at t = 1 - (i + 0.5)/N",
+    "custom": "module:object giving alpha, sigma, d_alpha, d_sigma of t (t = 0 noise); imports and runs that code",
 }
+
+DISCRETE = ("scaled_linear", "ddpm_linear")
 
 
 def get_scheduler(
     name: str,
     *,
     shift: Optional[float] = None,
-    beta_min: float = 0.1,
-    beta_max: float = 20.0,
+    beta_min: Optional[float] = None,
+    beta_max: Optional[float] = None,
     custom: Optional[str] = None,
 ) -> Scheduler:
-    """Build a scheduler by name (``linear``, ``cosine``, ``diffusion``, ``custom``).
+    """Build a scheduler by name (``linear``, ``cosine``, ``diffusion``, ``scaled_linear``, ``ddpm_linear``,
+    ``custom``).
 
-    ``shift`` applies to ``linear`` only; ``beta_min``/``beta_max`` to ``diffusion``; ``custom`` is the
-    ``module:object`` path for ``custom`` (``name`` may also be that path directly).
+    ``shift`` applies to ``linear`` only; ``beta_min``/``beta_max`` to ``diffusion`` (default 0.1 and 20) and,
+    as beta_start/beta_end, to the discrete DDPM schedules (their diffusers defaults when None); ``custom`` is
+    the ``module:object`` path for ``custom`` (``name`` may also be that path directly).
     """
     if name not in SCHEDULERS and ":" in name:
         custom, name = name, "custom"
@@ -277,12 +387,20 @@ def get_scheduler(
         )
     if shift is not None and name != "linear":
         raise VRCurveError(f"--shift applies to the linear scheduler only, not to {name!r}; drop --shift.")
+    if (beta_min is not None or beta_max is not None) and name not in ("diffusion",) + DISCRETE:
+        raise VRCurveError(f"--beta-min/--beta-max apply to diffusion, scaled_linear and ddpm_linear, not to "
+                           f"{name!r}; drop them.")
     if name == "linear":
         return LinearScheduler(1.0 if shift is None else float(shift))
     if name == "cosine":
         return CosineScheduler()
     if name == "diffusion":
-        return DiffusionScheduler(float(beta_min), float(beta_max))
+        return DiffusionScheduler(0.1 if beta_min is None else float(beta_min),
+                                  20.0 if beta_max is None else float(beta_max))
+    if name in DISCRETE:
+        b0, b1 = DiscreteBetaScheduler.DEFAULTS[name]
+        return DiscreteBetaScheduler(name, b0 if beta_min is None else float(beta_min),
+                                     b1 if beta_max is None else float(beta_max))
     if not custom:
         raise VRCurveError("the custom scheduler needs --custom module:object naming it.")
     return CustomScheduler(custom)
@@ -297,6 +415,10 @@ def from_description(desc: Dict[str, Any]) -> Scheduler:
         return CosineScheduler()
     if name == "diffusion":
         return DiffusionScheduler(float(desc.get("beta_min", 0.1)), float(desc.get("beta_max", 20.0)))
+    if name in DISCRETE:
+        b0, b1 = DiscreteBetaScheduler.DEFAULTS[name]
+        return DiscreteBetaScheduler(name, float(desc.get("beta_start", b0)), float(desc.get("beta_end", b1)),
+                                     int(desc.get("num_train_timesteps", 1000)))
     if name == "custom":
         return CustomScheduler(str(desc.get("object")))
     raise VRCurveError(f"unknown scheduler description {desc!r}.")
