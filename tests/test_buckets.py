@@ -225,10 +225,10 @@ def _two_bucket_artifact(path, T=50):
     """A hand-made version-2 artifact: bucket (4, 8, 8) has pdf 2t, bucket (4, 16, 16) pdf 2(1 - t)."""
     edges = np.arange(T + 1) / T
     mid = (np.arange(T) + 0.5) / T
-    densities = [density_from_curve(2 * mid, 512), density_from_curve(2 * (1 - mid), 512)]
+    densities = [density_from_curve(2 * mid, 512, uniform_mix=0.0), density_from_curve(2 * (1 - mid), 512, uniform_mix=0.0)]
     shares = [0.75, 0.25]
     pooled_pdf = sum(w * d.pdf for w, d in zip(shares, densities))
-    pooled = density_from_curve(pooled_pdf, 512)
+    pooled = density_from_curve(pooled_pdf, 512, uniform_mix=0.0)
     tensors = {"t": mid, "S": mid, "h2": mid, "variance": pooled_pdf, "pdf": pooled.pdf, "cdf": pooled.cdf,
                "icdf": pooled.icdf, "ks_m": np.zeros(25), "ks": np.zeros(25), "S_stderr": 0 * mid,
                "variance_stderr": 0 * mid}
@@ -289,7 +289,7 @@ def test_a_version_1_artifact_still_loads(tmp_path):
     """A file in the version-1 layout, written here as vrcurve 0.1 wrote it (not through write_artifact)."""
     T, U = 20, 64
     mid = (np.arange(T) + 0.5) / T
-    d = density_from_curve(mid * (1 - mid), U)
+    d = density_from_curve(mid * (1 - mid), U, uniform_mix=0.0)
     tensors = {"t": mid, "S": mid, "h2": mid, "variance": mid * (1 - mid), "pdf": d.pdf, "cdf": d.cdf, "icdf": d.icdf,
                "ks_m": np.zeros(25), "ks": np.zeros(25), "S_stderr": 0 * mid, "variance_stderr": 0 * mid}
     tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}

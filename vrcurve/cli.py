@@ -246,7 +246,8 @@ def estimate(
         if ranks is not None:
             device = local_device(device, ranks.local_rank)
         writer = ranks is None or ranks.rank == 0
-        if writer and normalize is not Normalize.none and (scaling_factor != 1.0 or shift_factor != 0.0):
+        given = (scaling_factor not in (None, 1.0)) or (shift_factor not in (None, 0.0))
+        if writer and normalize is not Normalize.none and given:
             # Warnings go to stderr even with -q: they are about the result, not progress.
             err.print(f"warning: --normalize {normalize.value} divides by the chosen samples' own mean and std, which "
                       "undoes --scaling-factor and --shift-factor exactly, so they cannot change the result; pass "
