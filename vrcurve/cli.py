@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -86,8 +87,23 @@ def _user_errors(fn):
         except KeyboardInterrupt:
             err.print("interrupted; nothing was written.")
             raise typer.Exit(130) from None
+        except SystemExit as exc:
+            from .artifact import Terminated
+
+            if isinstance(exc, Terminated):  # SIGTERM while writing: the temporary file is gone already
+                err.print("terminated; nothing was written.")
+            raise
 
     return wrapper
+
+
+def _file_path(value: str, option: str) -> Path:
+    """An output file name as typed: ``newdir/`` names a folder, which ``Path`` would silently turn into a
+    file named ``newdir``."""
+    if not value or value.endswith(("/", os.sep)):
+        raise VRCurveError(f"{option} {value!r} names a folder, not a file; give a file name, e.g. "
+                           f"{option} {value or './'}vr.safetensors.")
+    return Path(value)
 
 
 def _print_error(exc: Exception):
@@ -110,12 +126,16 @@ def _root(
 
 
 def _parse_samples(value: str) -> Optional[int]:
+    """-M: a whole number of at least 1, or ``all``; anything else is a usage error (exit 2), like -K 0."""
     if value == "all":
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is neither a whole number nor 'all'.") from None
+        raise typer.BadParameter(f"{value!r} is neither a whole number nor 'all'.", param_hint="'--samples' / '-M'") from None
+    if number < 1:
+        raise typer.BadParameter(f"{number} is not in the range x>=1 (or 'all').", param_hint="'--samples' / '-M'")
+    return number
 
 
 def _progress_reporter(enabled: bool):
@@ -151,7 +171,7 @@ def _progress_reporter(enabled: bool):
 def estimate(
     data: str = typer.Option(..., "--data", "-d", help="Samples: a .npy, .npz, HDF5 or safetensors file; a folder or glob of "
                              "safetensors shards, per-sample .npy files or images (png/jpg/webp); or 'demo'."),
-    out_path: Path = typer.Option(Path("vr.safetensors"), "--out", "-o", help="Artifact to write."),
+    out_path: str = typer.Option("vr.safetensors", "--out", "-o", help="Artifact to write."),
     key: Optional[str] = typer.Option(None, "--key", help="Array, dataset or tensor name in .npz, HDF5 or safetensors files "
                                       "(HDF5 per-sample layouts: 'group/*' or '*/name'); detected when unambiguous."),
     scheduler: str = typer.Option("linear", "--scheduler", "-s", help="linear, cosine, diffusion, custom, or module:object."),
@@ -162,7 +182,7 @@ def estimate(
     samples: str = typer.Option("200", "--samples", "-M", help="M, samples drawn from the data (or 'all')."),
     noise: int = typer.Option(500, "--noise", "-K", min=1, help="K, noises per sample."),
     timesteps: int = typer.Option(1000, "--timesteps", "-T", min=2, help="T, timestep bins."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the sample choice and of every noise."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the sample choice and of every noise."),
     likelihood: Likelihood = typer.Option(Likelihood.mean, "--likelihood", help="mean: tau = d (default); sum: exact posterior."),
     form: Form = typer.Option(Form.covariance, "--form", help="covariance: h^2 trCov/d (default); paper: h^2 (1 - S)."),
     normalize: Normalize = typer.Option(Normalize.global_, "--normalize", help="global, channel or none."),
@@ -201,6 +221,8 @@ def estimate(
         raise typer.BadParameter(f"{scheduler!r} is not one of {', '.join(SCHEDULERS)} nor module:object.",
                                  param_hint="--scheduler")
     sched = get_scheduler(scheduler, shift=shift, beta_min=beta_min, beta_max=beta_max, custom=custom)
+    out_file = _file_path(out_path, "--out")
+    samples_m = _parse_samples(samples)
     from .distributed import RankFailed, launch, local_device
 
     with launch(device) as ranks:  # None unless started by torchrun
@@ -212,7 +234,7 @@ def estimate(
             if bar is not None:
                 bar.start()
             result = run_estimate(
-                data, out_path, sched, key=key, samples=_parse_samples(samples), noise=noise, timesteps=timesteps,
+                data, out_file, sched, key=key, samples=samples_m, noise=noise, timesteps=timesteps,
                 seed=seed, likelihood=likelihood.value, form=form.value, normalization=normalize.value, device=device,
                 chunk_size=chunk_size, table_size=table_size, fit_scale=fit_scale, overwrite=overwrite,
                 progress=report, moments=moments.value if moments is not None else None,
@@ -445,7 +467,7 @@ def export_cmd(
 @_user_errors
 def plot_cmd(
     artifact: Path = typer.Argument(..., help="A vrcurve artifact."),
-    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Image to write (.png, .pdf, .svg); default: "
+    out_path: Optional[str] = typer.Option(None, "--out", "-o", help="Image to write (.png, .pdf, .svg); default: "
                                             "the artifact's name with .png."),
     log: bool = typer.Option(False, "--log", help="Draw V(t) on a log scale."),
     width: int = typer.Option(900, "--width", min=1, help="Image width in pixels."),
@@ -458,7 +480,7 @@ def plot_cmd(
     from .plot import plot_artifact
 
     arrays, meta = read_artifact(artifact)
-    target = out_path if out_path is not None else artifact.with_suffix(".png")
+    target = _file_path(out_path, "--out") if out_path is not None else artifact.with_suffix(".png")
     plot_artifact(arrays, meta, target, log_variance=log, width=width, height=height, dpi=dpi, title=artifact.name)
     if not quiet:
         print(target)

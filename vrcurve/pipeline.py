@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from .artifact import write_artifact
+from .artifact import check_destination, write_artifact
 from .convergence import ConvergenceReport, bootstrap_m
 from .convergence import check_convergence as convergence_check
 from .distributed import Ranks
@@ -143,8 +143,8 @@ def run_estimate(
     out = Path(out)
     writer = ranks is None or ranks.rank == 0
     with _step(ranks):  # every rank reads the data: a path missing on one node fails the whole run
-        if writer and out.exists() and not overwrite:
-            raise VRCurveError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+        if writer:  # before the work: a path that cannot take the artifact fails now, not in an hour
+            check_destination(out, overwrite=overwrite)
         if bootstrap < 0:
             raise VRCurveError(f"--bootstrap must be 0 (off) or a positive number of replicates, got {bootstrap}.")
         if timesteps < 2 or table_size < 2:
@@ -207,5 +207,5 @@ def run_estimate(
         "S_stderr": curve.S_stderr, "variance_stderr": curve.variance_stderr,
     }
     if writer:
-        write_artifact(out, tensors, metadata)
+        write_artifact(out, tensors, metadata, overwrite=overwrite)
     return EstimateResult(path=out, curve=curve, density=density, fit=fit, metadata=metadata, convergence=convergence)

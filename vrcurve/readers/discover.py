@@ -67,6 +67,18 @@ def _walk(root: Path) -> List[Path]:
     return files
 
 
+def _unique(files: List[Path]) -> List[Path]:
+    """Each real file once, under its first name in sorted order: ``**`` follows links to folders, so a link
+    cycle (``a/up -> ..``) would list the same files again at every depth."""
+    seen, kept = set(), []
+    for f in sorted(files, key=lambda p: natural_key(str(p))):
+        real = os.path.realpath(f)
+        if real not in seen:
+            seen.add(real)
+            kept.append(f)
+    return kept
+
+
 def _classify(where: str, candidates: List[Path], how: str) -> Found:
     by_fmt: Dict[str, List[Path]] = {}
     for p in candidates:
@@ -96,6 +108,8 @@ def discover(path: str) -> Found:
         VRCurveError: the path does not exist, a folder or glob holds no data files (the message lists the
             suffixes looked for) or files of several formats, or the file type is not supported.
     """
+    if not path.strip():  # Path("") is the current folder, which was never asked for
+        raise VRCurveError("--data is empty; pass a file, a folder or a glob (or demo).")
     p = Path(path)
     if p.is_file():
         fmt = FORMATS.get(p.suffix.lower())
@@ -110,7 +124,7 @@ def discover(path: str) -> Found:
             raise VRCurveError(f"cannot list folder {path} ({exc}); check its permissions.") from None
         return _classify(path, files, "the folder")
     if any(c in path for c in _GLOB_CHARS):
-        files = [Path(f) for f in _glob.glob(path, recursive=True) if Path(f).is_file()]
+        files = _unique([Path(f) for f in _glob.glob(path, recursive=True) if Path(f).is_file()])
         return _classify(path, files, "the glob")
     if p.exists():
         raise VRCurveError(f"data path {path} is neither a file nor a folder; pass a file, a folder or a glob.")
