@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vrcurve.artifact import TENSORS, Terminated, read_artifact, write_artifact
-from vrcurve.cli import app
+from vrcurve.cli import _SHOW_ORDER, app
 from vrcurve.errors import VRCurveError
 from vrcurve.readers import open_source
 
@@ -266,3 +266,222 @@ def test_negative_counts_are_usage_errors(tmp_path, option):
     res = run("estimate", "-d", data, "-o", tmp_path / "vr.safetensors", *option)
     assert res.exit_code == 2, res.output
     assert "Traceback" not in res.output and not (tmp_path / "vr.safetensors").exists()
+
+
+def test_skip_bad_never_uses_fewer_than_m_samples(tmp_path):
+    """30 files, 2 undecodable: -M 29 cannot be met (only 28 decode) and must fail; it used to give 28, exit 0."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for i in range(30):
+        _data(folder / f"{i:02d}.npy", n=1, seed=i)
+    for bad in ("03.npy", "17.npy"):
+        (folder / bad).write_bytes(b"not a .npy file")
+    out = tmp_path / "vr.safetensors"
+    args = ("-K", "2", "-T", "8", "--bootstrap", "0", "--skip-bad")
+    _one_error_line(run("estimate", "-d", folder, "-o", out, "-M", "29", *args),
+                    "only 28 of the 30 samples", "fewer than --samples 29")
+    assert not out.exists()
+    res = run("estimate", "-d", folder, "-o", out, "-M", "28", *args, "--json")
+    assert res.exit_code == 0, res.output
+    meta = read_artifact(out)[1]
+    assert meta["samples"] == 28 and meta["data"]["skipped"] == 2
+
+
+def test_convergence_check_needs_subsets_smaller_than_m(tmp_path):
+    """With M = 2 the 'M/2' subset was the whole sample: the run compared itself and said settled."""
+    data = _data(tmp_path / "d.npy", n=20)
+    out = tmp_path / "vr.safetensors"
+    args = ("-d", data, "-o", out, "-K", "2", "-T", "8", "--bootstrap", "0", "--check-convergence")
+    _one_error_line(run("estimate", *args, "-M", "2"), "needs M of at least 8, got 2")
+    assert not out.exists()
+    assert run("estimate", *args, "-M", "8", "-q").exit_code == 0
+    rows = read_artifact(out)[1]["convergence"]["rows"]
+    assert [r["samples"] for r in rows] == [2, 4, 8]
+
+
+def test_sixteen_bit_png_uses_its_full_range(tmp_path):
+    """convert('RGB') clipped 16-bit grey to 255, so almost every pixel read as white (1.0)."""
+    Image = pytest.importorskip("PIL.Image")
+    values = (np.arange(64, dtype=np.int64).reshape(8, 8) * 1000 + 535).astype(np.uint16)
+    folder = tmp_path / "png16"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(values).save(folder / f"{i}.png")
+    assert Image.open(folder / "0.png").mode.startswith("I")
+    x = open_source(str(folder)).read(np.arange(3))
+    expected = values.astype(np.float64) / 32767.5 - 1.0
+    assert x.shape == (3, 3, 8, 8)
+    np.testing.assert_allclose(x, np.broadcast_to(expected, x.shape), atol=1e-6)
+
+
+def test_file_names_with_brackets_are_printed_as_they_are(tmp_path):
+    """Rich markup: 'm[/]x.npy' crashed show, 'brack[et].npy' showed as 'brack.npy'."""
+    (tmp_path / "m[").mkdir()
+    paths = {"m[/]x.npy": tmp_path / "m[" / "]x.safetensors", "brack[et].npy": tmp_path / "brack[et].safetensors"}
+    for data, path in paths.items():
+        write_artifact(path, _tensors(), {"data": {"path": data}, "logitnormal_m": 0.1, "samples": 3})
+        res = run("show", path)
+        assert res.exit_code == 0, res.output
+        assert f"path={data}" in res.stdout
+    res = run("compare", *paths.values())
+    assert res.exit_code == 0, res.output
+    assert all(str(p) in res.stdout for p in paths.values())
+
+
+def test_plot_sizes_matplotlib_cannot_draw_are_usage_errors(tiny_artifact, tmp_path):
+    pytest.importorskip("matplotlib")
+    from vrcurve.plot import plot_artifact
+
+    out = tmp_path / "p.png"
+    res = run("plot", tiny_artifact, "-o", out, "--width", "1", "--height", "1", "--dpi", "1")
+    assert res.exit_code == 2 and "Traceback" not in res.output and not out.exists()
+    arrays, meta = read_artifact(tiny_artifact)
+    with pytest.raises(VRCurveError, match="cannot be drawn"):
+        plot_artifact(arrays, meta, out, width=1, height=1, dpi=1)
+    assert not out.exists()
+    assert run("plot", tiny_artifact, "-o", out, "--width", "100", "--height", "100", "--dpi", "10", "-q").exit_code == 0
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("def sched(t):\n    return t\n", "fails when asked for alpha of a tensor of timesteps (AttributeError"),
+    ("class Sched:\n    def alpha(self, t): return t\n    def sigma(self, t): return 1 - t\n"
+     "    def d_alpha(self, t): return 1.0\n    def d_sigma(self, t): return -1.0\n", "gives float for d_alpha"),
+])
+def test_a_custom_scheduler_that_is_not_one_is_refused_at_the_start(tmp_path, monkeypatch, body, expected):
+    from vrcurve.schedulers import get_scheduler
+
+    module = "not_a_scheduler_" + ("fn" if body.startswith("def") else "cls")  # a module per case: imports are cached
+    (tmp_path / f"{module}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    name = f"{module}:" + ("sched" if body.startswith("def") else "Sched")
+    with pytest.raises(VRCurveError, match=expected.replace("(", r"\(")):
+        get_scheduler(name)
+    data = _data(tmp_path / "d.npy")
+    _one_error_line(run("estimate", "-d", data, "-o", tmp_path / "vr.safetensors", "-s", name, *SMALL), name)
+
+
+def test_huge_t_or_k_is_refused_up_front_saying_what_fits(tmp_path, monkeypatch):
+    import torch
+
+    from vrcurve import estimator
+
+    free = 2 << 30
+    monkeypatch.setattr(estimator, "_free_memory", lambda device: free)
+    data = _data(tmp_path / "d.npy")
+    res = run("estimate", "-d", data, "-o", tmp_path / "vr.safetensors", "-M", "6", "-K", "3", "-T", "10000000000")
+    line = _one_error_line(res, "need about", "GiB of memory on cpu", "at most fits")
+    fits = int(line.split("-T ")[2].split(" ")[0].replace(",", ""))
+    need = estimator.memory_need(6, 18, [torch.device("cpu")], per_timestep_extra=32 * 200)["cpu"]
+    assert need.total(fits, 3) <= free < need.total(fits + 1, 3)
+    res = run("estimate", "-d", data, "-o", tmp_path / "vr.safetensors", "-M", "6", "-K", "100000000000", "-T", "8")
+    line = _one_error_line(res, "-K ")
+    fits = int(line.split("; -K ")[1].split(" ")[0].replace(",", ""))
+    need = estimator.memory_need(6, 18, [torch.device("cpu")], per_timestep_extra=32 * 200)["cpu"]
+    assert need.total(8, fits) <= free < need.total(8, fits + 1)
+    assert not (tmp_path / "vr.safetensors").exists()
+
+
+@pytest.mark.parametrize("module, command", [("typer", ["schedulers"]), ("torch", ["estimate", "-d", "{data}"])])
+def test_ctrl_c_while_importing_is_one_line(tmp_path, module, command):
+    """A KeyboardInterrupt raised by an import (a stand-in module that raises it) is what Ctrl-C while
+    typer or torch loads gives: status 130 and one line, no traceback."""
+    (tmp_path / "shim" / module).mkdir(parents=True)
+    (tmp_path / "shim" / module / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    data = _data(tmp_path / "d.npy")
+    args = [a.replace("{data}", str(data)) for a in command]
+    proc = subprocess.run([sys.executable, "-m", "vrcurve", *args], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{tmp_path / 'shim'}{os.pathsep}{ROOT}"})
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "interrupted; nothing was written."
+
+
+def test_warnings_before_an_error_are_not_printed(tmp_path):
+    """One line on stderr per error: a warning raised on the way to it (here by the user's scheduler) is dropped."""
+    (tmp_path / "warn_sched.py").write_text(textwrap.dedent("""
+        import warnings
+        def sched(t):
+            warnings.warn("overflow encountered", RuntimeWarning)
+            return t
+    """))
+    data = _data(tmp_path / "d.npy")
+    proc = subprocess.run([sys.executable, "-m", "vrcurve", "estimate", "-d", str(data), "-s", "warn_sched:sched",
+                           "-o", str(tmp_path / "vr.safetensors"), *SMALL], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: custom scheduler warn_sched:sched"), proc.stderr
+
+
+def test_show_json_keys_come_in_one_order(tmp_path):
+    """safetensors keeps metadata in a hash map: the order of `show --json` changed from file to file."""
+    meta = {f"key{i}": i for i in range(20)}
+    meta.update(samples=3, likelihood="mean", scheduler={"name": "linear", "shift": 1.0})
+    orders = []
+    for i, items in enumerate((list(meta.items()), list(reversed(meta.items())))):
+        path = tmp_path / f"{i}.safetensors"
+        write_artifact(path, _tensors(), dict(items))
+        res = run("show", path, "--json")
+        assert res.exit_code == 0, res.output
+        orders.append(list(json.loads(res.stdout)))
+    assert orders[0] == orders[1]
+    first = [k for k in _SHOW_ORDER if k in orders[0]]  # the table's order: the main keys, then the rest sorted
+    assert first[:3] == ["scheduler", "likelihood", "samples"]
+    assert orders[0] == first + sorted(set(orders[0]) - set(first))
+
+
+# ----------------------------------------------------------------------------------------------- torchrun
+
+PER_RANK = """
+import os, sys
+from vrcurve.cli import main
+sys.argv = ["vrcurve"] + [a.replace("{rank}", os.environ["RANK"]) for a in sys.argv[1:]]
+main()
+"""
+
+
+def _torchrun_per_rank(tmp_path, args):
+    """torchrun with two CPU ranks, each with its own argv ('{rank}' replaced): a stand-in for nodes whose
+    command lines or files differ. Returns the finished process and the (empty, if all went well) out folder."""
+    import socket
+
+    launcher = tmp_path / "per_rank.py"
+    launcher.write_text(PER_RANK)
+    out = tmp_path / "out"
+    out.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", str(launcher), "estimate", "-o", str(out / "vr.safetensors"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240), out
+
+
+def _vrcurve_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+@pytest.mark.parametrize("case", ["timesteps", "data"])
+def test_torchrun_ranks_must_agree(tmp_path, case):
+    """A rank with another -T used to abort inside gloo with no message; another --data or --seed gave exit 0
+    and a mixed artifact labelled with rank 0's inputs."""
+    for rank in (0, 1):
+        _data(tmp_path / f"d{rank}.npy", seed=0 if case == "timesteps" else rank)
+    if case == "timesteps":
+        args, expected = ["-d", str(tmp_path / "d0.npy"), "-T", "2{rank}"], "runs with --timesteps 21, rank 0 with --timesteps 20"
+    else:
+        args, expected = ["-d", str(tmp_path / "d{rank}.npy"), "-T", "20"], "rank 1 of 2 read other data than rank 0"
+    proc, out = _torchrun_per_rank(tmp_path, [*args, "-M", "6", "-K", "3", "--bootstrap", "0", "-q"])
+    assert proc.returncode == 1, proc.stderr
+    lines = _vrcurve_lines(proc.stderr)
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_torchrun_failure_on_every_rank_prints_one_line(tmp_path):
+    proc, out = _torchrun_per_rank(tmp_path, ["-d", str(tmp_path / "missing{rank}.npy"), *SMALL])
+    assert proc.returncode == 1
+    lines = _vrcurve_lines(proc.stderr)
+    assert lines == [f"error: rank 0 of 2: data path {tmp_path / 'missing0.npy'} does not exist; check --data "
+                     "(or use --data demo)."], proc.stderr
+    assert list(out.iterdir()) == []

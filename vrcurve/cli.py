@@ -11,14 +11,19 @@ import functools
 import json
 import os
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+try:
+    import typer
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+except KeyboardInterrupt:  # Ctrl-C while the command line loads: no traceback, as after it has loaded
+    sys.stderr.write("interrupted; nothing was written.\n")
+    sys.exit(130)
 
 from ._version import __version__
 from .errors import VRCurveError
@@ -79,20 +84,26 @@ def _user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except VRCurveError as exc:
-            _print_error(exc)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; nothing was written.")
-            raise typer.Exit(130) from None
-        except SystemExit as exc:
-            from .artifact import Terminated
+        # Warnings (NumPy's RuntimeWarnings, torch's UserWarnings) are held back: after an error the one
+        # line says what went wrong, and a warning about the same values before it would only confuse it.
+        with warnings.catch_warnings(record=True) as held:
+            try:
+                result = fn(*args, **kwargs)
+            except VRCurveError as exc:
+                _print_error(exc)
+                raise typer.Exit(1) from None
+            except KeyboardInterrupt:
+                err.print("interrupted; nothing was written.")
+                raise typer.Exit(130) from None
+            except SystemExit as exc:
+                from .artifact import Terminated
 
-            if isinstance(exc, Terminated):  # SIGTERM while writing: the temporary file is gone already
-                err.print("terminated; nothing was written.")
-            raise
+                if isinstance(exc, Terminated):  # SIGTERM while writing: the temporary file is gone already
+                    err.print("terminated; nothing was written.")
+                raise
+        for w in held:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return result
 
     return wrapper
 
@@ -341,13 +352,15 @@ def show(
     from .distribution import load
 
     dist = load(artifact)
+    # safetensors keeps metadata in a hash map, whose order changes from file to file: print a fixed one
+    first = [k for k in _SHOW_ORDER if k in dist.meta]
+    keys = first + sorted(set(dist.meta) - set(first))
     if as_json:
-        print(json.dumps(dist.meta))
+        print(json.dumps({k: dist.meta[k] for k in keys}))
         return
     table = Table(show_header=False, box=None, pad_edge=False)
-    first = [k for k in _SHOW_ORDER if k in dist.meta]
-    for k in first + sorted(set(dist.meta) - set(first) - {"checksum"}):
-        table.add_row(k, _fmt(dist.meta[k]))
+    for k in (k for k in keys if k != "checksum"):
+        table.add_row(escape(k), escape(_fmt(dist.meta[k])))  # paths may hold brackets: m[/]x.npy
     out.print(table)
     out.print()
     arrays = dist.arrays
@@ -470,9 +483,9 @@ def plot_cmd(
     out_path: Optional[str] = typer.Option(None, "--out", "-o", help="Image to write (.png, .pdf, .svg); default: "
                                             "the artifact's name with .png."),
     log: bool = typer.Option(False, "--log", help="Draw V(t) on a log scale."),
-    width: int = typer.Option(900, "--width", min=1, help="Image width in pixels."),
-    height: int = typer.Option(1000, "--height", min=1, help="Image height in pixels."),
-    dpi: int = typer.Option(100, "--dpi", min=1, help="Pixels per inch (text size scales with it)."),
+    width: int = typer.Option(900, "--width", min=100, max=10_000, help="Image width in pixels."),
+    height: int = typer.Option(1000, "--height", min=100, max=10_000, help="Image height in pixels."),
+    dpi: int = typer.Option(100, "--dpi", min=10, max=1_000, help="Pixels per inch (text size scales with it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ):
     """Draw S_t, V(t) and pdf(t) with its logit-normal fit in one figure (needs vrcurve[plot])."""

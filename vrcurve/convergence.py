@@ -23,12 +23,16 @@ from typing import Callable, List, Sequence, Tuple
 import numpy as np
 
 from .density import curve_cdf, density_from_curve, ks_between_cdfs
+from .errors import VRCurveError
 from .estimator import Curve
 from .fit import ks_objective
 
 KS_SETTLED = 0.02
 M_SETTLED = 0.05
 BOOTSTRAP_LEVEL = 0.90
+# The smallest M the convergence check can use: its subsets, M/4 and M/2, must hold 2 samples or more and
+# both be smaller than M (with M = 2 the "M/2" subset was the whole sample, so the run compared itself).
+CONVERGENCE_MIN_SAMPLES = 8
 
 
 def variance_from_sources(per_source_S: np.ndarray, per_source_trcov: np.ndarray, h2: np.ndarray, form: str,
@@ -126,6 +130,13 @@ def nested_subsets(M: int, seed: int, fractions: Sequence[float] = (0.25, 0.5)) 
     return [np.sort(order[: max(2, int(round(f * M)))]) for f in fractions]
 
 
+def require_samples(M: int) -> None:
+    """Refuse a convergence check on fewer than CONVERGENCE_MIN_SAMPLES samples (before any work is done)."""
+    if M < CONVERGENCE_MIN_SAMPLES:
+        raise VRCurveError(f"--check-convergence re-estimates on M/4 and M/2 of the samples, which needs M of at least "
+                           f"{CONVERGENCE_MIN_SAMPLES}, got {M}; pass more --samples or drop --check-convergence.")
+
+
 def check_convergence(full: Curve, full_cdf: np.ndarray, full_m: float,
                       estimate_subset: Callable[[np.ndarray], Curve], seed: int,
                       fractions: Sequence[float] = (0.25, 0.5)) -> ConvergenceReport:
@@ -139,6 +150,7 @@ def check_convergence(full: Curve, full_cdf: np.ndarray, full_m: float,
     """
     from .fit import fit_logitnormal
 
+    require_samples(full.samples)
     rows = []
     for pos in nested_subsets(full.samples, seed, fractions):
         cdf = density_from_curve(estimate_subset(pos).variance).cdf

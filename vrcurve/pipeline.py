@@ -13,12 +13,12 @@ import numpy as np
 import torch
 
 from .artifact import check_destination, write_artifact
-from .convergence import ConvergenceReport, bootstrap_m
+from .convergence import ConvergenceReport, bootstrap_m, require_samples
 from .convergence import check_convergence as convergence_check
 from .distributed import Ranks
 from .density import Density, density_from_curve
 from .errors import VRCurveError
-from .estimator import Curve, estimate
+from .estimator import Curve, check_memory, estimate
 from .fit import LogitNormalFit, fit_logitnormal
 from .readers import open_source
 from .samples import LatentTransform, load_samples
@@ -154,7 +154,20 @@ def run_estimate(
                                     shift_factor=shift_factor)
         source = open_source(data, key=key, resolution=resolution, skip_bad=skip_bad)
         chosen = load_samples(source, samples, seed, normalization, transform)
+        if check_convergence:
+            require_samples(len(chosen.indices))
         x = torch.from_numpy(chosen.x)
+        # the bootstrap's (T, replicates) tables come on top of the estimate's own
+        check_memory(x.shape[0], int(np.prod(x.shape[1:])), noise, timesteps, devices, per_timestep_extra=32 * bootstrap)
+    if ranks is not None:  # every rank must estimate the same thing from the same data
+        ranks.same_everywhere({
+            "--samples": samples, "--noise": noise, "--timesteps": timesteps, "--seed": seed,
+            "--likelihood": likelihood, "--form": form, "--normalize": normalization, "--scheduler": scheduler.describe(),
+            "--precision": precision, "--table-size": table_size, "--fit-scale": fit_scale, "--bootstrap": bootstrap,
+            "--check-convergence": check_convergence, "--moments": moments, "--moments-kind": moments_kind,
+            "--scaling-factor": scaling_factor, "--shift-factor": shift_factor, "--key": key,
+            "--resolution": resolution, "--skip-bad": skip_bad, "data": chosen.fingerprint,
+        })
     settings = dict(scheduler=scheduler, noise=noise, timesteps=timesteps, seed=seed, likelihood=likelihood, form=form,
                     chunk_size=chunk_size, device=devices, precision=precision, ranks=ranks)
     curve = estimate(x, source_ids=chosen.indices, progress=progress, **settings)
