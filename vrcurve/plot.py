@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from .artifact import atomic_path
+from .artifact import atomic_path, write_error
 from .errors import VRCurveError
 
 
@@ -160,5 +160,5 @@ def plot_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], out
     except ValueError as exc:  # matplotlib's word for an unknown format
         raise VRCurveError(f"cannot write {out}: {exc}; use a .png, .pdf or .svg name.") from None
     except OSError as exc:
-        raise VRCurveError(f"cannot write {out}: {exc.strerror or exc}; check the path and free space.") from None
+        raise write_error(out, exc) from None
     return out
