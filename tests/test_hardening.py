@@ -216,14 +216,23 @@ def test_float64_beyond_float32_in_every_format(tmp_path):
             open_source(str(tmp_path / data)).read(np.arange(6))
 
 
-def test_hdf5_null_dataspace(tmp_path):
+def test_hdf5_null_dataspace_and_empty_samples(tmp_path):
     import h5py
 
     path = tmp_path / "null.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("x", data=h5py.Empty("f4"))
+        for i in range(3):
+            f.create_dataset(f"members/{i}", data=h5py.Empty("f4"))
+            f.create_dataset(f"zero/{i}", data=np.zeros((4, 0), dtype=np.float32))
     with pytest.raises(VRCurveError, match="HDF5 null dataspace"):
         open_source(str(path), key="x")
+    with pytest.raises(VRCurveError, match="HDF5 null dataspace"):
+        open_source(str(path), key="members/*")
+    with pytest.raises(VRCurveError, match=r"shape \(4, 0\), which holds no numbers"):
+        open_source(str(path), key="zero/*")
+    res = run("estimate", "-d", path, "--key", "x", "-o", tmp_path / "vr.safetensors", *SMALL)
+    _one_error_line(res, "null.h5:x is an empty dataset (HDF5 null dataspace)")
 
 
 def test_complex_safetensors_are_refused_like_complex_npy(tmp_path):

@@ -202,6 +202,9 @@ class HDF5SamplesSource(Source):
             raise VRCurveError(f"{self.sample_name(0)} is an empty dataset (HDF5 null dataspace) with no shape; "
                                "check the key.")
         self._first_shape = tuple(int(s) for s in first.shape)
+        if 0 in self._first_shape:
+            raise VRCurveError(f"{self.sample_name(0)} has shape {self._first_shape}, which holds no numbers; check "
+                               "the key.")
         self._check_dtype(0, first)
         self.shape = self._first_shape
 
