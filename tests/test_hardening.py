@@ -259,6 +259,22 @@ def test_a_glob_through_a_link_cycle_counts_each_file_once(tmp_path):
     assert [Path(f).name for f in by_glob.sources()] == [f"s{i}.npy" for i in range(5)]
 
 
+def test_a_glob_through_two_link_cycles_ends(tmp_path):
+    """Two links back up make Python's glob list 2^40 paths (it follows links at every depth): the glob is
+    matched against one walk of the folder instead. In a subprocess, so that a regression fails, not hangs."""
+    root = tmp_path / "data" / "a"
+    root.mkdir(parents=True)
+    for i in range(3):
+        _data(root / f"s{i}.npy", n=1, seed=i)
+    os.symlink("..", root / "up1")
+    os.symlink("..", root / "up2")
+    code = "import sys; from vrcurve.readers import open_source; print(open_source(sys.argv[1]).n)"
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "data" / "**" / "s*.npy")], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "3"
+
+
 def test_empty_data_path_does_not_scan_the_current_folder(tmp_path, monkeypatch):
     _data(tmp_path / "d.npy")
     monkeypatch.chdir(tmp_path)
