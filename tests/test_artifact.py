@@ -6,24 +6,13 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import vrcurve.artifact as artifact
-from vrcurve.artifact import TENSORS, payload_checksum, read_artifact, write_artifact
+from vrcurve.artifact import payload_checksum, read_artifact, write_artifact
 from vrcurve.errors import VRCurveError
 
-
-def _tensors(T=10, U=16):
-    """A valid artifact's tensors: a density from a random positive curve, the rest random."""
-    from vrcurve.density import density_from_curve
-
-    rng = np.random.default_rng(0)
-    tensors = {name: rng.random(T) for name in TENSORS}
-    density = density_from_curve(rng.random(T) + 0.1, U)
-    tensors.update(t=(np.arange(T) + 0.5) / T, pdf=density.pdf, cdf=density.cdf, icdf=density.icdf)
-    return tensors
+from artifacts import valid_meta, valid_tensors
 
 
-def _meta(**entries):
-    """The metadata every artifact must have, plus ``entries``."""
-    return {"time_convention": "t0_noise", "logitnormal_m": 0.25, **entries}
+_tensors, _meta = valid_tensors, valid_meta
 
 
 def test_round_trip(tmp_path):

@@ -13,17 +13,21 @@ the pooled curve in the version-1 tensors, each bucket's tensors ``bucket.<b>.<n
 its metadata in the list ``buckets`` (shape, dim, samples_total, share, samples, the fit...). Data of one
 shape gives no ``buckets`` entry.
 
-Writes are atomic: a temporary file in the same folder, fsync, then rename; an interrupted write leaves
-nothing at the destination.
+Writes are atomic: a temporary file in the same folder, fsync, then a rename (or, when nothing may be
+replaced, a hard link); an interrupted or terminated write leaves nothing at the destination.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
-import tempfile
+import secrets
+import signal
+import stat
+import threading
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Tuple, Union
@@ -78,11 +82,14 @@ def _decode(value: str) -> Any:
         return value
 
 
-def write_artifact(path: PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> Path:
+def write_artifact(path: PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any], *,
+                   overwrite: bool = True) -> Path:
     """Write ``tensors`` (cast to float32) and ``metadata`` atomically to ``path``; returns the path.
 
-    ``format``, ``format_version``, ``vrcurve_version`` and ``checksum`` are set here.
+    ``format``, ``format_version``, ``vrcurve_version`` and ``checksum`` are set here. With ``overwrite``
+    False an existing file at ``path`` is never replaced, not even one that appeared while writing.
     """
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
     path = Path(path)
@@ -94,32 +101,110 @@ def write_artifact(path: PathLike, tensors: Mapping[str, np.ndarray], metadata: 
     meta.update(format=FORMAT, format_version=str(FORMAT_VERSION), vrcurve_version=__version__)
     meta.pop("checksum", None)
     meta["checksum"] = artifact_checksum(arrays, meta)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise VRCurveError(f"cannot write {path}: folder {folder} does not exist; create it or choose another --out.")
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, overwrite=overwrite) as tmp:
             save_file(arrays, tmp, metadata=meta)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-    except OSError as exc:
-        raise VRCurveError(f"cannot write {path}: {exc.strerror or exc}; check the path and free space.") from None
+    except (OSError, SafetensorError) as exc:
+        raise write_error(path, exc) from None
     return path
 
 
+def write_error(path: Path, exc: BaseException) -> VRCurveError:
+    """One sentence for a write that failed: a full disk is named as such (safetensors reports it as a
+    SafetensorError whose text ends in ``os error 28``)."""
+    errno_ = getattr(exc, "errno", None)
+    if errno_ == errno.ENOSPC or "os error 28" in str(exc):
+        return VRCurveError(f"cannot write {path}: the disk is full (No space left on device); free some space "
+                            "or write to another disk with -o.")
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return VRCurveError(f"cannot write {path}: {reason}; check the path and free space.")
+
+
+def check_destination(path: Path, *, overwrite: bool) -> None:
+    """Refuse an output path that cannot take a new regular file: a missing folder, an existing folder,
+    device, pipe or socket (``/dev/null`` must stay a device), or an existing file without ``overwrite``."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise VRCurveError(f"cannot write {path}: folder {folder} does not exist; create it or choose another -o.")
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise VRCurveError(f"cannot write {path}: it exists and is {kind}; give the name of a file to write with -o.")
+    if path.exists() and not overwrite:
+        raise VRCurveError(f"{path} already exists; pass --overwrite to replace it or choose another --out.")
+
+
 @contextmanager
-def atomic_path(path: Path) -> Iterator[str]:
-    """A temporary file beside ``path`` for the block to write; it becomes ``path`` (one rename) when the
-    block succeeds and is removed when it fails, so ``path`` is either the whole new file or untouched."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def atomic_path(path: Path, *, overwrite: bool = True) -> Iterator[str]:
+    """A temporary file beside ``path`` for the block to write; it becomes ``path`` when the block succeeds
+    and is removed when it fails, so ``path`` is either the whole new file or untouched.
+
+    The new file gets the mode a plain ``open`` would give it (0666 less the umask), or, when it replaces a
+    file, that file's mode. Without ``overwrite`` the last step is a hard link, which fails when ``path``
+    appeared meanwhile (another run writing the same file), so nothing is ever replaced. SIGTERM while the
+    block runs (what torchrun, Slurm and Kubernetes send) removes the temporary file as Ctrl-C does, then
+    exits with status 143.
+    """
+    path = Path(path)
+    check_destination(path, overwrite=overwrite)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    # os.open applies the umask to 0o666, as open() does; mkstemp would make it 0600 whatever the umask.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with _sigterm_raises():
+            mode = stat.S_IMODE(os.stat(path if path.is_file() else tmp).st_mode)
+            yield str(tmp)
+            # set after the block: a writer may create the file anew (safetensors makes it 0600)
+            os.chmod(tmp, mode)
+            if overwrite:
+                check_destination(path, overwrite=True)  # it may have become a folder or a device meanwhile
+                os.replace(tmp, path)
+            else:
+                _link_no_replace(tmp, path)
     except BaseException:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _link_no_replace(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` unless ``path`` exists (checked by the file system, not before)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise VRCurveError(f"{path} appeared while this run was writing it (another run with the same --out?); "
+                           "pass --overwrite to replace it or choose another --out.") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        # A file system without hard links (some network and FAT mounts): check, then rename.
+        check_destination(path, overwrite=False)
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+class Terminated(SystemExit):
+    """SIGTERM during a write, turned into an exception so that the temporary file is removed on the way
+    out; its code is 143 (128 + SIGTERM), the status a process killed by SIGTERM reports."""
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread can install a handler; the process default applies
+        return
+
+    def terminate(signum, frame):
+        raise Terminated(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        # None: the handler was not set from Python (an embedding application); the default then applies
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def read_artifact(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:

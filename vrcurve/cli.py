@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+try:
+    import typer
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+except KeyboardInterrupt:  # Ctrl-C while the command line loads: no traceback, as after it has loaded
+    sys.stderr.write("interrupted; nothing was written.\n")
+    sys.exit(130)
 
 from ._version import __version__
 from .buckets import MIN_BUCKET
@@ -85,16 +91,37 @@ def _user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except VRCurveError as exc:
-            _print_error(exc)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; nothing was written.")
-            raise typer.Exit(130) from None
+        # Warnings (NumPy's RuntimeWarnings, torch's UserWarnings) are held back: after an error the one
+        # line says what went wrong, and a warning about the same values before it would only confuse it.
+        with warnings.catch_warnings(record=True) as held:
+            try:
+                result = fn(*args, **kwargs)
+            except VRCurveError as exc:
+                _print_error(exc)
+                raise typer.Exit(1) from None
+            except KeyboardInterrupt:
+                err.print("interrupted; nothing was written.")
+                raise typer.Exit(130) from None
+            except SystemExit as exc:
+                from .artifact import Terminated
+
+                if isinstance(exc, Terminated):  # SIGTERM while writing: the temporary file is gone already
+                    err.print("terminated; nothing was written.")
+                raise
+        for w in held:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return result
 
     return wrapper
+
+
+def _file_path(value: str, option: str) -> Path:
+    """An output file name as typed: ``newdir/`` names a folder, which ``Path`` would silently turn into a
+    file named ``newdir``."""
+    if not value or value.endswith(("/", os.sep)):
+        raise VRCurveError(f"{option} {value!r} names a folder, not a file; give a file name, e.g. "
+                           f"{option} {value or './'}vr.safetensors.")
+    return Path(value)
 
 
 def _print_error(exc: Exception):
@@ -117,12 +144,16 @@ def _root(
 
 
 def _parse_samples(value: str) -> Optional[int]:
+    """-M: a whole number of at least 1, or ``all``; anything else is a usage error (exit 2), like -K 0."""
     if value == "all":
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is neither a whole number nor 'all'.") from None
+        raise typer.BadParameter(f"{value!r} is neither a whole number nor 'all'.", param_hint="'--samples' / '-M'") from None
+    if number < 1:
+        raise typer.BadParameter(f"{number} is not in the range x>=1 (or 'all').", param_hint="'--samples' / '-M'")
+    return number
 
 
 def _progress_reporter(enabled: bool):
@@ -164,7 +195,7 @@ def _progress_reporter(enabled: bool):
 def estimate(
     data: str = typer.Option(..., "--data", "-d", help="Samples: a .npy, .npz, HDF5 or safetensors file; a folder or glob of "
                              "safetensors shards, per-sample .npy files or images (png/jpg/webp); or 'demo'."),
-    out_path: Path = typer.Option(Path("vr.safetensors"), "--out", "-o", help="Artifact to write."),
+    out_path: str = typer.Option("vr.safetensors", "--out", "-o", help="Artifact to write."),
     key: Optional[str] = typer.Option(None, "--key", help="Array, dataset or tensor name in .npz, HDF5 or safetensors files "
                                       "(HDF5 per-sample layouts: 'group/*' or '*/name'); detected when unambiguous."),
     scheduler: str = typer.Option("linear", "--scheduler", "-s", help="linear, cosine, diffusion, scaled_linear (SD 1.x/"
@@ -179,7 +210,7 @@ def estimate(
     samples: str = typer.Option("200", "--samples", "-M", help="M, samples drawn from the data (or 'all')."),
     noise: int = typer.Option(500, "--noise", "-K", min=1, help="K, noises per sample."),
     timesteps: int = typer.Option(1000, "--timesteps", "-T", min=2, help="T, timestep bins."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the sample choice and of every noise."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the sample choice and of every noise."),
     likelihood: Likelihood = typer.Option(Likelihood.mean, "--likelihood", help="mean: tau = d (default); sum: exact posterior."),
     form: Form = typer.Option(Form.covariance, "--form", help="covariance: h^2 trCov/d (default); paper: h^2 (1 - S)."),
     normalize: Normalize = typer.Option(Normalize.global_, "--normalize", help="global, channel or none."),
@@ -240,6 +271,8 @@ def estimate(
         raise typer.BadParameter(f"must be a share in [0, 1), got {uniform_mix}; 0 turns the floor off.",
                                  param_hint="--uniform-mix")
     sched = get_scheduler(scheduler, shift=shift, beta_min=beta_min, beta_max=beta_max, custom=custom)
+    out_file = _file_path(out_path, "--out")
+    samples_m = _parse_samples(samples)
     from .distributed import RankFailed, launch, local_device
 
     with launch(device) as ranks:  # None unless started by torchrun
@@ -258,7 +291,7 @@ def estimate(
             if bar is not None:
                 bar.start()
             result = run_estimate(
-                data, out_path, sched, key=key, samples=_parse_samples(samples), noise=noise, timesteps=timesteps,
+                data, out_file, sched, key=key, samples=samples_m, noise=noise, timesteps=timesteps,
                 seed=seed, likelihood=likelihood.value, form=form.value, normalization=normalize.value, device=device,
                 chunk_size=chunk_size, table_size=table_size, fit_scale=fit_scale, overwrite=overwrite,
                 progress=report, moments=moments.value if moments is not None else None,
@@ -450,15 +483,18 @@ def show(
     from .distribution import load
 
     dist = load(artifact)
+    # safetensors keeps metadata in a hash map, whose order changes from file to file: print a fixed one
+    first = [k for k in _SHOW_ORDER if k in dist.meta]
+    keys = first + sorted(set(dist.meta) - set(first))
     if as_json:
-        print(json.dumps(dist.meta))
+        print(json.dumps({k: dist.meta[k] for k in keys}))
         return
     table = Table(show_header=False, box=None, pad_edge=False)
     from .compare import normalization_text
 
-    first = [k for k in _SHOW_ORDER if k in dist.meta]
-    for k in first + sorted(set(dist.meta) - set(first) - {"checksum", "buckets", "buckets_dropped"}):
-        table.add_row(k, normalization_text(dist.meta[k]) if k == "normalization" else _fmt(dist.meta[k]))
+    for k in (k for k in keys if k not in ("checksum", "buckets", "buckets_dropped")):
+        value = normalization_text(dist.meta[k]) if k == "normalization" else _fmt(dist.meta[k])
+        table.add_row(escape(k), escape(value))  # paths may hold brackets: m[/]x.npy
     out.print(table)
     out.print()
     if "buckets" in dist.meta:
@@ -641,12 +677,12 @@ def export_cmd(
 @_user_errors
 def plot_cmd(
     artifact: Path = typer.Argument(..., help="A vrcurve artifact."),
-    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Image to write (.png, .pdf, .svg); default: "
+    out_path: Optional[str] = typer.Option(None, "--out", "-o", help="Image to write (.png, .pdf, .svg); default: "
                                             "the artifact's name with .png."),
     log: bool = typer.Option(False, "--log", help="Draw V(t) on a log scale."),
-    width: int = typer.Option(900, "--width", min=1, help="Image width in pixels."),
-    height: int = typer.Option(1000, "--height", min=1, help="Image height in pixels."),
-    dpi: int = typer.Option(100, "--dpi", min=1, help="Pixels per inch (text size scales with it)."),
+    width: int = typer.Option(900, "--width", min=100, max=10_000, help="Image width in pixels."),
+    height: int = typer.Option(1000, "--height", min=100, max=10_000, help="Image height in pixels."),
+    dpi: int = typer.Option(100, "--dpi", min=10, max=1_000, help="Pixels per inch (text size scales with it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ):
     """Draw S_t, V(t) and pdf(t) with its logit-normal fit in one figure (needs vrcurve[plot])."""
@@ -654,7 +690,7 @@ def plot_cmd(
     from .plot import plot_artifact
 
     arrays, meta = read_artifact(artifact)
-    target = out_path if out_path is not None else artifact.with_suffix(".png")
+    target = _file_path(out_path, "--out") if out_path is not None else artifact.with_suffix(".png")
     plot_artifact(arrays, meta, target, log_variance=log, width=width, height=height, dpi=dpi, title=artifact.name)
     if not quiet:
         print(target)

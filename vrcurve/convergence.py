@@ -31,12 +31,16 @@ from typing import Callable, List, Sequence, Tuple
 import numpy as np
 
 from .density import DEFAULT_UNIFORM_MIX, curve_cdf, density_from_curve, ks_between_cdfs
+from .errors import VRCurveError
 from .estimator import Curve
 from .fit import ks_objective
 
 KS_SETTLED = 0.02
 M_SETTLED = 0.05
 BOOTSTRAP_LEVEL = 0.90
+# The smallest M the convergence check can use: its subsets, M/4 and M/2, must hold 2 samples or more and
+# both be smaller than M (with M = 2 the "M/2" subset was the whole sample, so the run compared itself).
+CONVERGENCE_MIN_SAMPLES = 8
 
 
 def variance_from_sources(per_source_S: np.ndarray, per_source_trcov: np.ndarray, h2: np.ndarray, form: str,
@@ -174,6 +178,13 @@ def nested_subsets(M: int, seed: int, fractions: Sequence[float] = (0.25, 0.5)) 
     return [np.sort(order[: max(2, int(round(f * M)))]) for f in fractions]
 
 
+def require_samples(M: int) -> None:
+    """Refuse a convergence check on fewer than CONVERGENCE_MIN_SAMPLES samples (before any work is done)."""
+    if M < CONVERGENCE_MIN_SAMPLES:
+        raise VRCurveError(f"--check-convergence re-estimates on M/4 and M/2 of the samples, which needs M of at least "
+                           f"{CONVERGENCE_MIN_SAMPLES}, got {M}; pass more --samples or drop --check-convergence.")
+
+
 def check_convergence(full: Curve, full_cdf: np.ndarray, full_m: float,
                       estimate_subset: Callable[[np.ndarray], Curve], seed: int,
                       fractions: Sequence[float] = (0.25, 0.5),
@@ -243,6 +254,8 @@ def check_convergence_pooled(sizes: Sequence[int], full_cdf: np.ndarray, full_m:
     """
     from .fit import fit_logitnormal
 
+    for M in sizes:
+        require_samples(M)
     nested = [nested_subsets(M, seed, fractions) for M in sizes]
     rows = []
     for j in range(len(fractions)):

@@ -8,18 +8,23 @@ gets the whole curve; only rank 0 writes the artifact and prints.
 
 Failures: a rank that fails in a local step (reading the data, estimating its share) must not leave the
 others waiting in a collective. Every such step ends with an agreement (``Ranks.step``): an all-gather of
-each rank's error message, or None. If any rank failed, every rank raises ``RankFailed``; the failing rank's
-message is printed once (by the lowest rank that has it), the others exit 1 silently. A collective that
-waits longer than ``TIMEOUT`` (a rank killed or stuck) raises instead of hanging.
+each rank's error message, or None. If any rank failed, every rank raises ``RankFailed``; the lowest failing
+rank prints its message, in one line, and every other rank exits 1 silently. A collective that waits longer
+than ``TIMEOUT`` (a rank killed or stuck) raises instead of hanging.
+
+Agreement: each rank reads its own command line and its own copy of the data. Before any work the ranks
+all-gather the options that change the result and the fingerprint of the data they read
+(``Ranks.same_everywhere``), and a rank that differs from rank 0 fails the run, naming the option.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -79,10 +84,36 @@ class Ranks:
         if mine is None:
             first, message = failed[0]
             raise RankFailed(f"rank {first} of {self.world_size} failed: {message}", show=False)
-        # the lowest rank with this message prints it; the same failure on several ranks is printed once
-        show = min(r for r, m in failed if m == mine) == self.rank
+        # only the lowest failing rank prints: a run that fails says so in one line, however many ranks failed
+        show = failed[0][0] == self.rank
         prefix = "" if self.world_size == 1 else f"rank {self.rank} of {self.world_size}: "
         raise RankFailed(prefix + mine, show=show)
+
+    def same_everywhere(self, settings: Dict[str, Any]) -> None:
+        """Check, before any work, that every rank runs with the same ``settings`` (option name -> value,
+        and ``data``: the fingerprint of the samples read); each rank reads its own command line and its own files, and a
+        rank that differed would add its sums to the others' unnoticed, or hang in a collective of another
+        shape.
+
+        Raises:
+            RankFailed: on every rank, when some rank differs from rank 0; rank 0 prints which option.
+        """
+        import torch.distributed as dist
+
+        mine = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str) for k, v in settings.items()}
+        everyone: List[Optional[Dict[str, str]]] = [None] * self.world_size
+        dist.all_gather_object(everyone, mine)
+        reference = everyone[0]
+        for rank, theirs in enumerate(everyone[1:], start=1):
+            for name in reference:
+                if theirs.get(name) != reference[name] and name == "data":
+                    raise RankFailed(f"rank {rank} of {self.world_size} read other data than rank 0 (fingerprint "
+                                     f"{theirs.get(name)}, not {reference[name]}); the --data of every node must hold "
+                                     "the same files.", show=self.rank == 0)
+                if theirs.get(name) != reference[name]:
+                    raise RankFailed(f"rank {rank} of {self.world_size} runs with {name} {theirs.get(name)}, rank 0 "
+                                     f"with {name} {reference[name]}; start every rank with the same options and the "
+                                     "same data.", show=self.rank == 0)
 
     def settle(self) -> None:
         """Wait until every rank is here (after a failure, so that its message is printed before any rank

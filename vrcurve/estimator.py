@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -278,6 +278,7 @@ def estimate(
     if chunk_size is not None and chunk_size < 1:
         raise VRCurveError(f"chunk size must be at least 1, got {chunk_size}.")
     devices = device_list(device)
+    check_memory(M, d, noise, timesteps, devices)
     prec = resolve_precision(precision, devices[0], dtype)
     t = timestep_grid(timesteps)
     tt = torch.from_numpy(t)
@@ -852,6 +853,74 @@ def _projections(i0: int, i1: int, noise: int, seed: int, ids: np.ndarray, xt: t
                 Pi -= Pi[:, i].clone()[:, None]
                 bound = max(bound, float(torch.linalg.vector_norm(eps, dim=-1).max()) ** 2 / (2.0 * tau))
     return P, bound
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """Bytes an estimate needs at least, as fixed + per_timestep * T + per_noise * K, on one memory."""
+
+    fixed: int
+    per_timestep: int
+    per_noise: int
+
+    def total(self, T: int, K: int) -> int:
+        return self.fixed + self.per_timestep * T + self.per_noise * K
+
+
+def memory_need(M: int, d: int, devices: Sequence[torch.device], per_timestep_extra: int = 0) -> Dict[str, MemoryNeed]:
+    """What an estimate of M samples of d numbers holds at once, at least, per memory ("cpu" or a CUDA device).
+
+    The parts that grow with T are the (2, T, M) float64 per-source sums (a device's own, the host's copy, the
+    per-source averages and their spreads: about eight of them) and a few (T,) tables; the parts that grow
+    with K are a source's (K, M) projections and the (K, d) noise buffers (one per drawing thread). Work
+    blocks are sized from the free memory, so they are not counted. ``per_timestep_extra`` is what the
+    caller adds per timestep (the bootstrap's (T, replicates) tables).
+    """
+    def on_device(dev) -> MemoryNeed:
+        workers = min(torch.get_num_threads(), 8) if dev.type == "cpu" else 1
+        return MemoryNeed(fixed=8 * M * M + 4 * M * d, per_timestep=16 * M, per_noise=4 * (M + workers * d))
+
+    host = MemoryNeed(fixed=0, per_timestep=64 * M + 80 + per_timestep_extra, per_noise=0)
+    needs = {"cpu": host}
+    for dev in devices:
+        key = "cpu" if dev.type == "cpu" else str(dev)
+        have, add = needs.get(key, MemoryNeed(0, 0, 0)), on_device(dev)
+        needs[key] = MemoryNeed(have.fixed + add.fixed, have.per_timestep + add.per_timestep,
+                                have.per_noise + add.per_noise)
+    return needs
+
+
+def check_memory(M: int, d: int, noise: int, timesteps: int, devices: Sequence[torch.device],
+                 per_timestep_extra: int = 0) -> None:
+    """Refuse, before any work, a T or K whose tables do not fit in the free memory, saying what would fit.
+
+    Raises:
+        VRCurveError: the estimate needs more than the free memory of the host or of a device.
+    """
+    for where, need in memory_need(M, d, devices, per_timestep_extra).items():
+        total = need.total(timesteps, noise)
+        free = _free_memory(torch.device(where))
+        if total <= free:
+            continue
+        fits = []
+        t_fit = (free - need.fixed - need.per_noise * noise) // max(1, need.per_timestep)
+        if t_fit >= 2:
+            fits.append(f"-T {t_fit:,}")
+        k_fit = (free - need.fixed - need.per_timestep * timesteps) // max(1, need.per_noise) if need.per_noise else 0
+        if k_fit >= 1:
+            fits.append(f"-K {k_fit:,}")
+        if fits:
+            advice = " or ".join(fits) + " at most fits"
+        elif need.fixed < free:
+            advice = (f"lower -T and -K together (each timestep takes {need.per_timestep:,} bytes and each noise "
+                      f"{need.per_noise:,})")
+        else:
+            advice = "lower --samples"
+        if per_timestep_extra:
+            advice += ", or fewer --bootstrap replicates"
+        raise VRCurveError(f"-T {timesteps:,} and -K {noise:,} with {M} samples of {d} numbers need about "
+                           f"{total / 2**30:,.1f} GiB of memory on {where}, which has {free / 2**30:,.1f} GiB free; "
+                           f"{advice}.")
 
 
 def _free_memory(device: torch.device) -> int:

@@ -379,7 +379,7 @@ def export_json(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], m: fl
         "pdf": [float(v) for v in np.asarray(arrays["pdf"], dtype=np.float64)],
         "cdf": [float(v) for v in np.asarray(arrays["cdf"], dtype=np.float64)],
         "icdf": [float(v) for v in np.asarray(arrays["icdf"], dtype=np.float64)],
-        "meta": {k: v for k, v in meta.items()},
+        "meta": {k: meta[k] for k in sorted(meta)},  # safetensors' metadata order changes from file to file
     }
 
 

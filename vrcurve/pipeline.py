@@ -13,13 +13,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .artifact import bucket_tensors, write_artifact
-from .convergence import ConvergenceReport, bootstrap_m, bootstrap_m_pooled, check_convergence_pooled, pooled_variance
+from .artifact import bucket_tensors, check_destination, write_artifact
+from .convergence import (ConvergenceReport, bootstrap_m, bootstrap_m_pooled, check_convergence_pooled,
+                          pooled_variance, require_samples)
 from .convergence import check_convergence as convergence_check
 from .distributed import Ranks
 from .density import DEFAULT_UNIFORM_MIX, Density, check_uniform_mix, density_from_curve
 from .errors import VRCurveError
-from .estimator import Curve, estimate
+from .estimator import Curve, check_memory, estimate
 from .fit import LogitNormalFit, fit_logitnormal
 from .readers import open_source
 from .buckets import MIN_BUCKET, allocate, shape_text, small_buckets
@@ -184,8 +185,8 @@ def run_estimate(
     out = Path(out)
     writer = ranks is None or ranks.rank == 0
     with _step(ranks):  # every rank reads the data: a path missing on one node fails the whole run
-        if writer and out.exists() and not overwrite:
-            raise VRCurveError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+        if writer:  # before the work: a path that cannot take the artifact fails now, not in an hour
+            check_destination(out, overwrite=overwrite)
         check_uniform_mix(uniform_mix)
         if bootstrap < 0:
             raise VRCurveError(f"--bootstrap must be 0 (off) or a positive number of replicates, got {bootstrap}.")
@@ -220,11 +221,28 @@ def run_estimate(
             plan = _plan_buckets(source, groups, samples, min_bucket, drop_small_buckets)
             chosen_b, pooled_stats = load_buckets(source, plan.groups, plan.allocation, seed, normalization, transform)
         else:
-            chosen = load_samples(source, samples, seed, normalization, transform)
-            x = torch.from_numpy(chosen.x)
+            chosen_b = [load_samples(source, samples, seed, normalization, transform)]
+        for ch in chosen_b:
+            if check_convergence:
+                require_samples(len(ch.indices))
+            # the bootstrap's (T, replicates) tables come on top of the estimate's own
+            check_memory(ch.x.shape[0], int(np.prod(ch.x.shape[1:])), noise, timesteps, devices,
+                         per_timestep_extra=32 * bootstrap)
     vae_info = None if vae is None else {
         "sample": vae_sample, "scaling_factor_from": "config" if scaling_factor is None else "--scaling-factor",
         "shift_factor_from": "config" if shift_factor is None else "--shift-factor"}
+    if ranks is not None:  # every rank must estimate the same thing from the same data
+        ranks.same_everywhere({
+            "--samples": samples, "--noise": noise, "--timesteps": timesteps, "--seed": seed,
+            "--likelihood": likelihood, "--form": form, "--normalize": normalization, "--scheduler": scheduler.describe(),
+            "--precision": precision, "--table-size": table_size, "--fit-scale": fit_scale, "--bootstrap": bootstrap,
+            "--check-convergence": check_convergence, "--moments": moments, "--moments-kind": moments_kind,
+            "--scaling-factor": scaling_factor, "--shift-factor": shift_factor, "--key": key,
+            "--resolution": resolution, "--skip-bad": skip_bad, "--uniform-mix": uniform_mix,
+            "--min-bucket": min_bucket, "--drop-small-buckets": drop_small_buckets, "--vae": vae,
+            "--vae-sample": vae_sample if vae else None, "--vae-dtype": vae_dtype if vae else None,
+            "data": _pooled_fingerprint(chosen_b),
+        })
     settings = dict(scheduler=scheduler, noise=noise, timesteps=timesteps, seed=seed, likelihood=likelihood, form=form,
                     chunk_size=chunk_size, device=devices, precision=precision, ranks=ranks)
     if len(groups) > 1:
@@ -233,6 +251,8 @@ def run_estimate(
             table_size=table_size, uniform_mix=uniform_mix, fit_scale=fit_scale, bootstrap=bootstrap,
             check_convergence=check_convergence, devices=devices, ranks=ranks,
         )
+    chosen = chosen_b[0]
+    x = torch.from_numpy(chosen.x)
     curve = estimate(x, source_ids=chosen.indices, progress=progress, **settings)
     density = density_from_curve(curve.variance, table_size, uniform_mix=uniform_mix)
     fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)
@@ -282,7 +302,7 @@ def run_estimate(
         "S_stderr": curve.S_stderr, "variance_stderr": curve.variance_stderr,
     }
     if writer:
-        write_artifact(out, tensors, metadata)
+        write_artifact(out, tensors, metadata, overwrite=overwrite)
     return EstimateResult(path=out, curve=curve, density=density, fit=fit, metadata=metadata, convergence=convergence)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from .artifact import atomic_path, bucket_tensor_name
+from .artifact import atomic_path, bucket_tensor_name, write_error
 from .errors import VRCurveError
 
 
@@ -59,6 +59,20 @@ def caption(meta: Mapping[str, Any]) -> str:
             f"d = {meta.get('dim')}  ·  logit-normal {fit}")
 
 
+# What matplotlib can draw: below these the fonts get no pixels (FreeType refuses a size of 0 ppem), above
+# them Agg runs out of its coordinate range or of memory (10,000 x 10,000 RGBA is 400 MB).
+SIZE_RANGE = (100, 10_000)
+DPI_RANGE = (10, 1_000)
+
+
+def check_size(width: int, height: int, dpi: int) -> None:
+    """Refuse an image size (pixels) or dpi that matplotlib cannot draw, before anything is drawn."""
+    (lo, hi), (dlo, dhi) = SIZE_RANGE, DPI_RANGE
+    if not (lo <= width <= hi and lo <= height <= hi and dlo <= dpi <= dhi):
+        raise VRCurveError(f"--width {width}, --height {height} and --dpi {dpi} cannot be drawn: width and height "
+                           f"must be {lo} to {hi:,} pixels and dpi {dlo} to {dhi:,}.")
+
+
 def plot_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], out: Path, *,
                   log_variance: bool = False, width: int = 900, height: int = 1000, dpi: int = 100,
                   title: Optional[str] = None) -> Path:
@@ -79,8 +93,7 @@ def plot_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], out
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise VRCurveError(f"cannot write {out}: folder {folder} does not exist; create it or choose another -o.")
-    if width < 1 or height < 1 or dpi < 1:
-        raise VRCurveError(f"--width, --height and --dpi must be positive, got {width}, {height}, {dpi}.")
+    check_size(width, height, dpi)
 
     t = np.asarray(arrays["t"], dtype=np.float64)
     S = np.asarray(arrays["S"], dtype=np.float64)
@@ -159,5 +172,5 @@ def plot_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], out
     except ValueError as exc:  # matplotlib's word for an unknown format
         raise VRCurveError(f"cannot write {out}: {exc}; use a .png, .pdf or .svg name.") from None
     except OSError as exc:
-        raise VRCurveError(f"cannot write {out}: {exc.strerror or exc}; check the path and free space.") from None
+        raise write_error(out, exc) from None
     return out

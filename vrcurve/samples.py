@@ -236,7 +236,7 @@ def _read(source: Source, idx: np.ndarray, samples: Optional[int], seed: int) ->
             skipped += [int(i) for i in cand[badc]]
             got_idx.append(np.delete(cand, badc))
             got_x.append(xc)
-            need = len(badc)
+            need -= len(cand) - len(badc)  # the pool may hold fewer candidates than were needed
     idx = np.concatenate(got_idx)
     # With --samples all every decodable sample is used; with M, fewer than M is an error.
     if (need and samples is not None) or len(idx) == 0:

@@ -290,6 +290,23 @@ class CustomScheduler(Scheduler):
     def __init__(self, spec: str):
         self.spec = spec
         self._fns = _resolve_custom(spec)
+        self._probe()
+
+    def _probe(self) -> None:
+        """Call the four functions once on a few timesteps, so that an object that is not a scheduler is
+        refused now, in one sentence, rather than with a traceback deep inside the estimate."""
+        t = torch.linspace(0.1, 0.9, 5, dtype=torch.float64)
+        for name, fn in zip(("alpha", "sigma", "d_alpha", "d_sigma"), self._fns):
+            try:
+                value = fn(t.clone())
+            except Exception as exc:  # the user's code: report it, do not crash
+                raise VRCurveError(f"custom scheduler {self.spec} fails when asked for {name} of a tensor of "
+                                   f"timesteps ({type(exc).__name__}: {exc}); it must map a tensor t of shape (T,) "
+                                   "to a tensor of the same shape.") from None
+            if not isinstance(value, Tensor) or value.shape != t.shape:
+                got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+                raise VRCurveError(f"custom scheduler {self.spec} gives {got} for {name} of 5 timesteps; it must map "
+                                   "a tensor t of shape (T,) to a tensor of the same shape.")
 
     def alpha(self, t):
         return self._fns[0](t)

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import Source, check_array_like, natural_key
+from .base import Source, check_array_like, natural_key, to_float32
 
 
 class NpySource(Source):
@@ -28,12 +28,14 @@ class NpySource(Source):
             self._arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise VRCurveError(f"cannot read {path} as a .npy array ({exc}); the file may be truncated or corrupt.") from None
+        if not isinstance(self._arr, np.ndarray):  # np.load opens a zip archive whatever its name
+            raise VRCurveError(f"{path} is a .npz archive (zip), not a .npy array; rename it to .npz.")
         check_array_like(self.name, self._arr.dtype, self._arr.shape)
         self.n = int(self._arr.shape[0])
         self.shape = tuple(int(s) for s in self._arr.shape[1:])
 
     def read(self, indices):
-        return np.asarray(self._arr[np.asarray(indices)], dtype=np.float32)
+        return to_float32(self._arr[np.asarray(indices)], self.name)
 
 
 def _stored_member_memmap(path: Path, member: str) -> Optional[np.ndarray]:
@@ -103,4 +105,4 @@ class NpzSource(Source):
         self.shape = tuple(int(s) for s in self._arr.shape[1:])
 
     def read(self, indices):
-        return np.asarray(self._arr[np.asarray(indices)], dtype=np.float32)
+        return to_float32(self._arr[np.asarray(indices)], self.name)

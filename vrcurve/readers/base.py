@@ -73,18 +73,48 @@ class Source(ABC):
 
 
 def is_real_numeric(dtype: np.dtype) -> bool:
-    """Integers, floats and booleans; not complex, strings, objects or records."""
+    """Integers, floats and booleans; not complex, strings, objects, records, dates or durations
+    (NumPy counts timedelta64 as an integer type)."""
     dtype = np.dtype(dtype)
     return (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)) and not np.issubdtype(
-        dtype, np.complexfloating)
+        dtype, np.complexfloating) and dtype.kind not in "mM"
 
 
-def check_array_like(name: str, dtype: np.dtype, shape: Tuple[int, ...]) -> None:
-    """Refuse arrays that are not numeric or have no sample axis."""
+def check_array_like(name: str, dtype: np.dtype, shape: Optional[Tuple[int, ...]]) -> None:
+    """Refuse arrays that are not numeric, have no sample axis, or whose samples hold no numbers.
+
+    ``shape`` None is an HDF5 null dataspace (a dataset that holds nothing, not even a shape).
+    """
     if not is_real_numeric(dtype):
         raise VRCurveError(f"{name} has dtype {dtype}, not a real numeric type; vrcurve needs float or integer samples.")
+    if shape is None:
+        raise VRCurveError(f"{name} is an empty dataset (HDF5 null dataspace) with no shape; it must be (N, ...).")
     if len(shape) < 1 or shape[0] == 0:
         raise VRCurveError(f"{name} has shape {tuple(shape)}: no samples along the first axis; it must be (N, ...).")
+    if 0 in shape[1:]:
+        raise VRCurveError(f"{name} has shape {tuple(shape)}: its samples hold no numbers (an axis of length 0); "
+                           "check that this is the array of samples.")
+
+
+# The largest finite float32: float64 data beyond it would become Inf when cast.
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def to_float32(values: Any, where: str) -> np.ndarray:
+    """``values`` as float32, refusing finite values that float32 cannot hold (they would become Inf).
+
+    Args:
+        values: an array of any real numeric dtype (a NumPy array or a memory-mapped slice).
+        where: the array or file, for the message.
+    """
+    arr = np.asarray(values)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and arr.size:
+        with np.errstate(invalid="ignore"):
+            big = np.abs(arr[np.isfinite(arr)]).max(initial=0.0)
+        if big > _F32_MAX:
+            raise VRCurveError(f"{where} holds {arr.dtype} values beyond the float32 range (|x| up to {big:.3g}, "
+                               f"float32 ends at {_F32_MAX:.3g}); rescale the data before estimating.")
+    return arr.astype(np.float32, copy=False)
 
 
 def natural_key(text: str) -> tuple:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import glob as _glob
 import os
 from dataclasses import dataclass
@@ -67,6 +68,42 @@ def _walk(root: Path) -> List[Path]:
     return files
 
 
+def _expand(pattern: str) -> List[Path]:
+    """The files a glob matches. A pattern with a ``**`` component is matched against the files of one walk
+    of the folder before its first wildcard (``_walk``: each real folder once, hidden ones skipped, as
+    ``glob`` skips them); ``glob`` itself follows links to folders at every depth, so two links back up
+    (``a/up1 -> ..``, ``a/up2 -> ..``) would make it list 2^40 paths."""
+    parts = Path(pattern).parts
+    if "**" not in parts:
+        return [Path(f) for f in _glob.glob(pattern) if Path(f).is_file()]
+    first = next(i for i, part in enumerate(parts) if any(c in part for c in _GLOB_CHARS))
+    root = Path(*parts[:first]) if first else Path(".")
+    if not root.is_dir():
+        return []
+    rest = parts[first:]
+    return [f for f in _walk(root) if _matches(f.relative_to(root).parts, rest) and f.is_file()]
+
+
+def _matches(parts: Tuple[str, ...], pattern: Tuple[str, ...]) -> bool:
+    """Whether path components ``parts`` match glob components ``pattern`` (``**``: any number of folders)."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _matches(parts[1:], pattern[1:])
+
+
+def _unique(files: List[Path]) -> List[Path]:
+    """Each real file once, under its first name in sorted order: links may reach one file by two paths."""
+    seen, kept = set(), []
+    for f in sorted(files, key=lambda p: natural_key(str(p))):
+        real = os.path.realpath(f)
+        if real not in seen:
+            seen.add(real)
+            kept.append(f)
+    return kept
+
+
 def _classify(where: str, candidates: List[Path], how: str) -> Found:
     by_fmt: Dict[str, List[Path]] = {}
     for p in candidates:
@@ -96,6 +133,8 @@ def discover(path: str) -> Found:
         VRCurveError: the path does not exist, a folder or glob holds no data files (the message lists the
             suffixes looked for) or files of several formats, or the file type is not supported.
     """
+    if not path.strip():  # Path("") is the current folder, which was never asked for
+        raise VRCurveError("--data is empty; pass a file, a folder or a glob (or demo).")
     p = Path(path)
     if p.is_file():
         fmt = FORMATS.get(p.suffix.lower())
@@ -110,7 +149,10 @@ def discover(path: str) -> Found:
             raise VRCurveError(f"cannot list folder {path} ({exc}); check its permissions.") from None
         return _classify(path, files, "the folder")
     if any(c in path for c in _GLOB_CHARS):
-        files = [Path(f) for f in _glob.glob(path, recursive=True) if Path(f).is_file()]
+        try:
+            files = _unique(_expand(path))
+        except OSError as exc:
+            raise VRCurveError(f"cannot list the folders of the glob {path} ({exc}); check their permissions.") from None
         return _classify(path, files, "the glob")
     if p.exists():
         raise VRCurveError(f"data path {path} is neither a file nor a folder; pass a file, a folder or a glob.")

@@ -21,7 +21,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import Source, check_array_like, is_real_numeric, natural_key, runs
+from .base import Source, check_array_like, is_real_numeric, natural_key, runs, to_float32
 
 # A group is read as one sample per member only with at least this many look-alike members; two or three
 # same-shaped datasets side by side (latents, latents_flipped) are more likely alternatives than samples.
@@ -166,10 +166,10 @@ class HDF5Source(Source):
                 rows = idx[group]
                 lo, hi = int(rows[0]), int(rows[-1]) + 1
                 if len(rows) > 1 and (hi - lo) * row_bytes <= _MAX_SPAN_BYTES:
-                    out[group] = self._ds[lo:hi][rows - lo]
+                    out[group] = to_float32(self._ds[lo:hi][rows - lo], self.name)
                 else:
                     for start, a, b in runs(rows):
-                        out[group[start:start + b - a]] = self._ds[a:b]
+                        out[group[start:start + b - a]] = to_float32(self._ds[a:b], self.name)
         except OSError as exc:
             raise VRCurveError(f"cannot read rows of {self.name} ({exc}); the file may be corrupt.") from None
         return out
@@ -198,7 +198,13 @@ class HDF5SamplesSource(Source):
         if self.n == 0:
             raise VRCurveError(f"group {shown!r} of {path} is empty; it has no samples.")
         first = self._dataset(0)
+        if first.shape is None:
+            raise VRCurveError(f"{self.sample_name(0)} is an empty dataset (HDF5 null dataspace) with no shape; "
+                               "check the key.")
         self._first_shape = tuple(int(s) for s in first.shape)
+        if 0 in self._first_shape:
+            raise VRCurveError(f"{self.sample_name(0)} has shape {self._first_shape}, which holds no numbers; check "
+                               "the key.")
         self._check_dtype(0, first)
         self.shape = self._first_shape
 
@@ -233,12 +239,12 @@ class HDF5SamplesSource(Source):
         for pos, i in enumerate(np.asarray(indices)):
             ds = self._dataset(int(i))
             self._check_dtype(int(i), ds)
-            if tuple(ds.shape) != self._first_shape:
+            if ds.shape is None or tuple(ds.shape) != self._first_shape:
                 raise VRCurveError(f"samples differ in shape: {self._member_path(0)} is {self._first_shape} but "
-                                   f"{self._member_path(int(i))} is {tuple(ds.shape)} in {self.path}; every sample must "
+                                   f"{self._member_path(int(i))} is {ds.shape} in {self.path}; every sample must "
                                    "have the same shape.")
             try:
-                out[pos] = ds[()]
+                out[pos] = to_float32(ds[()], self.sample_name(int(i)))
             except OSError as exc:
                 raise VRCurveError(f"cannot read {self.sample_name(int(i))} ({exc}); the file may be corrupt.") from None
         return out

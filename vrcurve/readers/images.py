@@ -1,6 +1,7 @@
 """Image folders (png, jpg, jpeg, webp; recursive, sorted), decoded as training code does.
 
-Each image becomes RGB, float32 of shape (3, H, W), scaled from [0, 255] to [-1, 1] (x / 127.5 - 1). With a
+Each image becomes RGB, float32 of shape (3, H, W), scaled from [0, 255] to [-1, 1] (x / 127.5 - 1); a 16-bit
+grey PNG is scaled from its full range [0, 65535] and repeated on the three channels. With a
 resolution R it is first center-cropped and resized to R x R the way ADM, DiT and SiT prepare ImageNet
 (``center_crop_arr``: halve with a box filter while the short side is at least 2R, resize bicubically so
 the short side is R, crop the center). Without a resolution images are used at their own size, which must
@@ -38,6 +39,10 @@ def center_crop_resize(img, resolution: int):
     img = img.resize(tuple(max(resolution, round(s * scale)) for s in img.size), resample=Image.BICUBIC)
     left, top = (img.size[0] - resolution) // 2, (img.size[1] - resolution) // 2
     return img.crop((left, top, left + resolution, top + resolution))
+
+
+# Pillow's modes of 16-bit grey images (PNG bit depth 16); scaled from [0, 65535] to [-1, 1].
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def _errors(Image) -> tuple:
@@ -88,7 +93,10 @@ class ImageFolderSource(PerFileSource):
         Image = self._Image
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB")  # forces the full decode, inside this try
+                # convert() forces the full decode, inside this try. 16-bit grey PNGs open as I;16 (or I) and
+                # would be clipped to 255, i.e. white, by convert("RGB"): they go through 32-bit floats.
+                wide = img.mode in _SIXTEEN_BIT_MODES
+                img = img.convert("F" if wide else "RGB")
         except _errors(Image) as exc:
             raise BadSample(str(exc) or type(exc).__name__) from None
         if self.resolution is not None:
@@ -98,5 +106,8 @@ class ImageFolderSource(PerFileSource):
                 f"images differ in size: {self._first} is {self.shape[2]}x{self.shape[1]} but {path} is "
                 f"{img.size[0]}x{img.size[1]}; pass --resolution R to center-crop and resize all of them to R x R."
             )
+        if wide:  # one grey channel of 0 .. 65535 -> three equal channels, as convert("RGB") gives 8-bit grey
+            x = np.repeat(np.asarray(img, dtype=np.float32)[None], 3, axis=0)
+            return x / np.float32(65535 / 2) - np.float32(1.0)
         x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
         return x / np.float32(127.5) - np.float32(1.0)

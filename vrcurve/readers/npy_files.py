@@ -8,7 +8,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import BadSample, PerFileSource, is_real_numeric
+from .base import BadSample, PerFileSource, is_real_numeric, to_float32
 
 
 def _header(path: Path) -> Tuple[Tuple[int, ...], np.dtype]:
@@ -17,6 +17,8 @@ def _header(path: Path) -> Tuple[Tuple[int, ...], np.dtype]:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise BadSample(str(exc) or type(exc).__name__) from None
+    if not isinstance(arr, np.ndarray):  # np.load opens a zip archive whatever its name
+        raise BadSample("a .npz archive (zip), not a .npy array")
     return tuple(int(s) for s in arr.shape), arr.dtype
 
 
@@ -45,6 +47,9 @@ class NpyFilesSource(PerFileSource):
         self._first, (shape, dtype) = self._probe_first(_header)
         self._check_dtype(self._first, dtype)
         self.shape = _sample_shape(shape)
+        if 0 in self.shape:
+            raise VRCurveError(f"{self._first} holds an array of shape {shape}, which has no numbers; every file must "
+                               "hold one sample.")
 
     def _check_dtype(self, path: Path, dtype: np.dtype) -> None:
         if not is_real_numeric(dtype):
@@ -58,10 +63,13 @@ class NpyFilesSource(PerFileSource):
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise BadSample(str(exc) or type(exc).__name__) from None
+        if not isinstance(arr, np.ndarray):
+            arr.close()
+            raise BadSample("a .npz archive (zip), not a .npy array")
         self._check_dtype(path, arr.dtype)
         if _sample_shape(arr.shape) != shape:
             raise VRCurveError(f"samples differ in shape: {self._first} is {self.shape} but {path} is "
                                f"{_sample_shape(arr.shape)}; every file must hold one sample of the same shape.")
         if len(arr.shape) != len(shape):
             arr = arr[0]
-        return np.asarray(arr, dtype=np.float32)
+        return to_float32(arr, str(path))

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import Source, natural_key, runs
+from .base import Source, natural_key, runs, to_float32
 
 
 def _open(path: Path):
@@ -66,9 +66,10 @@ class SafetensorsSource(Source):
                 raise VRCurveError(f"shard {path} has no tensor {self.key!r} (the first shard {self.files[0]} has); "
                                    "every shard must hold the same tensor.")
             shape, dtype = tensors[self.key]
-            if dtype in ("BOOL",) or len(shape) < 1:
-                raise VRCurveError(f"tensor {self.key!r} of {path} is {dtype} of shape {shape}; vrcurve needs numeric "
-                                   "samples stacked along the first axis, (N, ...).")
+            # complex (C64, C128) would lose its imaginary part in the cast to float32 with only a warning
+            if dtype == "BOOL" or dtype.startswith("C") or len(shape) < 1 or 0 in shape[1:]:
+                raise VRCurveError(f"tensor {self.key!r} of {path} is {dtype} of shape {shape}; vrcurve needs real "
+                                   "numeric samples (not bool or complex) stacked along the first axis, (N, ...).")
             if shapes and shape[1:] != shapes[0][1:]:
                 raise VRCurveError(f"shards differ in sample shape: {self.files[0]} holds {self.key!r} of shape "
                                    f"{shapes[0]} but {path} holds {shape}; all shards must stack the same samples.")
@@ -112,5 +113,8 @@ class SafetensorsSource(Source):
                     except Exception as exc:  # the Rust reader raises its own error types on a damaged file
                         raise VRCurveError(f"cannot read rows {lo}..{hi - 1} of {path}:{self.key} ({exc}); the file "
                                            "may be truncated or corrupt.") from None
-                    out[pos[start:start + hi - lo]] = rows.to(torch.float32).numpy()
+                    if rows.dtype == torch.float64:  # float32 overflow is named, not left to become Inf
+                        out[pos[start:start + hi - lo]] = to_float32(rows.numpy(), f"{path}:{self.key}")
+                    else:
+                        out[pos[start:start + hi - lo]] = rows.to(torch.float32).numpy()
         return out
