@@ -129,6 +129,7 @@ def run_estimate(
     bootstrap: int = 200,
     check_convergence: bool = False,
     ranks: Optional[Ranks] = None,
+    notify: Optional[Callable[[str], None]] = None,
 ) -> EstimateResult:
     """Run the whole estimate and write the artifact to ``out`` (atomically; nothing on failure).
 
@@ -138,6 +139,8 @@ def run_estimate(
     curve on nested subsets M/4 and M/2 of the samples with the same noise (``vrcurve.convergence``).
     ``device`` is what ``resolve_devices`` reads. With ``ranks`` (a torchrun process, ``vrcurve.distributed``)
     every rank reads the same sample and estimates its share of the sources; only rank 0 writes.
+    ``notify`` receives the source's notes (``Source.notes``, e.g. that latent caches were read rather than the
+    images beside them) as soon as the data is opened, on the rank that writes.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -153,6 +156,9 @@ def run_estimate(
         transform = LatentTransform(moments=moments, moments_kind=moments_kind, scaling_factor=scaling_factor,
                                     shift_factor=shift_factor)
         source = open_source(data, key=key, resolution=resolution, skip_bad=skip_bad)
+        if notify is not None and writer:
+            for note in source.notes:
+                notify(note)
         chosen = load_samples(source, samples, seed, normalization, transform)
         x = torch.from_numpy(chosen.x)
     settings = dict(scheduler=scheduler, noise=noise, timesteps=timesteps, seed=seed, likelihood=likelihood, form=form,

@@ -23,12 +23,15 @@ class Source(ABC):
         format: the reader's format name, recorded in the artifact (``npy``, ``hdf5``, ``images``, ...).
         n: number of samples N.
         shape: shape of one sample (everything after the sample axis), e.g. (C, H, W).
+        notes: what the user should know about how PATH was read (e.g. the latent caches in a folder were read
+            rather than the images beside them), one sentence each; the CLI prints them on stderr.
     """
 
     name: str
     format: str = "array"
     n: int
     shape: Tuple[int, ...]
+    notes: Tuple[str, ...] = ()
 
     @abstractmethod
     def read(self, indices: np.ndarray) -> np.ndarray:
