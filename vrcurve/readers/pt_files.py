@@ -55,8 +55,8 @@ def load_pt(path: Path) -> Any:
         if "Weights only load failed" not in str(exc):
             raise BadSample(_first_line(exc)) from None
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f"a {found.group(1)} object" if found else "objects other than tensors and plain values"
-        raise VRCurveError(f"{path} needs pickle to load (it holds {what}); vrcurve loads .pt files only with "
+        what = f"it calls {found.group(1)}" if found else "it holds objects other than tensors and plain values"
+        raise VRCurveError(f"{path} needs pickle to load ({what}); vrcurve loads .pt files only with "
                            "torch.load(weights_only=True), which runs no code from the file, so save the latents "
                            "as tensors or dicts of tensors.") from None
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, gzip.BadGzipFile) as exc:
