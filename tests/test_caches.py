@@ -288,6 +288,60 @@ def test_pt_caches_of_several_sizes_form_groups(tmp_path):
         open_source(str(folder)).read(np.arange(3))
 
 
+# ---- musubi-tuner: <item>_<WWWW>x<HHHH>_<arch>.safetensors ------------------------------------------------
+
+def musubi_cache(folder: Path, X, arch="wan", video=True, images=False):
+    """musubi-tuner's cache_latents.py: one safetensors file per item, the latent (C, F, H, W) (video models) or
+    (C, H, W) under latents_<F>x<H>x<W>_<dtype> (latents_<H>x<W>_<dtype> for Flux 2) in the VAE's dtype, beside
+    conditions (clip_*, latents_image_*), with the architecture and size as metadata; and the text-encoder cache
+    <item>_<arch>_te.safetensors."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, z in enumerate(X):
+        latent = torch.from_numpy(z).to(torch.bfloat16)
+        if video:
+            latent = latent[:, None]  # F = 1
+            name = f"latents_1x{z.shape[1]}x{z.shape[2]}_bfloat16"
+        else:
+            name = f"latents_{z.shape[1]}x{z.shape[2]}_bfloat16"
+        tensors = {name: latent, "clip_bfloat16": torch.zeros(3, 5, dtype=torch.bfloat16),
+                   name.replace("latents_", "latents_image_"): torch.zeros_like(latent)}
+        save_file(tensors, str(folder / f"img{i}_0048x0048_{arch}.safetensors"),
+                  metadata={"architecture": arch, "width": "48", "height": "48", "format_version": "1.0.1"})
+        save_file({"t5_bfloat16": torch.zeros(7, 8, dtype=torch.bfloat16)}, str(folder / f"img{i}_{arch}_te.safetensors"))
+        if images:
+            _image(folder / f"img{i}.jpg")
+    return folder
+
+
+def test_musubi_video_cache_gives_the_estimate_of_the_same_latents_as_npy(X, tmp_path):
+    folder = musubi_cache(tmp_path / "cache", X, arch="wan", video=True)
+    source = open_source(str(folder))
+    assert (source.format, source.n, source.shape) == ("safetensors-caches", N, (4, 1, 6, 6))
+    assert_same_estimate(tiny_estimate(folder, tmp_path / "vr.safetensors"), reference(bf16(X)[:, :, None], tmp_path))
+
+
+def test_musubi_image_cache_beside_its_images(X, tmp_path):
+    folder = musubi_cache(tmp_path / "data", X, arch="f2d", video=False, images=True)
+    source = open_source(str(folder))
+    assert source.shape == SHAPE and "reading the 12 latent caches (.safetensors)" in source.notes[0]
+    assert_same_estimate(tiny_estimate(folder, tmp_path / "vr.safetensors"), reference(bf16(X), tmp_path))
+    one = folder / "img0_0048x0048_f2d.safetensors"
+    _fails(tmp_path, one, f"{one} is a latent cache of one item (latents_6x6_bfloat16 (4, 6, 6))")
+
+
+def test_musubi_caches_of_several_sizes_form_groups(tmp_path):
+    rng = np.random.default_rng(6)
+    small, large = rng.standard_normal((3, 4, 4, 6)), rng.standard_normal((2, 4, 6, 8))
+    folder = musubi_cache(tmp_path / "c", list(small.astype(np.float32)), arch="qi", video=False)
+    musubi_cache(tmp_path / "c2", list(large.astype(np.float32)), arch="qi", video=False)
+    for i, p in enumerate(sorted((tmp_path / "c2").glob("*_qi.safetensors"))):
+        p.rename(folder / f"big{i}_0064x0048_qi.safetensors")
+    source = open_source(str(folder))
+    assert {s: len(idx) for s, idx in source.groups().items()} == {(4, 4, 6): 3, (4, 6, 8): 2}
+
+
 # ---- bad input: one sentence, exit 1, nothing written ---------------------------------------------------------
 
 runner = CliRunner()
@@ -302,7 +356,7 @@ def _flat(text):
 
 
 def _fails(tmp_path, data, message, *extra):
-    out = tmp_path / "vr.safetensors"
+    out = tmp_path / "failed.safetensors"
     result = _cli("--data", str(data), "-o", str(out), *extra)
     text = _flat(result.output)
     assert result.exit_code == 1, result.output
@@ -329,8 +383,8 @@ def test_a_cache_folder_with_no_readable_latents(X, tmp_path):
     only_te.mkdir()
     for i in range(3):
         np.savez(only_te / f"img{i}_flux_te.npz", t5=np.zeros((4, 8), np.float32))
-    _fails(tmp_path, only_te, f"the folder {only_te} holds only text-encoder caches (3 *_te*.npz files), no latent "
-                              "caches")
+    _fails(tmp_path, only_te, f"the folder {only_te} holds only text-encoder caches (3 files such as "
+                              "img0_flux_te.npz), no latent caches")
     not_caches = tmp_path / "arrays"
     not_caches.mkdir()
     for i in range(3):

@@ -23,9 +23,10 @@ def open_source(path: str, *, key: Optional[str] = None, resolution: Optional[in
 
     Args:
         path: ``demo``; a .npy, .npz, HDF5 or safetensors file; a folder or glob of safetensors shards,
-            of per-sample .npy files, of per-sample latent caches (kohya .npz, .pt), or of images (png, jpg,
-            jpeg, webp; folders are searched recursively). One .npy file is an (N, ...) array; two or more are
-            one sample each. Images beside their latent caches: the caches are read (``Source.notes`` says so).
+            of per-sample .npy files, of per-sample latent caches (kohya .npz, musubi-tuner .safetensors, .pt),
+            or of images (png, jpg, jpeg, webp; folders are searched recursively). One .npy file is an (N, ...)
+            array; two or more are one sample each. Images beside their latent caches: the caches are read
+            (``Source.notes`` says so).
         key: the array (.npz), dataset or per-sample pattern (HDF5), tensor (safetensors) or dict entry (.pt)
             to read; detected when unambiguous.
         resolution: image folders only: center-crop and resize every image to this square size.
@@ -90,6 +91,14 @@ def _open(path: str, fmt: str, files, single: bool, key: Optional[str], resoluti
 
         return open_hdf5(files[0], key)
     if fmt == "safetensors":
+        from . import safetensors_caches as caches
+
+        if single:
+            error = caches.single_cache_error(files[0])
+            if error is not None:
+                raise error
+        elif caches.is_latent_cache(files[0]):
+            return caches.SafetensorsCacheSource(path, files, key, skip_bad=skip_bad)
         from .safetensors import SafetensorsSource
 
         return SafetensorsSource(str(files[0]) if single else path, files, key)

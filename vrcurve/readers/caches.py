@@ -3,12 +3,38 @@ channels, other height and width) from latents of different models (other channe
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import VRCurveError
+
+# <item>_<WWWW>x<HHHH>_<arch>.npz (kohya sd-scripts) or .safetensors (musubi-tuner): the item's own size padded
+# to four digits; architecture names hold no underscore.
+_CACHE_NAME = re.compile(r"^(?P<stem>.+)_(?P<w>\d{4,})x(?P<h>\d{4,})_(?P<arch>[A-Za-z0-9]+)(?P<suffix>\.npz|\.safetensors)$")
+# Text-encoder output caches (kohya: ``_te_outputs.npz``, ``_sd3_te.npz``, ``_flux_te.npz``, ...; musubi-tuner:
+# ``<item>_<arch>_te.safetensors``) lie beside the latent caches and hold no latents.
+_TEXT_ENCODER_NAME = re.compile(r"_te(_outputs)?\.(npz|safetensors)$")
+
+
+def is_text_encoder_cache(path: Path) -> bool:
+    """Whether ``path`` is named as kohya's trainers name their text-encoder output caches (no latents inside)."""
+    return bool(_TEXT_ENCODER_NAME.search(path.name))
+
+
+def cache_arch(path: Path) -> Optional[str]:
+    """The ``<arch>`` of a ``<item>_<WWWW>x<HHHH>_<arch>.npz|.safetensors`` name, or None for any other name."""
+    m = _CACHE_NAME.match(path.name)
+    return m.group("arch") if m else None
+
+
+def cache_stem(path: Path) -> Path:
+    """The item (image) path without suffix that a cache belongs to: ``d/a_0512x0768_flux.npz`` -> ``d/a``;
+    other names lose their suffix (``d/a.npz``, ``d/a.pt`` -> ``d/a``)."""
+    m = _CACHE_NAME.match(path.name)
+    return path.with_name(m.group("stem")) if m else path.with_suffix("")
 
 
 def check_channels(name: str, named_shapes: Sequence[Tuple[str, Optional[Tuple[int, ...]]]]) -> None:

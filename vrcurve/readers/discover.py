@@ -10,7 +10,7 @@ from typing import Dict, List, Tuple
 
 from ..errors import VRCurveError
 from .base import natural_key
-from .npz_caches import cache_stem, is_text_encoder_cache, kohya_arch
+from .caches import cache_arch, cache_stem, is_text_encoder_cache
 
 # File suffix -> format. A folder or glob must hold files of one format only.
 FORMATS: Dict[str, str] = {
@@ -20,7 +20,7 @@ FORMATS: Dict[str, str] = {
 }
 _GLOB_CHARS = "*?["
 # Per-sample latent caches that trainers write beside (or instead of) the images they encode.
-_CACHE_FORMATS = ("npz", "pt")
+_CACHE_FORMATS = ("npz", "pt", "safetensors")
 # OneTrainer keeps per-folder bookkeeping (image paths, crop sizes) in aggregate.pt beside its per-sample caches.
 _BOOKKEEPING = {"aggregate.pt"}
 
@@ -75,29 +75,31 @@ def _walk(root: Path) -> List[Path]:
     return files
 
 
-def _set_aside(by_fmt: Dict[str, List[Path]]) -> Dict[str, int]:
-    """Remove files that lie among latent caches but hold no latents (kohya's text-encoder caches, OneTrainer's
-    aggregate.pt); returns how many of each kind were removed."""
-    removed = {"text-encoder caches": 0, "aggregate.pt": 0}
-    if "npz" in by_fmt:
-        kept = [p for p in by_fmt["npz"] if not is_text_encoder_cache(p)]
-        removed["text-encoder caches"] = len(by_fmt["npz"]) - len(kept)
-        by_fmt["npz"] = kept
+def _set_aside(by_fmt: Dict[str, List[Path]]) -> List[Path]:
+    """Remove the files that lie among latent caches but hold no latents: kohya's text-encoder caches (beside
+    .npz latent caches; beside musubi-tuner's .safetensors ones when those are named as caches) and OneTrainer's
+    aggregate.pt. Returns the text-encoder caches removed."""
+    removed: List[Path] = []
+    for fmt in ("npz", "safetensors"):
+        files = by_fmt.get(fmt, [])
+        if fmt == "safetensors" and not any(cache_arch(p) for p in files):
+            continue  # shards of one tensor, whatever their names
+        removed += [p for p in files if is_text_encoder_cache(p)]
+        by_fmt[fmt] = [p for p in files if not is_text_encoder_cache(p)]
     if "pt" in by_fmt:
-        kept = [p for p in by_fmt["pt"] if p.name not in _BOOKKEEPING]
-        removed["aggregate.pt"] = len(by_fmt["pt"]) - len(kept)
-        by_fmt["pt"] = kept
+        by_fmt["pt"] = [p for p in by_fmt["pt"] if p.name not in _BOOKKEEPING]
     for fmt in [f for f, v in by_fmt.items() if not v]:
         del by_fmt[fmt]
-    return removed
+    return sorted(removed, key=lambda p: natural_key(str(p)))
 
 
 def _prefer_caches(where: str, by_fmt: Dict[str, List[Path]], how: str) -> str:
     """Images side by side with their latent caches (a kohya dataset folder): keep the caches, and say so.
 
-    A cache belongs to an image when its name is the image's with the suffix replaced, as kohya
-    (``a.png`` -> ``a_0512x0512_flux.npz`` or ``a.npz``) and per-sample .pt trainers name them. Latent files that
-    do not all belong to an image leave no way to decide between the two, which is an error.
+    A cache belongs to an image when its name is the image's with the suffix replaced, as kohya's trainers
+    (``a.png`` -> ``a_0512x0512_flux.npz``, ``a.npz`` or ``a_0512x0512_qi.safetensors``) and per-sample .pt
+    trainers name them. Latent files that do not all belong to an image leave no way to decide between the two,
+    which is an error.
     """
     (fmt,) = [f for f in by_fmt if f != "images"]
     images, caches = by_fmt["images"], by_fmt[fmt]
@@ -122,16 +124,16 @@ def _glob_root(where: str, how: str) -> str:
 
 
 def _one_model(where: str, caches: List[Path], how: str) -> None:
-    """kohya names a cache after its model (``_sdxl.npz``, ``_flux.npz``, ...): a folder cached for two models
-    holds two latents of every image, which must not be pooled."""
+    """kohya's trainers name a cache after its model (``_sdxl.npz``, ``_flux.npz``, ``_wan.safetensors``, ...): a
+    folder cached for two models holds two latents of every image, which must not be pooled."""
     by_kind: Dict[str, int] = {}
     for p in caches:
-        arch = kohya_arch(p)
-        kind = f"*_{arch}.npz" if arch else "other .npz"
+        arch = cache_arch(p)
+        kind = f"*_{arch}{p.suffix}" if arch else f"other {p.suffix}"
         by_kind[kind] = by_kind.get(kind, 0) + 1
     if len(by_kind) > 1:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(by_kind.items()))
-        example = next(k for k in sorted(by_kind) if k != "other .npz")
+        example = next(k for k in sorted(by_kind) if not k.startswith("other "))
         raise VRCurveError(f"{how} {where} holds latent caches of several models or kinds ({counts}); pass a glob "
                            f"that matches one, e.g. --data '{_glob_root(where, how)}/**/{example}'.")
 
@@ -144,10 +146,10 @@ def _classify(where: str, candidates: List[Path], how: str) -> Found:
             by_fmt.setdefault(fmt, []).append(p)
     removed = _set_aside(by_fmt)
     if not by_fmt:
-        if removed["text-encoder caches"]:
-            raise VRCurveError(f"{how} {where} holds only text-encoder caches ({removed['text-encoder caches']} *_te*.npz "
-                               "files), no latent caches; pass the folder of the latents (kohya writes them with "
-                               "--cache_latents_to_disk).")
+        if removed:
+            raise VRCurveError(f"{how} {where} holds only text-encoder caches ({len(removed)} files such as "
+                               f"{removed[0].name}), no latent caches; pass the folder of the latent caches (kohya "
+                               "writes them with --cache_latents_to_disk).")
         raise VRCurveError(f"{how} {where} found no data files (looked for {_all_suffixes()}); check --data.")
     notes: List[str] = []
     if len(by_fmt) == 2 and "images" in by_fmt and any(f in by_fmt for f in _CACHE_FORMATS):
@@ -163,7 +165,7 @@ def _classify(where: str, candidates: List[Path], how: str) -> Found:
     if fmt == "hdf5" and len(files) > 1:
         raise VRCurveError(f"{how} {where} found {len(files)} {fmt} files ({files[0]}, {files[1]}, ...); vrcurve "
                            f"reads one {fmt} file at a time, so pass one of them.")
-    if fmt == "npz" and len(files) > 1:
+    if fmt in ("npz", "safetensors") and len(files) > 1:
         _one_model(where, files, how)
     return Found(fmt, tuple(files), single=False, notes=tuple(notes))
 

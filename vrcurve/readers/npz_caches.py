@@ -29,30 +29,8 @@ from .base import BadSample, PerFileSource, is_real_numeric, natural_key
 from .caches import check_group_channels
 from .npy_files import _sample_shape
 
-# <image>_<WWWW>x<HHHH>_<arch>.npz: kohya pads the image size to four digits; arch names hold no underscore.
-_KOHYA_NAME = re.compile(r"^(?P<stem>.+)_(?P<w>\d{4,})x(?P<h>\d{4,})_(?P<arch>[A-Za-z0-9]+)\.npz$")
-# Text-encoder output caches (``_te_outputs.npz``, ``_sd3_te.npz``, ``_flux_te.npz``, ...) lie beside the
-# latent caches and hold no latents.
-_TEXT_ENCODER_NAME = re.compile(r"_te(_outputs)?\.npz$")
 _LATENT_KEY = re.compile(r"^latents(_\d+x\d+)?$")
 _KOHYA_SIDE_KEYS = re.compile(r"^(original_size|crop_ltrb)(_\d+x\d+)?$")
-
-
-def is_text_encoder_cache(path: Path) -> bool:
-    """Whether ``path`` is named as kohya names its text-encoder output caches (no latents inside)."""
-    return bool(_TEXT_ENCODER_NAME.search(path.name))
-
-
-def kohya_arch(path: Path) -> Optional[str]:
-    """The ``<arch>`` of a ``<image>_<WWWW>x<HHHH>_<arch>.npz`` name, or None for any other name."""
-    m = _KOHYA_NAME.match(path.name)
-    return m.group("arch") if m else None
-
-
-def cache_stem(path: Path) -> Path:
-    """The image path (without suffix) a kohya cache belongs to: ``d/a_0512x0768_flux.npz`` -> ``d/a``."""
-    m = _KOHYA_NAME.match(path.name)
-    return path.with_name(m.group("stem")) if m else path.with_suffix("")
 
 
 class Member(NamedTuple):
