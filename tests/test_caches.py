@@ -309,7 +309,8 @@ def musubi_cache(folder: Path, X, arch="wan", video=True, images=False):
                    name.replace("latents_", "latents_image_"): torch.zeros_like(latent)}
         save_file(tensors, str(folder / f"img{i}_0048x0048_{arch}.safetensors"),
                   metadata={"architecture": arch, "width": "48", "height": "48", "format_version": "1.0.1"})
-        save_file({"t5_bfloat16": torch.zeros(7, 8, dtype=torch.bfloat16)}, str(folder / f"img{i}_{arch}_te.safetensors"))
+        save_file({"t5_bfloat16": torch.zeros(7, 8, dtype=torch.bfloat16)},
+                  str(folder / f"img{i}_{arch}_te.safetensors"))
         if images:
             _image(folder / f"img{i}.jpg")
     return folder

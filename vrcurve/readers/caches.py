@@ -13,7 +13,7 @@ from ..errors import VRCurveError
 
 # <item>_<WWWW>x<HHHH>_<arch>.npz (kohya sd-scripts) or .safetensors (musubi-tuner): the item's own size padded
 # to four digits; architecture names hold no underscore.
-_CACHE_NAME = re.compile(r"^(?P<stem>.+)_(?P<w>\d{4,})x(?P<h>\d{4,})_(?P<arch>[A-Za-z0-9]+)(?P<suffix>\.npz|\.safetensors)$")
+_CACHE_NAME = re.compile(r"^(?P<stem>.+)_(?P<w>\d{4,})x(?P<h>\d{4,})_(?P<arch>[A-Za-z0-9]+)\.(npz|safetensors)$")
 # Text-encoder output caches (kohya: ``_te_outputs.npz``, ``_sd3_te.npz``, ``_flux_te.npz``, ...; musubi-tuner:
 # ``<item>_<arch>_te.safetensors``) lie beside the latent caches and hold no latents.
 _TEXT_ENCODER_NAME = re.compile(r"_te(_outputs)?\.(npz|safetensors)$")
@@ -67,6 +67,7 @@ def shape_mismatch(first: Path, first_shape: Tuple[int, ...], path: Path, shape:
     another channel count is another model; another height and width is another resolution bucket."""
     if len(shape) != len(first_shape) or shape[0] != first_shape[0]:
         return VRCurveError(f"channel counts differ between files: {first} is {first_shape} but {path} is {shape}, "
-                            "latents of different VAEs; pass a folder or glob that holds the latents of one model only.")
+                            "latents of different VAEs; pass a folder or glob that holds the latents of one model "
+                            "only.")
     return VRCurveError(f"samples differ in shape: {first} is {first_shape} but {path} is {shape}; files of several "
                         "latent sizes are resolution buckets, so read one size at a time (a glob that matches one).")

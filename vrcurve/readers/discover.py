@@ -113,7 +113,8 @@ def _prefer_caches(where: str, by_fmt: Dict[str, List[Path]], how: str) -> str:
                            f"kind, e.g. --data '{_glob_root(where, how)}/**/*{suffix}'.")
     covered = len({cache_stem(c) for c in caches})
     del by_fmt["images"]
-    note = f"reading the {len(caches)} latent caches ({suffix}) in {how} {where}, not the {len(images)} images beside them"
+    note = (f"reading the {len(caches)} latent caches ({suffix}) in {how} {where}, not the {len(images)} images "
+            "beside them")
     if covered < len(images):
         note += f" ({len(images) - covered} of which have no cache)"
     return note + f"; to read the images, pass a glob such as --data '{_glob_root(where, how)}/**/*{images[0].suffix}'."

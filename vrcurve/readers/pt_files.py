@@ -68,11 +68,6 @@ def _first_line(exc: Exception) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _describe(value: Any) -> str:
-    shape = getattr(value, "shape", None)
-    return f"{tuple(shape)}" if shape is not None else type(value).__name__
-
-
 def find_latent(path: Path, obj: Any, key: Optional[str]) -> Tuple[Optional[str], Any]:
     """(the dict entry used, or None for a bare tensor; the latent tensor) of a loaded .pt file.
 
@@ -94,7 +89,8 @@ def find_latent(path: Path, obj: Any, key: Optional[str]) -> Tuple[Optional[str]
     listed = ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(tensors.items(), key=lambda kv: natural_key(kv[0])))
     if key is not None:
         if key not in tensors:
-            raise VRCurveError(f"{path} has no tensor {key!r}; its tensors are: {listed or 'none'}. Pass one with --key.")
+            raise VRCurveError(f"{path} has no tensor {key!r}; its tensors are: {listed or 'none'}. Pass one with "
+                               "--key.")
         return key, tensors[key]
     for name in LATENT_NAMES:
         if name in tensors:

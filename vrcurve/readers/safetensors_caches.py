@@ -43,7 +43,8 @@ def latent_key(path: Path, header: dict, key: Optional[str]) -> Optional[str]:
     if key is not None:
         if key not in header:
             listed = ", ".join(f"{k} {s}" for k, s in sorted(header.items(), key=lambda kv: natural_key(kv[0])))
-            raise VRCurveError(f"{path} has no tensor {key!r}; its tensors are: {listed or 'none'}. Pass one with --key.")
+            raise VRCurveError(f"{path} has no tensor {key!r}; its tensors are: {listed or 'none'}. Pass one with "
+                               "--key.")
         return key
     found = sorted((k for k in header if _LATENT_KEY.match(k)), key=natural_key)
     if len(found) > 1:
