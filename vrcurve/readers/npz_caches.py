@@ -9,9 +9,9 @@ samples. A latent is (C, H, W), or (C, F, H, W) for video VAEs (Anima's is (16, 
 
 A file that holds several ``latents_<h>x<w>`` arrays (the same image cached for datasets of several
 resolutions) gives one sample per array, each in its own shape: the trainer trains on every one of them, so
-they are resolution buckets of the same images. Every file's zip directory and array headers are read when
-the source is opened (about 0.1 ms a file), since the number of samples depends on them; array data is read
-only for the chosen samples. See docs/data.md, "Trainer latent caches".
+they are resolution buckets of the same images. Every file's zip directory and latent headers are read when
+the source is opened, since the number of samples depends on them; array data is read only for the chosen
+samples. See docs/data.md, "Trainer latent caches".
 """
 
 from __future__ import annotations
