@@ -194,10 +194,11 @@ def _progress_reporter(enabled: bool):
 @_user_errors
 def estimate(
     data: str = typer.Option(..., "--data", "-d", help="Samples: a .npy, .npz, HDF5 or safetensors file; a folder or glob of "
-                             "safetensors shards, per-sample .npy files or images (png/jpg/webp); or 'demo'."),
+                             "safetensors shards, per-sample .npy files, latent caches (kohya .npz, .pt) or images "
+                             "(png/jpg/webp); or 'demo'."),
     out_path: str = typer.Option("vr.safetensors", "--out", "-o", help="Artifact to write."),
-    key: Optional[str] = typer.Option(None, "--key", help="Array, dataset or tensor name in .npz, HDF5 or safetensors files "
-                                      "(HDF5 per-sample layouts: 'group/*' or '*/name'); detected when unambiguous."),
+    key: Optional[str] = typer.Option(None, "--key", help="Array, dataset or tensor name in .npz, HDF5, safetensors or .pt "
+                                      "files (HDF5 per-sample layouts: 'group/*' or '*/name'); detected when unambiguous."),
     scheduler: str = typer.Option("linear", "--scheduler", "-s", help="linear, cosine, diffusion, scaled_linear (SD 1.x/"
                                   "2.x/SDXL), ddpm_linear, custom, or module:object (imports and runs that code)."),
     shift: Optional[float] = typer.Option(None, "--shift", help="Timestep shift of the linear scheduler (SD3/Flux)."),
@@ -233,8 +234,8 @@ def estimate(
     vae_batch_size: int = typer.Option(4, "--vae-batch-size", min=1, help="With --vae: images per encoder call."),
     resolution: Optional[int] = typer.Option(None, "--resolution", min=1, help="Image folders: center-crop and resize to R x R "
                                              "(default: the images' own size, which must then be the same for all)."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip chosen images or .npy files that cannot be decoded, draw "
-                                  "others instead, and record how many."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip chosen images, .npy files or latent caches that cannot be "
+                                  "decoded, draw others instead, and record how many."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda:N, a list (cuda:0,cuda:1) to split the work over, or "
                                "cuda for every visible GPU (under torchrun: cuda:LOCAL_RANK)."),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Queries per chunk (default: from free memory)."),
@@ -301,6 +302,7 @@ def estimate(
                 resolution=resolution, skip_bad=skip_bad, precision=precision.value, bootstrap=bootstrap,
                 check_convergence=check_convergence, ranks=ranks, min_bucket=min_bucket,
                 drop_small_buckets=drop_small_buckets, uniform_mix=uniform_mix,
+                notify=None if quiet else lambda note: err.print(f"note: {note}", markup=False),
             )
         except RankFailed as exc:  # raised on every rank at once; the failing rank prints its message
             if exc.show:

@@ -161,6 +161,7 @@ def run_estimate(
     min_bucket: int = MIN_BUCKET,
     drop_small_buckets: bool = False,
     uniform_mix: float = DEFAULT_UNIFORM_MIX,
+    notify: Optional[Callable[[str], None]] = None,
 ) -> EstimateResult:
     """Run the whole estimate and write the artifact to ``out`` (atomically; nothing on failure).
 
@@ -180,6 +181,8 @@ def run_estimate(
     is refused, or left out with ``drop_small_buckets``), and the artifact's main density is their mixture.
     Data of one shape gives the same artifact as it always did.
     ``uniform_mix`` is the density floor (``density_from_curve``), recorded in the metadata.
+    ``notify`` receives the source's notes (``Source.notes``, e.g. that latent caches were read rather than the
+    images beside them) as soon as the data is opened, on the rank that writes.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -206,6 +209,9 @@ def run_estimate(
                                     scaling_factor=1.0 if scaling_factor is None else scaling_factor,
                                     shift_factor=0.0 if shift_factor is None else shift_factor)
         source = open_source(data, key=key, resolution=resolution, skip_bad=skip_bad)
+        if notify is not None and writer:
+            for note in source.notes:
+                notify(note)
         if vae is not None:
             from .vae import encode_source
 

@@ -23,12 +23,15 @@ class Source(ABC):
         format: the reader's format name, recorded in the artifact (``npy``, ``hdf5``, ``images``, ...).
         n: number of samples N.
         shape: shape of one sample (everything after the sample axis), e.g. (C, H, W).
+        notes: what the user should know about how PATH was read (e.g. the latent caches in a folder were read
+            rather than the images beside them), one sentence each; the CLI prints them on stderr.
     """
 
     name: str
     format: str = "array"
     n: int
     shape: Tuple[int, ...]
+    notes: Tuple[str, ...] = ()
 
     @abstractmethod
     def read(self, indices: np.ndarray) -> np.ndarray:
@@ -266,8 +269,8 @@ class PerFileSource(Source):
                 skipped.append(pos)
                 continue
             if row.shape != expected:
-                raise VRCurveError(f"samples of one read differ in shape: {path} is {row.shape}, not {expected}; "
-                                   "read one resolution bucket at a time (Source.groups).")
+                raise VRCurveError(f"samples differ in shape: {path} holds {row.shape}, not {expected} like the "
+                                   "samples read with it; if the file changed while vrcurve ran, run it again.")
             rows.append(row)
         x = np.stack(rows) if rows else np.zeros((0, *expected), dtype=np.float32)
         return x.astype(np.float32, copy=False), skipped

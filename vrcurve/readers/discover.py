@@ -11,14 +11,19 @@ from typing import Dict, List, Tuple
 
 from ..errors import VRCurveError
 from .base import natural_key
+from .caches import cache_arch, cache_stem, is_text_encoder_cache
 
 # File suffix -> format. A folder or glob must hold files of one format only.
 FORMATS: Dict[str, str] = {
     ".npy": "npy", ".npz": "npz", ".safetensors": "safetensors",
-    ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
+    ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5", ".pt": "pt",
     ".png": "images", ".jpg": "images", ".jpeg": "images", ".webp": "images",
 }
 _GLOB_CHARS = "*?["
+# Per-sample latent caches that trainers write beside (or instead of) the images they encode.
+_CACHE_FORMATS = ("npz", "pt", "safetensors")
+# OneTrainer keeps per-folder bookkeeping (image paths, crop sizes) in aggregate.pt beside its per-sample caches.
+_BOOKKEEPING = {"aggregate.pt"}
 
 
 def suffixes_of(fmt: str) -> List[str]:
@@ -37,11 +42,14 @@ class Found:
         fmt: one of the values of FORMATS.
         files: the files, sorted by path with digit runs compared by value (``2.npy`` before ``10.npy``).
         single: PATH named one file directly (rather than a folder or glob that matched files).
+        notes: what the user should know about the choice of files (e.g. latent caches read rather than the
+            images beside them), one sentence each, for the CLI to print on stderr.
     """
 
     fmt: str
     files: Tuple[Path, ...]
     single: bool
+    notes: Tuple[str, ...] = ()
 
 
 def _walk(root: Path) -> List[Path]:
@@ -104,14 +112,86 @@ def _unique(files: List[Path]) -> List[Path]:
     return kept
 
 
+def _set_aside(by_fmt: Dict[str, List[Path]]) -> List[Path]:
+    """Remove the files that lie among latent caches but hold no latents: kohya's text-encoder caches (beside
+    .npz latent caches; beside musubi-tuner's .safetensors ones when those are named as caches) and OneTrainer's
+    aggregate.pt. Returns the text-encoder caches removed."""
+    removed: List[Path] = []
+    for fmt in ("npz", "safetensors"):
+        files = by_fmt.get(fmt, [])
+        if fmt == "safetensors" and not any(cache_arch(p) for p in files):
+            continue  # shards of one tensor, whatever their names
+        removed += [p for p in files if is_text_encoder_cache(p)]
+        by_fmt[fmt] = [p for p in files if not is_text_encoder_cache(p)]
+    if "pt" in by_fmt:
+        by_fmt["pt"] = [p for p in by_fmt["pt"] if p.name not in _BOOKKEEPING]
+    for fmt in [f for f, v in by_fmt.items() if not v]:
+        del by_fmt[fmt]
+    return sorted(removed, key=lambda p: natural_key(str(p)))
+
+
+def _prefer_caches(where: str, by_fmt: Dict[str, List[Path]], how: str) -> str:
+    """Images side by side with their latent caches (a kohya dataset folder): keep the caches, and say so.
+
+    A cache belongs to an image when its name is the image's with the suffix replaced, as kohya's trainers
+    (``a.png`` -> ``a_0512x0512_flux.npz``, ``a.npz`` or ``a_0512x0512_qi.safetensors``) and per-sample .pt
+    trainers name them. Latent files that do not all belong to an image leave no way to decide between the two,
+    which is an error.
+    """
+    (fmt,) = [f for f in by_fmt if f != "images"]
+    images, caches = by_fmt["images"], by_fmt[fmt]
+    stems = {p.with_suffix("") for p in images}
+    strangers = [c for c in caches if cache_stem(c) not in stems]
+    suffix = f".{fmt}"
+    if strangers:
+        raise VRCurveError(f"{how} {where} holds {len(images)} images and {len(caches)} {suffix} files, and "
+                           f"{len(strangers)} of those (e.g. {strangers[0]}) are not named after an image as latent "
+                           f"caches are, so there is no way to decide which to read; pass a glob that matches one "
+                           f"kind, e.g. --data '{_glob_root(where, how)}/**/*{suffix}'.")
+    covered = len({cache_stem(c) for c in caches})
+    del by_fmt["images"]
+    note = (f"reading the {len(caches)} latent caches ({suffix}) in {how} {where}, not the {len(images)} images "
+            "beside them")
+    if covered < len(images):
+        note += f" ({len(images) - covered} of which have no cache)"
+    return note + f"; to read the images, pass a glob such as --data '{_glob_root(where, how)}/**/*{images[0].suffix}'."
+
+
+def _glob_root(where: str, how: str) -> str:
+    return where.rstrip("/") if how == "the folder" else str(Path(where).parent)
+
+
+def _one_model(where: str, caches: List[Path], how: str) -> None:
+    """kohya's trainers name a cache after its model (``_sdxl.npz``, ``_flux.npz``, ``_wan.safetensors``, ...): a
+    folder cached for two models holds two latents of every image, which must not be pooled."""
+    by_kind: Dict[str, int] = {}
+    for p in caches:
+        arch = cache_arch(p)
+        kind = f"*_{arch}{p.suffix}" if arch else f"other {p.suffix}"
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+    if len(by_kind) > 1:
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(by_kind.items()))
+        example = next(k for k in sorted(by_kind) if not k.startswith("other "))
+        raise VRCurveError(f"{how} {where} holds latent caches of several models or kinds ({counts}); pass a glob "
+                           f"that matches one, e.g. --data '{_glob_root(where, how)}/**/{example}'.")
+
+
 def _classify(where: str, candidates: List[Path], how: str) -> Found:
     by_fmt: Dict[str, List[Path]] = {}
     for p in candidates:
         fmt = FORMATS.get(p.suffix.lower())
         if fmt is not None:
             by_fmt.setdefault(fmt, []).append(p)
+    removed = _set_aside(by_fmt)
     if not by_fmt:
+        if removed:
+            raise VRCurveError(f"{how} {where} holds only text-encoder caches ({len(removed)} files such as "
+                               f"{removed[0].name}), no latent caches; pass the folder of the latent caches (kohya "
+                               "writes them with --cache_latents_to_disk).")
         raise VRCurveError(f"{how} {where} found no data files (looked for {_all_suffixes()}); check --data.")
+    notes: List[str] = []
+    if len(by_fmt) == 2 and "images" in by_fmt and any(f in by_fmt for f in _CACHE_FORMATS):
+        notes.append(_prefer_caches(where, by_fmt, how))
     if len(by_fmt) > 1:
         counts = ", ".join(f"{len(v)} {fmt}" for fmt, v in sorted(by_fmt.items()))
         example = by_fmt[sorted(by_fmt)[0]][0].suffix
@@ -120,10 +200,12 @@ def _classify(where: str, candidates: List[Path], how: str) -> Found:
         raise VRCurveError(f"{how} {where} found files of several formats ({counts}); {hint}.")
     fmt, files = next(iter(by_fmt.items()))
     files = sorted(files, key=lambda p: natural_key(str(p)))
-    if fmt in ("npz", "hdf5") and len(files) > 1:
+    if fmt == "hdf5" and len(files) > 1:
         raise VRCurveError(f"{how} {where} found {len(files)} {fmt} files ({files[0]}, {files[1]}, ...); vrcurve "
                            f"reads one {fmt} file at a time, so pass one of them.")
-    return Found(fmt, tuple(files), single=False)
+    if fmt in ("npz", "safetensors") and len(files) > 1:
+        _one_model(where, files, how)
+    return Found(fmt, tuple(files), single=False, notes=tuple(notes))
 
 
 def discover(path: str) -> Found:
