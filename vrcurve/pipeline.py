@@ -109,6 +109,53 @@ def _data_metadata(source, chosen: List[Samples], vae: Optional[Dict[str, Any]])
     return data
 
 
+def _metadata(curve: Curve, fit: LogitNormalFit, interval, convergence: Optional[ConvergenceReport],
+              settings: Dict[str, Any], *, shape, normalization: Dict[str, Any], data: Dict[str, Any],
+              uniform_mix: float, started: float, bootstrap_over: str, **extra: Any) -> Dict[str, Any]:
+    """The artifact's metadata: how the curve was made, the fit and its interval, and how the run went;
+    ``extra`` (the buckets) goes in before the run's own entries."""
+    return {
+        "time_convention": "t0_noise",
+        "scheduler": settings["scheduler"].describe(),
+        "likelihood": curve.likelihood,
+        "form": curve.form,
+        "uniform_mix": float(uniform_mix),
+        "samples": curve.samples,
+        "noise": curve.noise,
+        "timesteps": settings["timesteps"],
+        "dim": curve.dim,
+        "shape": list(shape),
+        "seed": settings["seed"],
+        "normalization": normalization,
+        "data": data,
+        "logitnormal_m": fit.m,
+        "logitnormal_m_grid": fit.m_grid,
+        "logitnormal_s": fit.s,
+        "ks": fit.ks,
+        **({} if interval is None else {
+            "logitnormal_m_ci90": [interval.low, interval.high],
+            "bootstrap": {"replicates": interval.replicates, "level": interval.level, "m_std": interval.std,
+                          "over": bootstrap_over, "s": 1.0},
+        }),
+        **({} if convergence is None else {"convergence": convergence.as_metadata()}),
+        **extra,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "elapsed_s": round(time.perf_counter() - started, 3),
+        "device": _describe(settings["device"], settings["ranks"]),
+        "precision": curve.precision,
+        "kernel": curve.kernel,
+    }
+
+
+def _tensors(curve: Curve, density: Density, fit: LogitNormalFit) -> Dict[str, np.ndarray]:
+    """The artifact's tensors of one curve, its density and its fit (``artifact.TENSORS``)."""
+    return {
+        "t": curve.t, "S": curve.S, "h2": curve.h2, "variance": curve.variance, "pdf": density.pdf,
+        "cdf": density.cdf, "icdf": density.icdf, "ks_m": fit.grid, "ks": fit.ks_grid,
+        "S_stderr": curve.S_stderr, "variance_stderr": curve.variance_stderr,
+    }
+
+
 def _pooled_fingerprint(chosen: List[Samples]) -> str:
     """One fingerprint of the samples of every bucket, in bucket order."""
     return hashlib.sha256("".join(ch.fingerprint for ch in chosen).encode()).hexdigest()[:16]
@@ -254,8 +301,8 @@ def run_estimate(
     if len(groups) > 1:
         return _run_buckets(
             source, plan, chosen_b, pooled_stats, out, settings, vae_info, started=started, writer=writer, progress=progress,
-            table_size=table_size, uniform_mix=uniform_mix, fit_scale=fit_scale, bootstrap=bootstrap,
-            check_convergence=check_convergence, devices=devices, ranks=ranks,
+            table_size=table_size, uniform_mix=uniform_mix, fit_scale=fit_scale, overwrite=overwrite,
+            bootstrap=bootstrap, check_convergence=check_convergence, devices=devices, ranks=ranks,
         )
     chosen = chosen_b[0]
     x = torch.from_numpy(chosen.x)
@@ -271,44 +318,12 @@ def run_estimate(
             curve, density.cdf, fit.m_continuous,
             lambda pos: estimate(x[pos], source_ids=chosen.indices[pos], **settings), seed, uniform_mix=uniform_mix,
         )
-    elapsed = time.perf_counter() - started
-    metadata = {
-        "time_convention": "t0_noise",
-        "scheduler": scheduler.describe(),
-        "likelihood": likelihood,
-        "form": form,
-        "uniform_mix": float(uniform_mix),
-        "samples": curve.samples,
-        "noise": noise,
-        "timesteps": timesteps,
-        "dim": curve.dim,
-        "shape": list(chosen.x.shape[1:]),
-        "seed": seed,
-        "normalization": chosen.normalization,
-        "data": _data_metadata(source, [chosen], vae_info),
-        "logitnormal_m": fit.m,
-        "logitnormal_m_grid": fit.m_grid,
-        "logitnormal_s": fit.s,
-        "ks": fit.ks,
-        **({} if interval is None else {
-            "logitnormal_m_ci90": [interval.low, interval.high],
-            "bootstrap": {"replicates": interval.replicates, "level": interval.level, "m_std": interval.std,
-                          "over": "sources", "s": 1.0},
-        }),
-        **({} if convergence is None else {"convergence": convergence.as_metadata()}),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "elapsed_s": round(elapsed, 3),
-        "device": _describe(devices, ranks),
-        "precision": curve.precision,
-        "kernel": curve.kernel,
-    }
-    tensors = {
-        "t": curve.t, "S": curve.S, "h2": curve.h2, "variance": curve.variance, "pdf": density.pdf,
-        "cdf": density.cdf, "icdf": density.icdf, "ks_m": fit.grid, "ks": fit.ks_grid,
-        "S_stderr": curve.S_stderr, "variance_stderr": curve.variance_stderr,
-    }
+    metadata = _metadata(
+        curve, fit, interval, convergence, settings, shape=chosen.x.shape[1:], normalization=chosen.normalization,
+        data=_data_metadata(source, [chosen], vae_info), uniform_mix=uniform_mix, started=started,
+        bootstrap_over="sources")
     if writer:
-        write_artifact(out, tensors, metadata, overwrite=overwrite)
+        write_artifact(out, _tensors(curve, density, fit), metadata, overwrite=overwrite)
     return EstimateResult(path=out, curve=curve, density=density, fit=fit, metadata=metadata, convergence=convergence)
 
 
@@ -375,7 +390,7 @@ def _bucket_progress(progress, b: int, B: int):
 
 def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: Dict[str, Any], out: Path,
                  settings: Dict[str, Any], vae_info: Optional[Dict[str, Any]], *, started: float, writer: bool,
-                 progress, table_size: int, uniform_mix: float, fit_scale: bool, bootstrap: int, check_convergence: bool, devices, ranks) -> EstimateResult:
+                 progress, table_size: int, uniform_mix: float, fit_scale: bool, overwrite: bool, bootstrap: int, check_convergence: bool, devices, ranks) -> EstimateResult:
     """Estimate each bucket with the same estimator and settings, pool their densities, fit and write."""
     seed = settings["seed"]
     counts = np.array([len(idx) for idx in plan.groups.values()], dtype=np.float64)
@@ -423,56 +438,24 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
 
         convergence = check_convergence_pooled([c.samples for c in curves], density.cdf, fit.m_continuous,
                                                estimate_subsets, seed, uniform_mix=uniform_mix)
-    elapsed = time.perf_counter() - started
-    skipped_names = [n for ch in chosen for n in ch.skipped_names][:5]
-    metadata = {
-        "time_convention": "t0_noise",
-        "scheduler": settings["scheduler"].describe(),
-        "likelihood": first.likelihood,
-        "form": first.form,
-        "samples": int(sum(c.samples for c in curves)),
-        "noise": settings["noise"],
-        "timesteps": settings["timesteps"],
-        "dim": first.dim,
-        "shape": list(results[0].shape),
-        "seed": seed,
-        "normalization": pooled_stats,
-        # the first file's shape would say nothing here: the largest bucket's, and every bucket's, as stored
-        "data": {**_data_metadata(source, chosen, vae_info), "shape": list(next(iter(plan.groups))),
-                 "shapes": [list(s) for s in plan.groups]},
-        "logitnormal_m": fit.m,
-        "logitnormal_m_grid": fit.m_grid,
-        "logitnormal_s": fit.s,
-        "ks": fit.ks,
-        **({} if interval is None else {
-            "logitnormal_m_ci90": [interval.low, interval.high],
-            "bootstrap": {"replicates": interval.replicates, "level": interval.level, "m_std": interval.std,
-                          "over": "sources within each bucket", "s": 1.0},
-        }),
-        **({} if convergence is None else {"convergence": convergence.as_metadata()}),
-        "buckets": [r.metadata for r in results],
-        "uniform_mix": float(uniform_mix),
-        "min_bucket": plan.min_bucket,
-        **({"buckets_dropped": [{"shape": list(s), "samples_total": int(n)} for s, n in plan.dropped.items()]}
-           if plan.dropped else {}),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "elapsed_s": round(elapsed, 3),
-        "device": _describe(devices, ranks),
-        "precision": first.precision,
-        "kernel": first.kernel,
-    }
-    tensors = {
-        "t": first.t, "S": S, "h2": first.h2, "variance": pooled_V, "pdf": density.pdf, "cdf": density.cdf,
-        "icdf": density.icdf, "ks_m": fit.grid, "ks": fit.ks_grid, "S_stderr": S_se, "variance_stderr": V_se,
-    }
-    for b, r in enumerate(results):
-        tensors.update(bucket_tensors(b, r.curve, r.density))
     pooled_curve = Curve(
         t=first.t, S=S, trcov=sum(w * c.trcov for w, c in zip(shares, curves)), h2=first.h2, variance=pooled_V,
-        S_stderr=S_se, variance_stderr=V_se, samples=metadata["samples"], noise=first.noise, dim=first.dim,
-        likelihood=first.likelihood, form=first.form, precision=first.precision, kernel=first.kernel,
+        S_stderr=S_se, variance_stderr=V_se, samples=int(sum(c.samples for c in curves)), noise=first.noise,
+        dim=first.dim, likelihood=first.likelihood, form=first.form, precision=first.precision, kernel=first.kernel,
     )
+    metadata = _metadata(
+        pooled_curve, fit, interval, convergence, settings, shape=results[0].shape, normalization=pooled_stats,
+        # the first file's shape would say nothing here: the largest bucket's, and every bucket's, as stored
+        data={**_data_metadata(source, chosen, vae_info), "shape": list(next(iter(plan.groups))),
+              "shapes": [list(s) for s in plan.groups]},
+        uniform_mix=uniform_mix, started=started, bootstrap_over="sources within each bucket",
+        buckets=[r.metadata for r in results], min_bucket=plan.min_bucket,
+        **({"buckets_dropped": [{"shape": list(s), "samples_total": int(n)} for s, n in plan.dropped.items()]}
+           if plan.dropped else {}))
+    tensors = _tensors(pooled_curve, density, fit)
+    for b, r in enumerate(results):
+        tensors.update(bucket_tensors(b, r.curve, r.density))
     if writer:
-        write_artifact(out, tensors, metadata)
+        write_artifact(out, tensors, metadata, overwrite=overwrite)
     return EstimateResult(path=out, curve=pooled_curve, density=density, fit=fit, metadata=metadata,
                           convergence=convergence, buckets=tuple(results))
