@@ -6,7 +6,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import vrcurve.artifact as artifact
-from vrcurve.artifact import payload_checksum, read_artifact, write_artifact
+from vrcurve.artifact import read_artifact, write_artifact
 from vrcurve.errors import VRCurveError
 
 from artifacts import valid_meta, valid_tensors

@@ -17,7 +17,7 @@ from vrcurve.cli import app, density_picture
 
 runner = CliRunner()
 SMALL = ["-M", "12", "-K", "4", "-T", "50"]
-SPEC_METADATA = {
+ARTIFACT_METADATA = {
     "format", "format_version", "vrcurve_version", "time_convention", "scheduler", "likelihood", "form", "samples",
     "noise", "timesteps", "dim", "shape", "seed", "normalization", "data", "logitnormal_m", "logitnormal_m_grid",
     "logitnormal_s", "ks", "created", "elapsed_s", "device", "checksum",
@@ -42,7 +42,7 @@ def test_estimate_writes_a_complete_artifact(tiny_npy, tmp_path):
     assert summary["precision"] == meta["precision"] == resolve_precision("auto", "cpu")
     fused = meta["precision"] == "bf16" and _kernel.fused() is not None
     assert summary["kernel"] == meta["kernel"] == ("fused" if fused else "pytorch")
-    assert SPEC_METADATA <= set(meta)
+    assert ARTIFACT_METADATA <= set(meta)
     assert meta["time_convention"] == "t0_noise" and meta["shape"] == [3, 4, 4]
     assert meta["data"]["samples_total"] == 40 and meta["data"]["samples_chosen"] == 12
     assert arrays["t"].shape == (50,) and arrays["cdf"].shape == (51,) and arrays["icdf"].shape == (4097,)

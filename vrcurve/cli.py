@@ -1,4 +1,4 @@
-"""The command line: a thin Typer layer over the library (SPEC §5).
+"""The command line: a thin Typer layer over the library (README.md, "The command line").
 
 Results go to stdout (a table, ``--json``, or a bare value with ``--quiet``); progress and errors go to
 stderr. Exit status: 0 success, 1 a data or runtime error (one line, no traceback, no output file),

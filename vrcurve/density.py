@@ -1,4 +1,4 @@
-"""From a variance curve to a sampling density, its CDF and inverse-CDF table (SPEC §2.3).
+"""From a variance curve to a sampling density, its CDF and inverse-CDF table (docs/estimator.md, "From the curve to the artifact").
 
 pi is piecewise constant on T equal bins of [0, 1] (t = 0 noise), proportional to max(V(t_k), 0) and
 normalised to integrate to 1, then mixed with a uniform share lambda (the density floor, ``uniform_mix``):

@@ -1,4 +1,4 @@
-"""One estimate over several processes and nodes: torch.distributed, launched by torchrun (SPEC §6).
+"""One estimate over several processes and nodes: torch.distributed, launched by torchrun (docs/scaling.md).
 
 Under torchrun (RANK, WORLD_SIZE and LOCAL_RANK in the environment) every rank reads the same seeded sample,
 computes the per-source sums of its own contiguous block of sources (so it also draws and projects only their

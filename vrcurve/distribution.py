@@ -1,4 +1,4 @@
-"""The runtime side: load an artifact and draw training timesteps from it (SPEC §4).
+"""The runtime side: load an artifact and draw training timesteps from it (docs/integration.md).
 
 This module is what training code imports; it depends on torch, numpy and safetensors only.
 

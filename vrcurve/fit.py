@@ -1,4 +1,4 @@
-"""Logit-normal fit of a vrcurve density by Kolmogorov-Smirnov distance (SPEC §2.4).
+"""Logit-normal fit of a vrcurve density by Kolmogorov-Smirnov distance (docs/estimator.md, "From the curve to the artifact").
 
 Logit-normal(m, s): logit(t) ~ N(m, s^2), t = 0 noise. KS(m, s) = sup_t |F_vr(t) - Phi((logit t - m) / s)|,
 evaluated on a fine grid of t. For trainers whose time runs the other way (t = 1 noise) the location is -m;
@@ -32,7 +32,6 @@ class LogitNormalFit:
     ks_continuous: float
     grid: np.ndarray
     ks_grid: np.ndarray
-    scale_fitted: bool
 
 
 def _fine_t(cdf: np.ndarray) -> np.ndarray:
@@ -98,5 +97,5 @@ def fit_logitnormal(cdf: np.ndarray, *, fit_scale: bool = False) -> LogitNormalF
             m, s, ks_best = float(res2.x[0]), float(math.exp(res2.x[1])), float(res2.fun)
     return LogitNormalFit(
         m=m, s=s, ks=ks_best, m_grid=m_grid, ks_grid_best=float(ks_grid[best]), m_continuous=m_cont,
-        ks_continuous=ks_cont, grid=GRID.copy(), ks_grid=ks_grid, scale_fitted=fit_scale,
+        ks_continuous=ks_cont, grid=GRID.copy(), ks_grid=ks_grid,
     )

@@ -1,4 +1,4 @@
-"""From data on disk to an artifact: read, estimate, make the density, fit, write (SPEC §2-§3)."""
+"""From data on disk to an artifact: read, estimate, make the density, fit, write (docs/estimator.md; the artifact: docs/integration.md, "The artifact")."""
 
 from __future__ import annotations
 

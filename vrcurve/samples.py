@@ -1,4 +1,4 @@
-"""Choose the M samples, read them, check them, turn them into latents and normalise them (SPEC §5).
+"""Choose the M samples, read them, check them, turn them into latents and normalise them (docs/data.md).
 
 The order of the steps, for rows read from any source:
 
@@ -41,7 +41,7 @@ _NAMED_SKIPS = 5  # skipped files named in the metadata
 
 @dataclass(frozen=True)
 class LatentTransform:
-    """How stored rows become the latents a trainer feeds its model (SPEC §5).
+    """How stored rows become the latents a trainer feeds its model (docs/data.md, "The trainer's rescaling").
 
     Attributes:
         moments: None (rows are latents), ``"mean"`` (rows are VAE moments: keep the mean) or ``"sample"``

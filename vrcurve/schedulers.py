@@ -1,11 +1,11 @@
-"""Noise schedulers: the path x_t = a_t x1 + m_t eps (SPEC §2), with exact derivatives.
+"""Noise schedulers: the path x_t = a_t x1 + m_t eps (docs/estimator.md, "What is being estimated"), with exact derivatives.
 
 Time convention throughout vrcurve: t = 0 is pure noise, t = 1 is data. A scheduler gives the signal
 coefficient a_t (``alpha``), the noise coefficient m_t (``sigma``) and their exact time derivatives; from
 those follow
 
-    h_t = a'_t - a_t m'_t / m_t        (the weight of x1 in the marginal velocity, SPEC §2)
-    s_t = m_t / a_t                    (the noise scale of a query in data units, SPEC §2.1)
+    h_t = a'_t - a_t m'_t / m_t        (the weight of x1 in the marginal velocity)
+    s_t = m_t / a_t                    (the noise scale of a query in data units)
 
 The definitions match facebookresearch/flow_matching (CondOT, Cosine, VP) and SiT (Linear, GVP, VP).
 """

@@ -1,4 +1,4 @@
-"""Data readers: one small interface, a reader per input format (SPEC §5).
+"""Data readers: one small interface, a reader per input format (docs/data.md, "Formats").
 
 A reader knows how many samples a source holds and their shape, and reads only the rows it is asked for.
 ``open_source`` resolves PATH (a file, a folder or a glob) and picks the reader. Optional or heavy

@@ -26,10 +26,6 @@ _CACHE_FORMATS = ("npz", "pt", "safetensors")
 _BOOKKEEPING = {"aggregate.pt"}
 
 
-def suffixes_of(fmt: str) -> List[str]:
-    return [s for s, f in FORMATS.items() if f == fmt]
-
-
 def _all_suffixes() -> str:
     return ", ".join(FORMATS)
 
