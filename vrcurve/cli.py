@@ -201,7 +201,8 @@ def estimate(
         raise typer.BadParameter(f"{scheduler!r} is not one of {', '.join(SCHEDULERS)} nor module:object.",
                                  param_hint="--scheduler")
     sched = get_scheduler(scheduler, shift=shift, beta_min=beta_min, beta_max=beta_max, custom=custom)
-    from .distributed import RankFailed, launch, local_device
+    from .devices import local_device
+    from .distributed import RankFailed, launch
 
     with launch(device) as ranks:  # None unless started by torchrun
         if ranks is not None:
@@ -240,7 +241,7 @@ def estimate(
         table = Table(show_header=False, box=None, pad_edge=False)
         for k in ("artifact", "scheduler", "samples", "noise", "timesteps", "dim", "likelihood", "form", "peak_t",
                   "logitnormal_m", "logitnormal_m_ci90", "logitnormal_m_grid", "ks", "elapsed_s", "device", "precision",
-                  "kernel"):
+                  "kernel", "kernel_choice"):
             if k in summary:
                 value = summary[k]
                 table.add_row(k, f"[{value[0]:.4f}, {value[1]:.4f}]" if k == "logitnormal_m_ci90" else _fmt(value))
@@ -344,7 +345,7 @@ def show(
 _SHOW_ORDER = (
     "scheduler", "likelihood", "form", "samples", "noise", "timesteps", "dim", "shape", "seed", "normalization",
     "data", "logitnormal_m", "logitnormal_m_grid", "logitnormal_s", "ks", "time_convention", "device", "precision",
-    "kernel", "elapsed_s", "created", "format", "format_version", "vrcurve_version",
+    "kernel", "kernel_choice", "noise_space", "elapsed_s", "created", "format", "format_version", "vrcurve_version",
 )
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 

@@ -17,6 +17,7 @@ from .convergence import ConvergenceReport, bootstrap_m
 from .convergence import check_convergence as convergence_check
 from .distributed import Ranks
 from .density import Density, density_from_curve
+from .devices import resolve_devices
 from .errors import VRCurveError
 from .estimator import Curve, estimate
 from .fit import LogitNormalFit, fit_logitnormal
@@ -47,41 +48,9 @@ class EstimateResult:
             "form": m["form"], "logitnormal_m": m["logitnormal_m"], "logitnormal_m_grid": m["logitnormal_m_grid"],
             "logitnormal_s": m["logitnormal_s"], "ks": m["ks"], "peak_t": self.peak_t, "elapsed_s": m["elapsed_s"],
             "device": m["device"], "precision": m.get("precision"), "kernel": m.get("kernel"),
+            "kernel_choice": m.get("kernel_choice"),
             **{k: m[k] for k in ("logitnormal_m_ci90", "convergence") if k in m},
         }
-
-
-def resolve_device(device: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N``, checked against what this machine has."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise VRCurveError(f"unknown device {device!r}; use cpu, cuda or cuda:N.") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise VRCurveError(f"--device {device} asks for CUDA, but no CUDA device is available here; use --device cpu.")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise VRCurveError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s).")
-    elif dev.type != "cpu":
-        raise VRCurveError(f"unsupported device {device!r}; use cpu, cuda or cuda:N.")
-    return dev
-
-
-def resolve_devices(device: str) -> List[torch.device]:
-    """The devices of ``--device``: ``cpu``, ``cuda:N``, a comma-separated list of either (``cuda:0,cuda:1``;
-    ``cpu,cpu`` splits the work over two threads), or ``cuda`` for every visible GPU."""
-    names = [d.strip() for d in device.split(",")]
-    if names == ["cuda"]:
-        resolve_device("cuda")
-        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
-    devices = [resolve_device(name) for name in names]
-    if len({d.type for d in devices}) > 1:
-        raise VRCurveError(f"--device {device} mixes CPU and CUDA; list devices of one kind.")
-    if any(d.type == "cuda" and d.index is None for d in devices) and len(devices) > 1:
-        raise VRCurveError(f"--device {device}: name each GPU of a list as cuda:N.")
-    if len(set(devices)) < len(devices) and devices[0].type == "cuda":
-        raise VRCurveError(f"--device {device} lists a GPU twice; name each one once.")
-    return devices
 
 
 def _describe(devices: List[torch.device], ranks: Optional[Ranks]) -> str:
@@ -200,6 +169,8 @@ def run_estimate(
         "device": _describe(devices, ranks),
         "precision": curve.precision,
         "kernel": curve.kernel,
+        "kernel_choice": curve.kernel_choice,
+        "noise_space": curve.noise_space,
     }
     tensors = {
         "t": curve.t, "S": curve.S, "h2": curve.h2, "variance": curve.variance, "pdf": density.pdf,
