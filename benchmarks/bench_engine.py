@@ -1,6 +1,8 @@
-"""The Gram-form engine against a direct implementation, side by side in one run (issue 4; not a test).
+"""The Gram-form engine against a direct implementation, side by side in one run (not a test).
 
-For each data dimension d (default 3072, 4096, 16384) with M = 200 samples and K = 500 noises per sample:
+First the machine: its CPU model and its bf16 product rate for the engine's shape ((10000 x M) by (M x M)),
+so that a reader can judge the figures on any CPU. Then, for each data dimension d (default 3072, 4096,
+16384) with M = 200 samples and K = 500 noises per sample:
 
 - direct:  a competent direct float32 implementation of SPEC §2.1: per timestep, each chunk of queries is
            built in R^d (q = x_i + s_t eps), its squared distances to the samples come from one matrix
@@ -8,8 +10,10 @@ For each data dimension d (default 3072, 4096, 16384) with M = 200 samples and K
            tr Cov = w . n - ||E[x1|q]||^2. The noise of a chunk is drawn once and reused for every timestep,
            and its drawing is not timed. It is timed on a few timesteps only (--direct-timesteps), and its
            cost per timestep is the mean over them.
-- vrcurve: ``vrcurve.estimator`` with the same samples and the same noise (``source_noise``), run as
-           ``estimate`` runs it: its blocks of a few consecutive timesteps (4 at M = 200, K = 500), one
+- vrcurve: the engine (``vrcurve.engine``) with the same samples and, up to --check-max-dim (16384), the
+           same noise (its ambient noise, ``source_noise`` in R^d; above it the span noise that
+           ``estimate`` draws: the blocks cost the same), run as ``estimate`` runs it, on the kernel it
+           chooses by timing at start (printed with its reason): its blocks of a few consecutive timesteps (4 at M = 200, K = 500), one
            starting at each of the direct one's timesteps, are timed, and the cost per timestep is over all
            the timesteps they cover; its one-time O(d) work (noise and projections) is reported apart.
            Each chunk's first block (the first on its fresh projections, 1 of 250 in a run of T = 1000,
@@ -22,10 +26,11 @@ For each data dimension d (default 3072, 4096, 16384) with M = 200 samples and K
 - cli:     with --cli, the whole ``vrcurve estimate`` command on a .npy file of the samples (end to end).
 - float32: with --compare-float32, the full curve again with float32 products, its time, and the KS
            distance and logit-normal m difference of the two densities.
-- pytorch: with --compare-pytorch, the engine's blocks again as PyTorch operations instead of the fused
-           C kernel (vrcurve/_fused.c), timed in the same way, right after.
-- profile: with --profile, torch.profiler's time per operation over 60 of the engine's blocks (the fused
-           kernel's two passes appear as vrcurve::fused_front and vrcurve::fused_quad).
+- other:   with --compare-pytorch, the engine's blocks again on the kernel the choice did not take (the
+           fused C kernel of vrcurve/_fused.c or PyTorch operations), timed in the same way, right after.
+- profile: with --profile, torch.profiler's time per operation over 60 of the engine's blocks on each
+           kernel (the fused kernel's two passes appear as vrcurve::fused_front and vrcurve::fused_quad),
+           and the rate of the products against the machine's bf16 product rate.
 
 The samples are the embedded Fashion-MNIST demo images (for M > 2000 also their mirror images and copies
 shifted by a pixel), resized to d (bilinear; 3072 = 3 x 32 x 32 with the
@@ -34,6 +39,7 @@ Gaussian noise (--data gaussian).
 
     python benchmarks/bench_engine.py                                  # all three d, about 10 minutes
     python benchmarks/bench_engine.py --dims 4096 --cli                # the CPU target, end to end
+    python benchmarks/bench_engine.py --dims 4096,262144 --direct-sources 10 --cli --compare-pytorch --profile
     python benchmarks/bench_engine.py --dims 1024 -M 64 -K 50 -T 100 --direct-timesteps 2   # quick
 """
 
@@ -433,7 +439,7 @@ def main():
     ap.add_argument("--compare-pytorch", action="store_true",
                     help="also time the engine's blocks on the kernel the choice did not take")
     ap.add_argument("--direct-sources", type=int, default=None,
-                    help="time the direct one on this many sources and scale to M (for large d)")
+                    help="above --check-max-dim, time the direct one on this many sources and scale to M")
     ap.add_argument("--check-max-dim", type=int, default=16384,
                     help="above this d the engine runs its span noise and the same-noise check is skipped "
                          "(the ambient noise it needs costs O(M K d))")
@@ -462,7 +468,8 @@ def main():
         with OtherLoad() as side_by_side:
             sep_v, tr_v, per_v, once_v, prec, tb, choice = vrcurve_timesteps(x, sched, ks, T, K, 0, tau, args.precision,
                                                                              noise_space=space)
-            sep_d, tr_d, work_d = direct(x, sched, ks, T, K, 0, tau, args.direct_chunk, args.direct_sources)
+            subset = args.direct_sources if space == "span" else None
+            sep_d, tr_d, work_d = direct(x, sched, ks, T, K, 0, tau, args.direct_chunk, subset)
         per_d, per_v, best_d, best_v = np.mean(work_d), np.mean(per_v), min(work_d), min(per_v)
         t = torch.from_numpy(est.timestep_grid(T)[ks])
         h2 = sched.h(t).double() ** 2
@@ -471,13 +478,13 @@ def main():
         dV = float(((V_v - V_d).abs() / V_d.abs()).max())
         dS = float(((S_v - S_d).abs() / S_d.abs()).max())
         print(f"\nd = {d}: vrcurve products in {prec}; kernel {choice.name} ({choice.why})")
-        scaled = "" if args.direct_sources is None else f" (timed on {min(M, args.direct_sources)} sources, scaled to {M})"
+        scaled = "" if subset is None else f" (timed on {min(M, subset)} sources, scaled to {M})"
         print(f"  direct   {per_d:9.3f} s per timestep{scaled}")
         print(f"  vrcurve  {per_v * 1e3:9.2f} ms per timestep (its blocks of {tb} timesteps from each of those on); "
               f"one-time work ({space} noise + projections, and the kernel's choice) {once_v:.2f} s")
         print(f"  ratio    {per_d / per_v:9.0f}x per timestep (means); {best_d / best_v:.0f}x with the fastest "
               f"timestep of each ({best_d:.3f} s, {best_v * 1e3:.2f} ms)")
-        if space == "ambient" and args.direct_sources is None:
+        if space == "ambient":
             print(f"  check    same noise, same timesteps: max relative difference V {dV:.1e}, S {dS:.1e}")
         else:
             dV = float("nan")
