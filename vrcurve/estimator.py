@@ -63,7 +63,8 @@ class Curve:
         variance: V(t) = h_t^2 trcov ("covariance" form) or h_t^2 (1 - S) ("paper" form).
         S_stderr, variance_stderr: standard errors over the M sources (queries of one source are correlated).
         precision: the precision the heavy products ran in ("float64", "float32", "bf16" or "tf32").
-        kernel: what ran the blocks: "fused" (the C kernel of vrcurve/_fused.c) or "pytorch".
+        kernel: what ran the blocks: "fused" (the C kernel of vrcurve/_fused.c) or "pytorch" ("none" in a
+            process of a distributed run that had no sources of its own).
         kernel_choice: why that kernel (one line: timed at start, VRCURVE_KERNEL, or the only one).
         noise_space: "span" (noise drawn in the span of the samples) or "ambient" (in R^d).
         per_source_S, per_source_trcov: (T, M) the averages over each source's K queries (for the bootstrap).
@@ -119,7 +120,7 @@ def estimate(
         scheduler: the path's a_t, m_t.
         noise: K, noises per sample.
         timesteps: T, grid size.
-        seed: the noise of query (source i, k) depends on (seed, source_ids[i], k) only.
+        seed: the noise draw of query (source i, k) depends on (seed, source_ids[i], k) only.
         source_ids: an identity per sample (the pipeline passes its index in the dataset), so that the
             result does not depend on the order of the rows of x; default 0..M-1.
         likelihood: "mean" (tau = d) or "sum" (tau = 1, the exact posterior of the empirical distribution).

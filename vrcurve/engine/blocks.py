@@ -92,10 +92,6 @@ class Constants:
                                   device=self.device)
         self.scale_bias = torch.tensor([[0.0], [self.nbar]], dtype=torch.float64, device=self.device)
 
-    @property
-    def timesteps(self) -> int:
-        return len(self.ca)
-
     def scale_sums(self, sums: torch.Tensor, kk: int) -> torch.Tensor:
         """(2, nt, ns) sums of e^T D e / (dscale z^2) and e . (n - nbar) / (nscale z) -> of tr Cov and of
         ||E[x1|q]||^2 = w . n - tr Cov (a difference of two O(d) numbers, taken after the sums over
