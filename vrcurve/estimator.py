@@ -33,6 +33,7 @@ import torch
 
 from .devices import DeviceSpec, resolve_devices
 from .engine.backends import Choice
+from .engine.backends import requested as requested_kernel
 from .engine.blocks import gram
 from .engine.noise import NOISE_SPACES, source_noise, source_seed
 from .engine.plan import share
@@ -161,6 +162,7 @@ def estimate(
         raise VRCurveError(f"chunk size must be at least 1, got {chunk_size}.")
     devices = resolve_devices(device)
     prec = resolve_precision(precision, devices[0], dtype)
+    requested_kernel()  # a VRCURVE_KERNEL that names no kernel fails here, before any work
     t = timestep_grid(timesteps)
     tt = torch.from_numpy(t)
     a, m = scheduler.alpha(tt), scheduler.sigma(tt)
