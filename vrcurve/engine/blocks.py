@@ -41,14 +41,20 @@ MAX_UNSHIFTED_LOGIT = 20.0
 MIN_LOG2_WEIGHT = -126.0
 
 
-def gram(x: torch.Tensor):
+def gram(x: torch.Tensor, columns: int = 1 << 14):
     """G = X X^T, n = diag G and D_ij = ||x_i - x_j||^2, all (M, M) / (M,), computed in float64.
+
+    G is summed over slices of ``columns`` of the d coordinates, so that no float64 copy of the whole data
+    is made (at M = 200, d = 262,144 that copy alone would be 400 MiB).
 
     Args:
         x: data, shape (M, d).
     """
-    x64 = x.to(torch.float64)
-    G = x64 @ x64.T
+    M, d = x.shape
+    G = torch.zeros((M, M), dtype=torch.float64, device=x.device)
+    for c0 in range(0, d, columns):
+        part = x[:, c0 : c0 + columns].to(torch.float64)
+        G.addmm_(part, part.T)
     n = torch.diagonal(G).clone()
     D = (n[:, None] + n[None, :] - 2.0 * G).clamp_min_(0.0)
     D.fill_diagonal_(0.0)
