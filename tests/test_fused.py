@@ -316,3 +316,18 @@ def test_fused_and_pytorch_paths_agree(monkeypatch, form, likelihood, scale):
 
     assert error(fused) < 3e-3
     assert error(fused) <= 1.5 * error(plain) + 1e-6
+
+
+@pytest.mark.parametrize("likelihood, scale", [("mean", 1.0), ("sum", 0.05)])
+def test_compiled_backend_equals_float64_within_bf16(monkeypatch, likelihood, scale):
+    """The opt-in torch.compile backend (VRCURVE_KERNEL=compiled): recorded as such, and within the bf16
+    tolerance of the other kernels against float64 (the row-maximum path included, with "sum")."""
+    x = torch.randn(24, 60, generator=torch.Generator().manual_seed(3)) * scale
+    kw = dict(noise=6, timesteps=30, seed=1, likelihood=likelihood)
+    ref = estimate(x.double(), CosineScheduler(), dtype=torch.float64, **kw)
+    monkeypatch.setenv("VRCURVE_KERNEL", "compiled")
+    got = estimate(x, CosineScheduler(), precision="bf16", **kw)
+    assert (got.kernel, got.kernel_choice) == ("compiled", "VRCURVE_KERNEL=compiled")
+    scale_v = np.abs(ref.variance).max()
+    assert np.max(np.abs(got.variance - ref.variance)) / scale_v < 3e-3
+    assert np.max(np.abs(got.S - ref.S)) < 3e-3

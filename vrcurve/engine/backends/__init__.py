@@ -6,7 +6,9 @@ few real blocks of the first chunk on each at start (one untimed block each, the
 of five, three where blocks are slow: well under a second at M = 200) and keeps the fused kernel unless PyTorch's
 blocks are at least ``MARGIN`` faster: the fused kernel's quadratic forms are summed in float32 where PyTorch rounds e @ D to
 bf16, so it is the closer of the two to float64, and a margin keeps the choice from flipping between runs
-on a machine where the two are alike. ``VRCURVE_KERNEL=fused|pytorch`` skips the timing. The choice and its
+on a machine where the two are alike. ``VRCURVE_KERNEL=fused|pytorch`` skips the timing;
+``VRCURVE_KERNEL=compiled`` runs the blocks as one ``torch.compile`` function (opt-in only: see
+``compiled.py`` for what the measurements say). The choice and its
 reason are returned as a ``Choice`` and end up in the artifact's metadata and the ``estimate`` table. Runs
 the fused kernel is not made for (other devices, other precisions) have PyTorch alone, whatever the
 variable says.
@@ -25,16 +27,18 @@ import numpy as np
 from ...errors import VRCurveError
 from ..blocks import Backend, Chunk, Constants, block_sums
 from ..plan import Plan
+from .compiled import CompiledBackend
 from .fused import FusedBackend, applies, unavailable
 from .pytorch import PyTorchBackend
 
-KERNELS = ("fused", "pytorch")
+KERNELS = ("fused", "pytorch")  # the ones timed at start
+OPT_IN = ("compiled",)  # only where VRCURVE_KERNEL names them
 ENV = "VRCURVE_KERNEL"
 # The fused kernel is kept unless PyTorch's blocks take at most 1 / MARGIN of its time.
 MARGIN = 1.10
 # Timed rounds stop after this many seconds, once three have run.
 TIMING_BUDGET_S = 0.3
-_BACKENDS = {"fused": FusedBackend, "pytorch": PyTorchBackend}
+_BACKENDS = {"fused": FusedBackend, "pytorch": PyTorchBackend, "compiled": CompiledBackend}
 
 
 @dataclass(frozen=True)
@@ -46,10 +50,11 @@ class Choice:
 
 
 def requested() -> str:
-    """``VRCURVE_KERNEL`` from the environment: "auto" (unset or empty), "fused" or "pytorch"."""
+    """``VRCURVE_KERNEL`` from the environment: "auto" (unset or empty), "fused", "pytorch" or "compiled"."""
     value = os.environ.get(ENV, "").strip().lower() or "auto"
-    if value not in ("auto",) + KERNELS:
-        raise VRCurveError(f"{ENV}={os.environ[ENV]!r} is not a kernel; set it to auto, fused or pytorch, or unset it.")
+    if value not in ("auto",) + KERNELS + OPT_IN:
+        raise VRCurveError(f"{ENV}={os.environ[ENV]!r} is not a kernel; set it to auto, fused, pytorch or compiled, "
+                           "or unset it.")
     return value
 
 
@@ -62,6 +67,8 @@ def choose(c: Constants, chunk: Chunk, plan: Plan) -> Tuple[Backend, Choice]:
     """The backend for blocks of ``c``, allocated for ``plan``, and why: ``VRCURVE_KERNEL`` where set, the
     only one that can run, or the faster of the two on blocks of ``chunk`` (the run's first chunk)."""
     want = requested()
+    if want in OPT_IN:
+        return _allocated(want, c, plan), Choice(want, f"{ENV}={want}")
     fused_why = unavailable(c)
     if fused_why is not None and not applies(c):  # not a run the fused kernel is made for
         return _allocated("pytorch", c, plan), Choice("pytorch", f"the only kernel for this run (fused: {fused_why})")
