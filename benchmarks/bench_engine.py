@@ -1,6 +1,8 @@
-"""The Gram-form engine against a direct implementation, side by side in one run (issue 4; not a test).
+"""The Gram-form engine against a direct implementation, side by side in one run (not a test).
 
-For each data dimension d (default 3072, 4096, 16384) with M = 200 samples and K = 500 noises per sample:
+First the machine: its CPU model and its bf16 product rate for the engine's shape ((10000 x M) by (M x M)),
+so that a reader can judge the figures on any CPU. Then, for each data dimension d (default 3072, 4096,
+16384) with M = 200 samples and K = 500 noises per sample:
 
 - direct:  a competent direct float32 implementation of SPEC §2.1: per timestep, each chunk of queries is
            built in R^d (q = x_i + s_t eps), its squared distances to the samples come from one matrix
@@ -8,8 +10,10 @@ For each data dimension d (default 3072, 4096, 16384) with M = 200 samples and K
            tr Cov = w . n - ||E[x1|q]||^2. The noise of a chunk is drawn once and reused for every timestep,
            and its drawing is not timed. It is timed on a few timesteps only (--direct-timesteps), and its
            cost per timestep is the mean over them.
-- vrcurve: ``vrcurve.estimator`` with the same samples and the same noise (``source_noise``), run as
-           ``estimate`` runs it: its blocks of a few consecutive timesteps (4 at M = 200, K = 500), one
+- vrcurve: the engine (``vrcurve.engine``) with the same samples and, up to --check-max-dim (16384), the
+           same noise (its ambient noise, ``source_noise`` in R^d; above it the span noise that
+           ``estimate`` draws: the blocks cost the same), run as ``estimate`` runs it, on the kernel it
+           chooses by timing at start (printed with its reason): its blocks of a few consecutive timesteps (4 at M = 200, K = 500), one
            starting at each of the direct one's timesteps, are timed, and the cost per timestep is over all
            the timesteps they cover; its one-time O(d) work (noise and projections) is reported apart.
            Each chunk's first block (the first on its fresh projections, 1 of 250 in a run of T = 1000,
@@ -22,10 +26,11 @@ For each data dimension d (default 3072, 4096, 16384) with M = 200 samples and K
 - cli:     with --cli, the whole ``vrcurve estimate`` command on a .npy file of the samples (end to end).
 - float32: with --compare-float32, the full curve again with float32 products, its time, and the KS
            distance and logit-normal m difference of the two densities.
-- pytorch: with --compare-pytorch, the engine's blocks again as PyTorch operations instead of the fused
-           C kernel (vrcurve/_fused.c), timed in the same way, right after.
-- profile: with --profile, torch.profiler's time per operation over 60 of the engine's blocks (the fused
-           kernel's two passes appear as vrcurve::fused_front and vrcurve::fused_quad).
+- other:   with --compare-pytorch, the engine's blocks again on the kernel the choice did not take (the
+           fused C kernel of vrcurve/_fused.c or PyTorch operations), timed in the same way, right after.
+- profile: with --profile, torch.profiler's time per operation over 60 of the engine's blocks on each
+           kernel (the fused kernel's two passes appear as vrcurve::fused_front and vrcurve::fused_quad),
+           and the rate of the products against the machine's bf16 product rate.
 
 The samples are the embedded Fashion-MNIST demo images (for M > 2000 also their mirror images and copies
 shifted by a pixel), resized to d (bilinear; 3072 = 3 x 32 x 32 with the
@@ -34,6 +39,7 @@ Gaussian noise (--data gaussian).
 
     python benchmarks/bench_engine.py                                  # all three d, about 10 minutes
     python benchmarks/bench_engine.py --dims 4096 --cli                # the CPU target, end to end
+    python benchmarks/bench_engine.py --dims 4096,262144 --direct-sources 10 --cli --compare-pytorch --profile
     python benchmarks/bench_engine.py --dims 1024 -M 64 -K 50 -T 100 --direct-timesteps 2   # quick
 """
 
@@ -52,8 +58,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vrcurve import _kernel
 from vrcurve import estimator as est
+from vrcurve.engine import backends
+from vrcurve.engine.blocks import Constants, block_sums, make_chunk
+from vrcurve.engine.noise import Projector, ambient_basis, span_factor
+from vrcurve.engine.plan import plan
 from vrcurve.schedulers import LinearScheduler
 
 
@@ -83,6 +92,23 @@ class OtherLoad:
     def _own() -> float:
         t = os.times()
         return t.user + t.system + t.children_user + t.children_system
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), and how many cores this process may use."""
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {len(os.sched_getaffinity(0))} cores"
+
+
+def bf16_rate(M: int = 200, rows: int = 10_000) -> float:
+    """This machine's bf16 product rate, GFLOP/s, for the engine's shape: (rows x M) by (M x M), best of 20."""
+    a, b = torch.rand(rows, M).bfloat16(), torch.rand(M, M).bfloat16()
+    return 2 * rows * M * M / min(_timed(lambda: a @ b) for _ in range(20)) / 1e9
 
 
 def machine_speed() -> str:
@@ -137,10 +163,12 @@ def grid_indices(T: int, n: int) -> list:
     return [int(round(T * (0.9 * (j + 0.5) / n))) for j in range(n)]
 
 
-def direct(x, sched, ks, T, K, seed, tau, chunk_queries):
+def direct(x, sched, ks, T, K, seed, tau, chunk_queries, sources=None):
     """Per-timestep sums over each source's queries of ||E[x1|q]||^2 and tr Cov at timesteps ``ks``.
 
-    Returns (sep, tr) of shape (len(ks), M) and the seconds of work of each timestep (noise drawing excluded).
+    Returns (sep, tr) of shape (len(ks), M) and the seconds of work of each timestep (noise drawing
+    excluded). With ``sources``, only the first that many sources are computed and the seconds are scaled
+    to all M (the work is the same for every source).
     """
     M, d = x.shape
     sync = (lambda: torch.cuda.synchronize(x.device)) if x.is_cuda else (lambda: None)
@@ -152,8 +180,9 @@ def direct(x, sched, ks, T, K, seed, tau, chunk_queries):
     sep = torch.zeros(len(ks), M, dtype=torch.float64)
     tr = torch.zeros(len(ks), M, dtype=torch.float64)
     work = [0.0] * len(ks)
-    for i0 in range(0, M, per):
-        i1 = min(M, i0 + per)
+    upto = M if sources is None else min(M, sources)
+    for i0 in range(0, upto, per):
+        i1 = min(upto, i0 + per)
         eps = torch.stack([est.source_noise(seed, i, K, d, device=x.device) for i in range(i0, i1)])  # not timed
         q = torch.empty_like(eps)
         for j, k in enumerate(ks):
@@ -173,18 +202,7 @@ def direct(x, sched, ks, T, K, seed, tau, chunk_queries):
             work[j] += time.perf_counter() - started
             sep[j, i0:i1] += sq_sum.cpu()
             tr[j, i0:i1] += tr_sum.cpu()
-    return sep, tr, work
-
-
-class PyTorchOnly:
-    """The engine without the fused C kernel, as where it is not built."""
-
-    def __enter__(self):
-        self.saved = _kernel._load
-        _kernel._load = lambda: (None, "switched off by the benchmark")
-
-    def __exit__(self, *exc):
-        _kernel._load = self.saved
+    return sep, tr, [w * M / upto for w in work]
 
 
 class _ProfiledKernels:
@@ -203,89 +221,114 @@ class _ProfiledKernels:
         return recorded
 
 
-def kernel_line(prec: str) -> str:
-    if est._fused_applies("cpu", prec):
-        return "the blocks in the fused C kernel"
-    reason = "it applies to bf16 products only" if prec != "bf16" else _kernel.why_not()
-    return f"the blocks in PyTorch operations (fused C kernel: {reason})"
-
-
-def engine_for(x, sched, T, K, tau, precision):
-    """The engine set up as ``estimate`` sets it up on the device of ``x``: (engine, plan, timesteps per
-    block, the precision ``precision`` resolves to)."""
+def engine_for(x, sched, T, K, tau, precision, noise_space="span"):
+    """The engine set up as ``estimate`` sets it up on the device of ``x``: (constants, plan, timesteps per
+    block, the precision ``precision`` resolves to, the projector's basis and span)."""
     M, d = x.shape
     t = torch.from_numpy(est.timestep_grid(T))
     s = (sched.sigma(t) / sched.alpha(t)).numpy()
     prec = est.resolve_precision(precision, x.device, torch.float32)
-    _, n64, D64 = est.gram(x)
-    engine = est._Engine(D64, n64, s, tau, prec, "covariance")
-    plan = est._plan(M, K, d, None, x.device, torch.float32, engine.forms.dtype)
-    engine.allocate(plan.buffer_rows)
-    return engine, plan, plan.timesteps(plan.sources * plan.noise, T), prec
+    G64, n64, D64 = est.gram(x)
+    consts = Constants(D64, n64, s, tau, prec, "covariance")
+    if noise_space == "span":
+        f = span_factor(G64, np.arange(M))
+        basis, span = f.root.float().contiguous(), f.span
+    else:
+        basis, span = ambient_basis(x), None
+    p = plan(M, K, d, None, x.device, torch.float32, consts.gemm, timesteps=T, noise_dim=basis.shape[0])
+    return consts, p, p.timesteps(p.sources * p.noise, T), prec, basis, span
 
 
-def vrcurve_timesteps(x, sched, ks, T, K, seed, tau, precision):
+def vrcurve_timesteps(x, sched, ks, T, K, seed, tau, precision, kernel=None, noise_space="span"):
     """The engine's per-source sums at timesteps ``ks``: (sep, tr) of shape (len(ks), M), the seconds of work
-    per timestep from each of ``ks`` on, of the one-time work (noise and projections), the precision and
-    the number of timesteps of a block.
+    per timestep from each of ``ks`` on, of the one-time work (noise and projections), the precision, the
+    number of timesteps of a block and the kernel's ``Choice`` (``kernel``: force one, else chosen as in
+    ``estimate``, by timing at start).
 
     The engine runs as ``estimate`` runs it (its default chunks and blocks): each timed block covers the
     block's usual number of consecutive timesteps from k on, and the cost per timestep is over all of them.
     """
     M, d = x.shape
-    cpu = torch.device("cpu")
-    engine, plan, tb, prec = engine_for(x, sched, T, K, tau, precision)
+    started = time.perf_counter()
+    consts, p, tb, prec, basis, span = engine_for(x, sched, T, K, tau, precision, noise_space)
+    once = time.perf_counter() - started
     ids = np.arange(M)
-    xt = x.T.contiguous()
     sums = torch.zeros(2, len(ks), M, dtype=torch.float64)
-    work, once = [0.0] * len(ks), 0.0
-    with est._noise_pool(cpu, plan.sources) as pool:
-        for i0 in range(0, M, plan.sources):
-            i1 = min(M, i0 + plan.sources)
+    work = [0.0] * len(ks)
+    backend, choice = None, None
+    with Projector(basis, seed, ids, tau, K, p.sources, span) as project:
+        for i0 in range(0, M, p.sources):
+            i1 = min(M, i0 + p.sources)
             started = time.perf_counter()
-            P, bound = est._projections(i0, i1, K, seed, ids, xt, tau, pool)
-            chunk = engine.chunk(P, i0, bound)
+            P, bound = project(i0, i1)
+            chunk = make_chunk(consts, P, i0, bound)
             once += time.perf_counter() - started
-            for k0 in range(0, K, plan.noise):
+            if backend is None:
+                saved = os.environ.get(backends.ENV)
+                if kernel is not None:
+                    os.environ[backends.ENV] = kernel
+                try:
+                    started = time.perf_counter()
+                    backend, choice = backends.choose(consts, chunk, p)
+                    once += time.perf_counter() - started
+                finally:
+                    if kernel is not None:
+                        os.environ.pop(backends.ENV) if saved is None else os.environ.update({backends.ENV: saved})
+            for k0 in range(0, K, p.noise):
                 # untimed: the chunk's first block, on its freshly projected queries, runs slower (its
                 # products ~25% in this machine's measurements). In a run it is one of the chunk's T / tb
                 # blocks (250 at T = 1000), and the full curve below includes it; timing only 3 blocks per
                 # chunk, it would weigh a third.
-                engine.block(chunk, k0, min(K, k0 + plan.noise), 0, min(T, tb))
+                block_sums(backend, chunk, k0, min(K, k0 + p.noise), 0, min(T, tb))
                 for j, k in enumerate(ks):
                     started = time.perf_counter()
-                    sums[:, j, i0:i1] += engine.block(chunk, k0, min(K, k0 + plan.noise), k, min(T, k + tb))[:, 0]
+                    sums[:, j, i0:i1] += block_sums(backend, chunk, k0, min(K, k0 + p.noise), k, min(T, k + tb))[:, 0]
                     work[j] += time.perf_counter() - started
     per_timestep = [w / (min(T, k + tb) - k) for w, k in zip(work, ks)]
-    return sums[1], sums[0], per_timestep, once, prec, tb
+    return sums[1], sums[0], per_timestep, once, prec, tb, choice
 
 
-def profile_blocks(x, sched, T, K, tau, precision, blocks=60):
-    """Where the engine's time goes: torch.profiler over ``blocks`` blocks of one chunk, in ms per timestep
-    of the whole problem (all M sources)."""
+def profile_blocks(x, sched, T, K, tau, precision, kernel, rate, blocks=60):
+    """Where the engine's time goes: torch.profiler over ``blocks`` blocks of one chunk on ``kernel``, in ms
+    per timestep of the whole problem (all M sources), and the rate of its products against ``rate``, the
+    machine's bf16 product rate (GFLOP/s) for the same shape."""
     from torch.profiler import profile
 
     M, d = x.shape
-    cpu = torch.device("cpu")
-    engine, plan, tb, prec = engine_for(x, sched, T, K, tau, precision)
-    if engine.fused is not None:
-        engine.fused = _ProfiledKernels(engine.fused)
-    with est._noise_pool(cpu, plan.sources) as pool:
-        P, bound = est._projections(0, plan.sources, K, 0, np.arange(M), x.T.contiguous(), tau, pool)
-    chunk = engine.chunk(P, 0, bound)
+    consts, p, tb, prec, basis, span = engine_for(x, sched, T, K, tau, precision)
+    backend = backends.make(kernel, consts)
+    backend.allocate(p.buffer_rows)
+    if kernel == "fused":
+        backend.lib = _ProfiledKernels(backend.lib)
+    with Projector(basis, 0, np.arange(M), tau, K, p.sources, span) as project:
+        P, bound = project(0, p.sources)
+    chunk = make_chunk(consts, P, 0, bound)
     starts = [int(v) for v in np.linspace(0, max(0, min(0.9 * T, T - tb)), blocks)]
     for t0 in starts[:5]:
-        engine.block(chunk, 0, plan.noise, t0, t0 + tb)
+        block_sums(backend, chunk, 0, p.noise, t0, t0 + tb)
     with profile() as prof:
         for t0 in starts:
-            engine.block(chunk, 0, plan.noise, t0, t0 + tb)
-    scale = 1e-3 * (M / plan.sources) * (K / plan.noise) / (blocks * tb)  # us of one chunk -> ms per timestep
+            block_sums(backend, chunk, 0, p.noise, t0, t0 + tb)
+    scale = 1e-3 * (M / p.sources) * (K / p.noise) / (blocks * tb)  # us of one chunk -> ms per timestep
     events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in events) * scale
-    print(f"  profile  {total:.1f} ms per timestep in torch operations and the fused kernel ({prec} products, blocks of {tb} timesteps x "
-          f"{plan.sources * plan.noise} queries):")
+    print(f"  profile  {kernel}: {total:.1f} ms per timestep in torch operations and the fused kernel ({prec} "
+          f"products, blocks of {tb} timesteps x {p.sources * p.noise} queries):")
     for e in events[:8]:
         print(f"             {e.key:22s} {e.self_cpu_time_total * scale:6.2f} ms  ({e.count / blocks:.0f} per block)")
+    # the products: the triangle's M (M - 1) / 2 products per query in the fused kernel, the column blocks'
+    # in PyTorch (each a product of (rows x e1) by (e1 x width)); 2 flops per product
+    queries = M * K  # per timestep
+    if kernel == "fused":
+        name, flops = "vrcurve::fused_quad", queries * M * (M - 1)
+    else:
+        name = "aten::mm"
+        flops = queries * 2 * sum(e1 * W.shape[1] for _, e1, W in backend.forms.blocks)
+    ms = sum(e.self_cpu_time_total for e in events if e.key == name) * scale
+    if ms > 0:
+        got = flops / (ms * 1e-3) / 1e9
+        print(f"  products {name}: {ms:.2f} ms per timestep, {got:.0f} GFLOP/s = {got / rate:.0%} of this machine's "
+              f"bf16 product rate ({rate:.0f} GFLOP/s for ({10_000} x {M}) by ({M} x {M}))")
 
 
 def child(args) -> None:
@@ -313,7 +356,7 @@ def child(args) -> None:
     if args.child_out:
         np.save(args.child_out, curve.variance)
     print(json.dumps({"wall": wall, "peak_mib": peak, "before_mib": before, "precision": curve.precision,
-                      "kernel": curve.kernel,
+                      "kernel": curve.kernel, "kernel_choice": curve.kernel_choice,
                       "variance_sum": float(curve.variance.sum()), "fortieth_min": float(fortieths.min()),
                       "fortieth_max": float(fortieths.max())}))
 
@@ -394,7 +437,12 @@ def main():
     ap.add_argument("--compare-float32", action="store_true",
                     help="also run the full curve with float32 products and compare the densities")
     ap.add_argument("--compare-pytorch", action="store_true",
-                    help="also time the engine's blocks as PyTorch operations, without the fused C kernel")
+                    help="also time the engine's blocks on the kernel the choice did not take")
+    ap.add_argument("--direct-sources", type=int, default=None,
+                    help="above --check-max-dim, time the direct one on this many sources and scale to M")
+    ap.add_argument("--check-max-dim", type=int, default=16384,
+                    help="above this d the engine runs its span noise and the same-noise check is skipped "
+                         "(the ambient noise it needs costs O(M K d))")
     ap.add_argument("--profile", action="store_true", help="print where the engine's time goes, per operation")
     ap.add_argument("--child-dim", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -407,6 +455,8 @@ def main():
     ks = grid_indices(T, args.direct_timesteps)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; M = {M}, K = {K} (Q = {M * K:,} queries), "
           f"T = {T}, linear scheduler, likelihood mean, data: {args.data}")
+    rate = bf16_rate(M)
+    print(f"machine: {cpu_model()}; bf16 product rate {rate:.0f} GFLOP/s for (10000 x {M}) by ({M} x {M})")
     print(f"machine now: {machine_speed()}")
     print(f"timed timesteps: t = {', '.join(f'{est.timestep_grid(T)[k]:.4f}' for k in ks)} "
           f"(direct timed on these {len(ks)} only, per-timestep cost = their mean)")
@@ -414,9 +464,12 @@ def main():
     for d in [int(v) for v in args.dims.split(",")]:
         x = make_data(args.data, M, d)
         tau = float(d)
+        space = "ambient" if d <= args.check_max_dim else "span"
         with OtherLoad() as side_by_side:
-            sep_v, tr_v, per_v, once_v, prec, tb = vrcurve_timesteps(x, sched, ks, T, K, 0, tau, args.precision)
-            sep_d, tr_d, work_d = direct(x, sched, ks, T, K, 0, tau, args.direct_chunk)
+            sep_v, tr_v, per_v, once_v, prec, tb, choice = vrcurve_timesteps(x, sched, ks, T, K, 0, tau, args.precision,
+                                                                             noise_space=space)
+            subset = args.direct_sources if space == "span" else None
+            sep_d, tr_d, work_d = direct(x, sched, ks, T, K, 0, tau, args.direct_chunk, subset)
         per_d, per_v, best_d, best_v = np.mean(work_d), np.mean(per_v), min(work_d), min(per_v)
         t = torch.from_numpy(est.timestep_grid(T)[ks])
         h2 = sched.h(t).double() ** 2
@@ -424,30 +477,46 @@ def main():
         S_v, S_d = sep_v.sum(1), sep_d.sum(1)
         dV = float(((V_v - V_d).abs() / V_d.abs()).max())
         dS = float(((S_v - S_d).abs() / S_d.abs()).max())
-        print(f"\nd = {d}: vrcurve products in {prec}, {kernel_line(prec)}")
-        print(f"  direct   {per_d:9.3f} s per timestep")
+        print(f"\nd = {d}: vrcurve products in {prec}; kernel {choice.name} ({choice.why})")
+        scaled = "" if subset is None else f" (timed on {min(M, subset)} sources, scaled to {M})"
+        print(f"  direct   {per_d:9.3f} s per timestep{scaled}")
         print(f"  vrcurve  {per_v * 1e3:9.2f} ms per timestep (its blocks of {tb} timesteps from each of those on); "
-              f"one-time noise + projections {once_v:.2f} s")
+              f"one-time work ({space} noise + projections, and the kernel's choice) {once_v:.2f} s")
         print(f"  ratio    {per_d / per_v:9.0f}x per timestep (means); {best_d / best_v:.0f}x with the fastest "
               f"timestep of each ({best_d:.3f} s, {best_v * 1e3:.2f} ms)")
-        print(f"  check    same noise, same timesteps: max relative difference V {dV:.1e}, S {dS:.1e}")
+        if space == "ambient":
+            print(f"  check    same noise, same timesteps: max relative difference V {dV:.1e}, S {dS:.1e}")
+        else:
+            dV = float("nan")
+            print("  check    skipped: not the same noise (tests/test_noise.py compares the span noise with the direct "
+                  "reference)")
         print(f"  load     other processes took {side_by_side.share:.0%} of the CPUs meanwhile")
-        if args.compare_pytorch:
-            with PyTorchOnly(), OtherLoad() as load_pt:
-                sep_p, tr_p, per_p, _, _, _ = vrcurve_timesteps(x, sched, ks, T, K, 0, tau, args.precision)
-            dVp = float(((h2 * tr_p.sum(1) - V_d).abs() / V_d.abs()).max())
-            print(f"  pytorch  {np.mean(per_p) * 1e3:9.2f} ms per timestep with PyTorch operations instead: the fused "
-                  f"kernel is {np.mean(per_p) / per_v:.2f}x faster; its V against direct {dVp:.1e}; other processes "
-                  f"took {load_pt.share:.0%} of the CPUs meanwhile")
+        other = "pytorch" if choice.name == "fused" else "fused"
+        if args.compare_pytorch and choice.name in ("fused", "pytorch") and (other == "pytorch" or prec == "bf16"):
+            try:
+                with OtherLoad() as load_pt:
+                    _, tr_p, per_p, _, _, _, _ = vrcurve_timesteps(x, sched, ks, T, K, 0, tau, args.precision,
+                                                                   kernel=other, noise_space=space)
+            except Exception as exc:  # the other kernel cannot run here
+                print(f"  {other:8s} cannot run here: {exc}")
+            else:
+                print(f"  {other:8s} {np.mean(per_p) * 1e3:9.2f} ms per timestep on the other kernel: the chosen one "
+                      f"is {np.mean(per_p) / per_v:.2f}x faster; other processes took {load_pt.share:.0%} of the "
+                      f"CPUs meanwhile")
         if args.profile:
-            profile_blocks(x, sched, T, K, tau, args.precision)
+            for kernel in ("fused", "pytorch") if prec == "bf16" else ("pytorch",):
+                try:
+                    profile_blocks(x, sched, T, K, tau, args.precision, kernel, rate)
+                except Exception as exc:
+                    print(f"  profile  {kernel}: cannot run here ({exc})")
         row = {"d": d, "direct": per_d, "vrcurve": per_v, "ratio": per_d / per_v, "best": best_d / best_v,
                "once": once_v, "dV": dV}
         tmp = tempfile.TemporaryDirectory(prefix="vrcurve-bench-engine-")
         if not args.no_full:
             with OtherLoad() as load:
                 full = full_curve(args, d, keep=Path(tmp.name) / "v.npy")
-            print(f"  full     T = {T}: {full['wall']:.1f} s ({full['precision']}, kernel {full['kernel']}), "
+            print(f"  full     T = {T}: {full['wall']:.1f} s ({full['precision']}, kernel {full['kernel']}: "
+                  f"{full['kernel_choice']}), "
                   f"peak RSS {full['peak_mib']:.0f} MiB "
                   f"({full['peak_mib'] - full['before_mib']:+.0f} MiB over the {full['before_mib']:.0f} MiB "
                   f"after imports and data); other processes took {load.share:.0%} of the CPUs meanwhile")
@@ -457,9 +526,9 @@ def main():
             if args.compare_float32:
                 with OtherLoad() as load32:
                     f32 = full_curve(args, d, precision="float32", keep=Path(tmp.name) / "v32.npy")
-                ks, dm = density_difference(np.load(Path(tmp.name) / "v.npy"), np.load(Path(tmp.name) / "v32.npy"))
+                ksd, dm = density_difference(np.load(Path(tmp.name) / "v.npy"), np.load(Path(tmp.name) / "v32.npy"))
                 print(f"  float32  the same full curve with float32 products: {f32['wall']:.1f} s (other processes "
-                      f"took {load32.share:.0%}); {full['precision']} against it: KS {ks:.1e}, m differs by {dm:.1e}")
+                      f"took {load32.share:.0%}); {full['precision']} against it: KS {ksd:.1e}, m differs by {dm:.1e}")
         if args.cli:
             with OtherLoad() as load:
                 wall, peak, summary = cli_end_to_end(args, d)
@@ -469,7 +538,7 @@ def main():
             row.update(cli=wall, cli_peak=peak)
         tmp.cleanup()
         rows.append(row)
-    print(f"\nmachine now: {machine_speed()}")
+    print(f"\nmachine now: {machine_speed()}; bf16 product rate {bf16_rate(M):.0f} GFLOP/s")
     print("summary")
     print(f"{'d':>6} {'direct s/t':>11} {'vrcurve ms/t':>13} {'ratio':>7} {'best':>6} {'full curve s':>13} "
           f"{'peak RSS MiB':>13}")

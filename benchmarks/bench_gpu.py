@@ -39,6 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import density_difference, direct, engine_for, grid_indices, make_data  # noqa: E402
 
 from vrcurve import estimator as est  # noqa: E402
+from vrcurve.engine.backends.pytorch import PyTorchBackend  # noqa: E402
+from vrcurve.engine.blocks import block_sums, make_chunk  # noqa: E402
+from vrcurve.engine.noise import Projector  # noqa: E402
+from vrcurve.engine.precision import matmul_precision  # noqa: E402
 from vrcurve.schedulers import LinearScheduler  # noqa: E402
 
 
@@ -128,18 +132,20 @@ def profile(args, device):
     T = args.timesteps
     x = make_data(args.data, M, d).to(device)
     for prec in args.large_precisions.split(","):
-        engine, plan, tb, prec = engine_for(x, LinearScheduler(), T, K, float(d), prec)
-        with est._noise_pool(device, plan.sources) as pool:
-            P, bound = est._projections(0, plan.sources, K, 0, np.arange(M), x.T.contiguous(), float(d), pool)
-        chunk = engine.chunk(P, 0, bound)
+        consts, plan, tb, prec, basis, span = engine_for(x, LinearScheduler(), T, K, float(d), prec)
+        with Projector(basis, 0, np.arange(M), float(d), K, plan.sources, span) as project:
+            P, bound = project(0, plan.sources)
+        chunk = make_chunk(consts, P, 0, bound)
+        engine = PyTorchBackend(consts)  # the GPU's backend (the fused kernel is for CPUs)
+        engine.allocate(plan.buffer_rows)
         starts = [int(v) for v in np.linspace(0, max(0, min(0.9 * T, T - tb)), 20)]
-        with est._matmul_precision(device, "tf32" if prec == "tf32" else "ieee"):
+        with matmul_precision(device, "tf32" if prec == "tf32" else "ieee"):
             for t0 in starts[:5]:
-                engine.block(chunk, 0, plan.noise, t0, t0 + tb)
+                block_sums(engine, chunk, 0, plan.noise, t0, t0 + tb)
             sync(device)
             with torch_profile(activities=[activity]) as prof:
                 for t0 in starts:
-                    engine.block(chunk, 0, plan.noise, t0, t0 + tb)
+                    block_sums(engine, chunk, 0, plan.noise, t0, t0 + tb)
                 sync(device)
         # on CUDA the kernels alone (the operators that launch them carry the same device time)
         events = [e for e in prof.key_averages() if time_of(e) > 0 and (cpu or not e.key.startswith("aten::"))]

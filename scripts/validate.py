@@ -123,7 +123,8 @@ def gram_vs_direct() -> list:
     for sched in SCHEDULERS:
         for lik in LIKELIHOODS:
             s = get_scheduler(sched)
-            c = estimate(x, s, noise=16, timesteps=64, seed=1, likelihood=lik, dtype=torch.float64)
+            c = estimate(x, s, noise=16, timesteps=64, seed=1, likelihood=lik, dtype=torch.float64,
+                         noise_space="ambient")  # the reference's noise in R^d
             S, tr, _, _ = direct_estimate(x, s, noise=16, timesteps=64, seed=1, likelihood=lik)
             # relative to the curve's largest value: tr Cov falls to 0 where the posterior collapses (the
             # engine then returns 0 exactly, the direct sum a few units of round-off)

@@ -2,7 +2,7 @@
 
 Every query q = x_i + s_t eps is built in R^d and its squared distances to the samples are computed
 directly; the posterior mean and covariance come from their definitions. float64 throughout, and the same
-noise draws as the engine (``vrcurve.estimator.source_noise``).
+noise draws as the engine's ambient noise (``vrcurve.estimator.source_noise`` in R^d), or any noise given.
 """
 
 import math
@@ -13,13 +13,19 @@ import torch
 from vrcurve.estimator import source_noise, timestep_grid
 
 
-def direct_estimate(x, scheduler, *, noise, timesteps, seed=0, likelihood="mean", source_ids=None):
-    """Per-timestep (S, trcov, S per source, trcov per source), each divided by d; arrays of shape (T,) / (T, M)."""
+def direct_estimate(x, scheduler, *, noise, timesteps, seed=0, likelihood="mean", source_ids=None, noises=None):
+    """Per-timestep (S, trcov, S per source, trcov per source), each divided by d; arrays of shape (T,) / (T, M).
+
+    ``noises``: (M, K, d) noise of each source's queries; by default ``source_noise(seed, id, K, d)``, the
+    engine's draw in R^d (its ``noise_space="ambient"``).
+    """
     x = torch.as_tensor(x, dtype=torch.float64).reshape(len(x), -1)
     M, d = x.shape
     ids = range(M) if source_ids is None else source_ids
     tau = float(d) if likelihood == "mean" else 1.0
-    eps = torch.stack([source_noise(seed, int(i), noise, d).to(torch.float64) for i in ids])  # (M, K, d)
+    if noises is None:
+        noises = torch.stack([source_noise(seed, int(i), noise, d) for i in ids])
+    eps = torch.as_tensor(noises).to(torch.float64)  # (M, K, d)
     t = torch.from_numpy(timestep_grid(timesteps))
     s = (scheduler.sigma(t) / scheduler.alpha(t)).tolist()
     sep = np.zeros((timesteps, M))

@@ -28,7 +28,8 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def test_estimate_writes_a_complete_artifact(tiny_npy, tmp_path):
+def test_estimate_writes_a_complete_artifact(tiny_npy, tmp_path, monkeypatch):
+    monkeypatch.delenv("VRCURVE_KERNEL")  # the kernel chosen as a user's run chooses it
     out = tmp_path / "vr.safetensors"
     res = run("estimate", "--data", tiny_npy, "-o", out, *SMALL, "--json")
     assert res.exit_code == 0, res.output
@@ -40,8 +41,12 @@ def test_estimate_writes_a_complete_artifact(tiny_npy, tmp_path):
     arrays, meta = read_artifact(out)
     # the precision the products ran in: what auto resolved to on this machine
     assert summary["precision"] == meta["precision"] == resolve_precision("auto", "cpu")
+    # the kernel that ran the blocks, and why: timed at start where both can run, else the only one
     fused = meta["precision"] == "bf16" and _kernel.fused() is not None
-    assert summary["kernel"] == meta["kernel"] == ("fused" if fused else "pytorch")
+    assert summary["kernel"] == meta["kernel"] in (("fused", "pytorch") if fused else ("pytorch",))
+    assert summary["kernel_choice"] == meta["kernel_choice"]
+    assert meta["kernel_choice"].startswith("timed at start" if fused else "the only kernel")
+    assert meta["noise_space"] == "span"
     assert ARTIFACT_METADATA <= set(meta)
     assert meta["time_convention"] == "t0_noise" and meta["shape"] == [3, 4, 4]
     assert meta["data"]["samples_total"] == 40 and meta["data"]["samples_chosen"] == 12

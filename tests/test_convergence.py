@@ -13,7 +13,7 @@ def _data(M, d, seed):
     return torch.randn(M, d, generator=torch.Generator().manual_seed(seed))
 
 
-def _median_stderr(M, K, seeds=3):
+def _median_stderr(M, K, seeds=5):
     runs = [estimate(_data(M, 2, s), LinearScheduler(), noise=K, timesteps=10, seed=s, precision="float32").S_stderr
             for s in range(seeds)]
     return float(np.median(np.mean(runs, axis=0)))
@@ -22,7 +22,8 @@ def _median_stderr(M, K, seeds=3):
 def test_stderr_shrinks_like_one_over_sqrt_mk():
     # Queries of one source are correlated, so stderr^2 = (between-source + within-source / K) / M: multiplying
     # M and K by 4 divides it by between 2 (between-source spread dominates) and 4 (1/sqrt(MK) exactly). The
-    # documented tolerance is a factor 2 around 1/sqrt(MK): a ratio in [2, 8].
+    # documented tolerance is a factor 2 around 1/sqrt(MK): a ratio in [2, 8]. A median over 5 seeds: with 3,
+    # the M-alone ratio (about 3.3-3.6 for either noise space) crossed 4 on one draw.
     small, large = _median_stderr(32, 4), _median_stderr(128, 16)
     assert 2.0 <= small / large <= 8.0
     # and more sources alone help: 1/sqrt(M) within the same factor

@@ -1,4 +1,4 @@
-"""The engine's fast paths change nothing that matters (issue 4).
+"""The engine's fast paths change nothing that matters.
 
 Reduced-precision products (bf16 on CPU; TF32 and bf16 on CUDA) must leave the density unchanged: its CDF
 within 1e-4 (KS distance) of a float64 run on the same noise, and the KS-best logit-normal m within 0.005,
@@ -13,9 +13,12 @@ import torch
 from reference import direct_estimate
 from vrcurve import _kernel
 from vrcurve.density import density_from_curve
+from vrcurve.engine.blocks import MAX_UNSHIFTED_LOGIT, Constants, make_chunk
+from vrcurve.engine.backends.pytorch import ROW_BYTES, PairForms, PyTorchBackend
+from vrcurve.engine.noise import Projector, ambient_basis
+from vrcurve.engine.precision import cpu_has_native_bf16
 from vrcurve.errors import VRCurveError
-from vrcurve.estimator import (_Engine, _NoiseDraws, _cpu_has_native_bf16, _projections, estimate, gram,
-                               resolve_precision)
+from vrcurve.estimator import estimate, gram, resolve_precision
 from vrcurve.fit import fit_logitnormal
 from vrcurve.readers import open_source
 from vrcurve.samples import load_samples
@@ -55,11 +58,11 @@ def density_change(x, ids, sched, form, likelihood, precision, device="cpu"):
 @pytest.mark.parametrize("kernel", ["default", "pytorch"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_bf16_products_leave_the_density_unchanged(demo, case, kernel, monkeypatch):
-    """On the fused C kernels where this machine has them (vrcurve/_fused.c), and on PyTorch operations."""
-    if kernel == "pytorch":
-        monkeypatch.setattr(_kernel, "_load", lambda: (None, "switched off by the test"))
+    """On the fused C kernel where this machine has it (vrcurve/_fused.c), and on PyTorch operations."""
+    monkeypatch.setenv("VRCURVE_KERNEL", "fused" if kernel == "default" and _kernel.fused() is not None else "pytorch")
     ks, dm, got, ref = density_change(*demo, *CASES[case], "bf16")
     assert got.kernel == ("fused" if kernel == "default" and _kernel.fused() is not None else "pytorch")
+    assert got.kernel_choice == f"VRCURVE_KERNEL={got.kernel}"
     assert ks < KS_TOL, f"KS {ks:.2e}"
     assert dm < M_TOL, f"m moved by {dm:.2e}"
     # and the products really ran in bf16: the curve is not the float64 one to float32 round-off
@@ -78,7 +81,7 @@ def test_cuda_products_leave_the_density_unchanged(demo, case, precision):
 def test_auto_precision():
     assert resolve_precision("auto", "cpu", torch.float64) == "float64"
     assert resolve_precision("float32", "cpu", torch.float64) == "float64"
-    assert resolve_precision("auto", "cpu", torch.float32) == ("bf16" if _cpu_has_native_bf16() else "float32")
+    assert resolve_precision("auto", "cpu", torch.float32) == ("bf16" if cpu_has_native_bf16() else "float32")
     assert resolve_precision("bf16", "cpu") == "bf16"
     if CUDA:
         major = torch.cuda.get_device_capability()[0]
@@ -121,10 +124,11 @@ def test_row_maximum_path_equals_direct():
     """With tau = 1 in 100 dimensions ||eps||^2 / 2 is about 50 nats, too large to skip the row maximum."""
     g = torch.Generator().manual_seed(2)
     x = torch.randn(5, 100, generator=g, dtype=torch.float64) * 0.05
-    xt = x.T.contiguous()
-    _, bound = _projections(0, 5, 6, 0, np.arange(5), xt, 1.0, _NoiseDraws(None, 1))
-    assert bound > 20.0  # _MAX_UNSHIFTED_LOGIT: this run takes the row-maximum path
-    curve = estimate(x, CosineScheduler(), noise=6, timesteps=20, likelihood="sum", dtype=torch.float64)
+    with Projector(ambient_basis(x), 0, np.arange(5), 1.0, 6) as project:
+        _, bound = project(0, 5)
+    assert bound > MAX_UNSHIFTED_LOGIT  # this run takes the row-maximum path
+    curve = estimate(x, CosineScheduler(), noise=6, timesteps=20, likelihood="sum", dtype=torch.float64,
+                     noise_space="ambient")
     S, tr, _, _ = direct_estimate(x, CosineScheduler(), noise=6, timesteps=20, likelihood="sum")
     np.testing.assert_allclose(curve.S, S, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(curve.trcov, tr, rtol=1e-6, atol=1e-12)
@@ -138,11 +142,12 @@ def test_collapsed_timesteps_are_skipped_and_exact():
     t = torch.from_numpy((np.arange(T) + 0.5) / T)
     s = (sched.sigma(t) / sched.alpha(t)).numpy()
     _, n, D = gram(x)
-    engine = _Engine(D, n, s, 1.0, "float64", "covariance")
-    P, bound = _projections(0, 6, 5, 0, np.arange(6), x.T.contiguous(), 1.0, _NoiseDraws(None, 1))
-    collapsed = engine.chunk(P, 0, bound).collapsed
+    consts = Constants(D, n, s, 1.0, "float64", "covariance")
+    with Projector(ambient_basis(x), 0, np.arange(6), 1.0, 5) as project:
+        P, bound = project(0, 6)
+    collapsed = make_chunk(consts, P, 0, bound).collapsed
     assert collapsed.any() and not collapsed.all()
-    curve = estimate(x, sched, noise=5, timesteps=T, likelihood="sum", dtype=torch.float64)
+    curve = estimate(x, sched, noise=5, timesteps=T, likelihood="sum", dtype=torch.float64, noise_space="ambient")
     S, tr, _, _ = direct_estimate(x, sched, noise=5, timesteps=T, likelihood="sum")
     np.testing.assert_allclose(curve.S, S, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(curve.trcov, tr, rtol=1e-6, atol=1e-12)
@@ -161,7 +166,8 @@ def test_float32_with_subnormal_weights_matches_float64():
     np.testing.assert_allclose(b.variance, a.variance, rtol=1e-4, atol=1e-7 * a.variance.max())
 
 
-def test_bf16_does_not_depend_on_chunk_size(demo):
+def test_bf16_does_not_depend_on_chunk_size(demo, monkeypatch):
+    monkeypatch.setenv("VRCURVE_KERNEL", "pytorch")  # one kernel for every run (the choice is per run)
     x, ids = demo
     kw = dict(noise=9, timesteps=50, seed=5, precision="bf16", source_ids=ids)
     ref = estimate(x, CosineScheduler(), **kw)
@@ -186,20 +192,19 @@ def test_padded_product_rows_change_nothing(monkeypatch, M, precision, form):
     """Rows of the products buffer padded as on CUDA (to 64 bytes; at M = 10 the bf16 rows no longer fit in
     the logits' memory and get a buffer of their own) give the same curve, to the round-off of a matrix
     product whose kernel may change with the output's leading dimension."""
-    from vrcurve import estimator as est
-
-    # the buffers of the PyTorch path (the CUDA one): without the fused CPU kernel, which has no products buffer
-    monkeypatch.setattr(_kernel, "_load", lambda: (None, "switched off by the test"))
+    # the buffers of the PyTorch backend (the CUDA one): the fused CPU kernel has no products buffer
+    monkeypatch.setenv("VRCURVE_KERNEL", "pytorch")
     x = torch.randn(M, 30, generator=torch.Generator().manual_seed(3))
     kw = dict(noise=7, timesteps=40, seed=2, precision=precision, form=form)  # paper + bf16: no n columns
     plain = estimate(x, LinearScheduler(), **kw)
-    monkeypatch.setitem(est._ROW_BYTES, "cpu", 64)
-    forms = est._PairForms(*gram(x)[1:][::-1], precision, with_n=form == "covariance")
+    monkeypatch.setitem(ROW_BYTES, "cpu", 64)
+    consts = Constants(*gram(x)[1:][::-1], np.ones(3), 1.0, precision, form)
+    forms = PairForms(consts, with_n=form == "covariance")
     assert forms.stride > forms.width and forms.stride % (64 // (2 if precision == "bf16" else 4)) == 0
-    engine = est._Engine(*gram(x)[1:][::-1], np.ones(3), 1.0, precision, form)
-    engine.allocate(8)
+    backend = PyTorchBackend(consts)
+    backend.allocate(8)
     # bf16 products share the float32 logits' memory where their padded rows fit in it (M = 40), not at M = 10
-    assert (engine.products.data_ptr() == engine.logits.data_ptr()) == (precision == "bf16" and M == 40)
+    assert (backend.products.data_ptr() == backend.logits.data_ptr()) == (precision == "bf16" and M == 40)
     padded = estimate(x, LinearScheduler(), **kw)
     np.testing.assert_allclose(padded.variance, plain.variance, rtol=1e-6, atol=1e-6 * plain.variance.max())
     np.testing.assert_allclose(padded.S, plain.S, rtol=1e-6)

@@ -26,7 +26,7 @@ def test_gram_form_equals_direct(small_data, name, likelihood):
     K, T = 7, 24
     # chunk_size 5 splits sources across chunks, which must not matter either.
     curve = estimate(small_data, sched, noise=K, timesteps=T, seed=3, likelihood=likelihood, chunk_size=5,
-                     dtype=torch.float64)
+                     dtype=torch.float64, noise_space="ambient")
     S, tr, S_src, tr_src = direct_estimate(small_data, sched, noise=K, timesteps=T, seed=3, likelihood=likelihood)
     np.testing.assert_allclose(curve.S, S, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(curve.trcov, tr, rtol=1e-6, atol=1e-12)
@@ -142,6 +142,8 @@ def test_bad_arguments():
         estimate(x, LinearScheduler(), noise=2, timesteps=4, likelihood="max")
     with pytest.raises(VRCurveError, match="unknown form"):
         estimate(x, LinearScheduler(), noise=2, timesteps=4, form="other")
+    with pytest.raises(VRCurveError, match="unknown noise space"):
+        estimate(x, LinearScheduler(), noise=2, timesteps=4, noise_space="latent")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

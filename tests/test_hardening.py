@@ -392,7 +392,7 @@ def test_huge_t_or_k_is_refused_up_front_saying_what_fits(tmp_path, monkeypatch)
     from vrcurve import estimator
 
     free = 2 << 30
-    monkeypatch.setattr(estimator, "_free_memory", lambda device: free)
+    monkeypatch.setattr(estimator, "free_memory", lambda device: free)
     data = _data(tmp_path / "d.npy")
     res = run("estimate", "-d", data, "-o", tmp_path / "vr.safetensors", "-M", "6", "-K", "3", "-T", "10000000000")
     line = _one_error_line(res, "need about", "GiB of memory on cpu", "at most fits")

@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 
 from vrcurve.cli import app
 from vrcurve.errors import VRCurveError
-from vrcurve.estimator import _MatmulModes, estimate, share
-from vrcurve.pipeline import resolve_devices
+from vrcurve.devices import resolve_devices
+from vrcurve.engine.precision import MatmulModes
+from vrcurve.estimator import estimate, share
 from vrcurve.schedulers import CosineScheduler
 
 SETTINGS = ["-M", "12", "-K", "6", "-T", "40", "--seed", "3", "--bootstrap", "20", "--check-convergence", "--json"]
@@ -84,7 +85,7 @@ def test_device_lists():
 def test_device_threads_take_turns_with_the_matmul_precision():
     """The float32 product precision is process-wide: a thread that wants another mode waits until the held
     one is released, each section sees its own mode, and the caller's setting comes back."""
-    modes = _MatmulModes("cpu")
+    modes = MatmulModes("cpu")
     flag = torch.backends.mkldnn.matmul
     before = flag.fp32_precision
     seen, entered = [], threading.Event()

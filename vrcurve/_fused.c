@@ -1,7 +1,8 @@
-/* The per-timestep work of the CPU engine with bf16 products, fused (vrcurve/estimator.py, issue 4).
+/* The per-timestep work of the CPU engine with bf16 products, fused (vrcurve/engine/backends/fused.py).
  *
  * A work block is R = nt x ns x kk rows of M entries: row r = (t ns + i) kk + k is query k of source i at
- * timestep t. Two passes do all of its work:
+ * timestep t. Two passes do all of its work, both described by one ``vr_block`` (its buffers and their
+ * capacities, which each pass checks before it writes anything):
  *
  *   vr_front: L = ca_t P[i, k, :] + table[t, i, :] (the table holds -cb_t D[i, :], shared by the queries of
  *             source i), less the row maximum where asked, clamped below at -126; e = 2^L; z[r] = sum e
@@ -14,7 +15,7 @@
  * M^2 / 2 products per row where a general product e @ D needs M^2 (or 2/3 M^2 by column blocks), and
  * the products e @ B never leave the registers. It runs at the CPU's bf16 peak (vdpbf16ps: pairs of bf16
  * products accumulated in float32), on 12 rows at a time against B packed in 16-column tiles
- * (vr_pack_size, and _pack_triangle in estimator.py).
+ * (vr_pack_size, and pack_triangle in vrcurve/engine/backends/fused.py).
  *
  * Only for x86-64 CPUs with AVX512-BF16 (the CPUs where --precision auto picks bf16 products); the
  * functions are compiled for that target alone and vr_supported() says whether this CPU runs them. Rows
@@ -24,6 +25,7 @@
  *
  * This file is plain C with no Python or PyTorch headers: setup.py builds it as an optional extension
  * (a machine without a C compiler installs vrcurve without it) and vrcurve/_kernel.py loads it by ctypes.
+ * VR_ABI_VERSION comes from setup.py, which reads it from vrcurve/_kernel.py: the one place it is defined.
  */
 #include <math.h>
 #include <stdint.h>
@@ -40,7 +42,11 @@
 
 #define VR_EXPORT __attribute__((visibility("default")))
 
-VR_EXPORT int vr_version(void) { return 4; }
+#ifndef VR_ABI_VERSION
+#error "VR_ABI_VERSION is defined by setup.py (from vrcurve/_kernel.py); build with setup.py"
+#endif
+
+VR_EXPORT int vr_version(void) { return VR_ABI_VERSION; }
 
 /* 1 where this CPU runs the kernels, 0 where it lacks AVX512-BF16, -1 where they were not compiled in
  * (not x86-64, or a compiler without AVX512-BF16 intrinsics). */
@@ -54,28 +60,32 @@ VR_EXPORT int vr_supported(void) {
 #endif
 }
 
+/* One block of work and every buffer it touches, with the capacity of each in elements (vrcurve/_kernel.py
+ * mirrors this layout as a ctypes Structure; ``size`` is sizeof(vr_block) as the caller laid it out). */
 typedef struct {
-    const float *P;       /* (ns, kk, M) with strides (p_source, p_query, 1) */
-    int64_t p_source, p_query;
+    int64_t size;
+    int64_t nt, ns, kk, M;
+    const float *P;       /* (ns, kk, M) with strides (p_source, p_query, 1); p_len elements readable */
+    int64_t p_source, p_query, p_len;
     const float *table;   /* (nt, ns, M) contiguous: -cb_t D[i, :], shared by the kk queries of source i */
+    int64_t table_len;
     const float *ca;      /* (nt,) */
-    int64_t nt, ns, kk, M;
-    int shift;
-    uint16_t *w;          /* (R, w_row) bf16 */
-    int64_t w_row;
-    float *z;             /* (R,) */
+    int64_t ca_len;
     const float *dnvec;   /* (M,) */
-    float *dn;            /* (R,) */
-} vr_front_args;
-
-typedef struct {
-    const uint16_t *w;    /* (R, w_row) bf16 weights; w_row even, w[r, M] = 0 where M is odd */
-    int64_t w_row;
+    int64_t dnvec_len;
     const uint16_t *B;    /* the packed triangle, vr_pack_size(M) bf16 */
-    const float *z, *dn;  /* (R,) each */
-    int64_t nt, ns, kk, M;
-    double *out;          /* (2, nt, ns) */
-} vr_quad_args;
+    int64_t B_len;
+    uint16_t *w;          /* (w_rows, w_row) bf16; for vr_quad w_row even, w[r, M] = 0 where M is odd */
+    int64_t w_row, w_rows;
+    float *z, *dn;        /* (z_len,) each */
+    int64_t z_len;
+    double *out;          /* (2, nt, ns) of out_len */
+    int64_t out_len;
+    int32_t shift, threads;
+} vr_block;
+
+/* Error codes (vrcurve/_kernel.py says what each means). */
+enum { VR_OK = 0, VR_NOT_BUILT = -1, VR_LAYOUT = -2, VR_SHAPE = -3, VR_CAPACITY = -4 };
 
 /* Tile jt of the packed triangle holds columns j0 = 16 jt .. j0 + 15 of B and its rows i < min(j0 + 16, M)
  * (below them the column is 0), as pairs of rows: n_pairs(jt) x 16 x 2 bf16, entry (ip, l, h) = B[2 ip + h,
@@ -150,7 +160,7 @@ VR_TARGET static inline __attribute__((always_inline)) float front_row(
 }
 
 VR_TARGET static void front_rows(const void *args, int64_t r0, int64_t r1) {
-    const vr_front_args *a = args;
+    const vr_block *a = args;
     const int64_t M = a->M;
     for (int64_t r = r0; r < r1; ++r) {
         const int64_t k = r % a->kk, ti = r / a->kk, i = ti % a->ns, t = ti / a->ns;
@@ -213,7 +223,7 @@ VR_QUAD_TILE(1)
 /* Rows r0..r1-1: e^T B e / z^2 and dn / z summed over the queries of each (timestep, source) in double,
  * added to out (another thread may hold the other part of a group: the additions are atomic). */
 VR_TARGET static void quad_rows(const void *args, int64_t r0, int64_t r1) {
-    const vr_quad_args *a = args;
+    const vr_block *a = args;
     const int64_t groups = a->nt * a->ns;
     double quad_sum = 0.0, dn_sum = 0.0;
     float q[48];
@@ -240,30 +250,44 @@ VR_TARGET static void quad_rows(const void *args, int64_t r0, int64_t r1) {
 }
 #endif
 
-VR_EXPORT int vr_front(const float *P, int64_t p_source, int64_t p_query, const float *table, const float *ca,
-                       int64_t nt, int64_t ns, int64_t kk, int64_t M, int shift, uint16_t *w, int64_t w_row,
-                       float *z, const float *dnvec, float *dn, int threads) {
+/* What both passes need of a block: a struct of this library's layout and a shape with room for it. */
+static int check_common(const vr_block *b) {
+    if (b == 0 || b->size != (int64_t)sizeof(vr_block)) return VR_LAYOUT;
+    if (b->nt < 1 || b->ns < 1 || b->kk < 1 || b->M < 1) return VR_SHAPE;
+    const int64_t R = b->nt * b->ns * b->kk;
+    if (b->w_row < b->M || b->w_rows < R || b->z_len < R) return VR_CAPACITY;
+    return VR_OK;
+}
+
+VR_EXPORT int vr_front(const vr_block *b) {
 #ifdef VR_HAVE_AVX512BF16
-    if (w_row < M) return -2;
-    const vr_front_args a = {P, p_source, p_query, table, ca, nt, ns, kk, M, shift, w, w_row, z, dnvec, dn};
-    over_rows(front_rows, &a, nt * ns * kk, threads);
-    return 0;
+    int err = check_common(b);
+    if (err) return err;
+    if (b->p_query < b->M || b->p_source < 0) return VR_SHAPE;
+    const int64_t last = (b->ns - 1) * b->p_source + (b->kk - 1) * b->p_query + b->M;  /* one past P's last read */
+    if (b->p_len < last || b->table_len < b->nt * b->ns * b->M || b->ca_len < b->nt || b->dnvec_len < b->M)
+        return VR_CAPACITY;
+    over_rows(front_rows, b, b->nt * b->ns * b->kk, b->threads);
+    return VR_OK;
 #else
-    return -1;
+    (void)b;
+    return VR_NOT_BUILT;
 #endif
 }
 
 /* out (2, nt, ns) float64: per (timestep, source), the sums over its queries of e^T B e / z^2 (B packed
  * by vr_pack_size's layout) and of dn / z. */
-VR_EXPORT int vr_quad(const uint16_t *w, int64_t w_row, const uint16_t *B, const float *z, const float *dn,
-                      int64_t nt, int64_t ns, int64_t kk, int64_t M, double *out, int threads) {
+VR_EXPORT int vr_quad(const vr_block *b) {
 #ifdef VR_HAVE_AVX512BF16
-    if (w_row % 2 != 0 || w_row < M) return -2;
-    const vr_quad_args a = {w, w_row, B, z, dn, nt, ns, kk, M, out};
-    for (int64_t g = 0; g < 2 * nt * ns; ++g) out[g] = 0.0;
-    over_rows(quad_rows, &a, nt * ns * kk, threads);
-    return 0;
+    int err = check_common(b);
+    if (err) return err;
+    if (b->w_row % 2 != 0) return VR_SHAPE;
+    if (b->B_len != vr_pack_size(b->M) || b->out_len < 2 * b->nt * b->ns) return VR_CAPACITY;
+    for (int64_t g = 0; g < 2 * b->nt * b->ns; ++g) b->out[g] = 0.0;
+    over_rows(quad_rows, b, b->nt * b->ns * b->kk, b->threads);
+    return VR_OK;
 #else
-    return -1;
+    (void)b;
+    return VR_NOT_BUILT;
 #endif
 }

@@ -374,7 +374,9 @@ _METADATA_CHECKS = {
     "uniform_mix": lambda v: _number(v) and 0 <= v < 1,
     "data": lambda v: isinstance(v, dict),
     "elapsed_s": lambda v: _number(v) and v >= 0,
-    **{k: lambda v: isinstance(v, str) for k in ("created", "device", "precision", "kernel", "vrcurve_version")},
+    "noise_space": _one_of("span", "ambient"),
+    **{k: lambda v: isinstance(v, str) for k in ("created", "device", "precision", "kernel", "kernel_choice",
+                                                  "vrcurve_version")},
 }
 
 

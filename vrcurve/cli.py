@@ -274,7 +274,8 @@ def estimate(
     sched = get_scheduler(scheduler, shift=shift, beta_min=beta_min, beta_max=beta_max, custom=custom)
     out_file = _file_path(out_path, "--out")
     samples_m = _parse_samples(samples)
-    from .distributed import RankFailed, launch, local_device
+    from .devices import local_device
+    from .distributed import RankFailed, launch
 
     with launch(device) as ranks:  # None unless started by torchrun
         if ranks is not None:
@@ -324,7 +325,7 @@ def estimate(
         table = Table(show_header=False, box=None, pad_edge=False)
         for k in ("artifact", "scheduler", "samples", "noise", "timesteps", "dim", "likelihood", "form", "peak_t",
                   "logitnormal_m", "logitnormal_m_ci90", "logitnormal_m_grid", "ks", "elapsed_s", "device", "precision",
-                  "kernel"):
+                  "kernel", "kernel_choice"):
             if k in summary:
                 value = summary[k]
                 table.add_row(k, f"[{value[0]:.4f}, {value[1]:.4f}]" if k == "logitnormal_m_ci90" else _fmt(value))
@@ -527,7 +528,7 @@ _SHOWN_BUCKETS = 6  # pictures of the largest buckets; the table lists them all
 _SHOW_ORDER = (
     "scheduler", "likelihood", "form", "uniform_mix", "samples", "noise", "timesteps", "dim", "shape", "seed", "normalization",
     "data", "logitnormal_m", "logitnormal_m_grid", "logitnormal_s", "ks", "time_convention", "device", "precision",
-    "kernel", "elapsed_s", "created", "format", "format_version", "vrcurve_version",
+    "kernel", "kernel_choice", "noise_space", "elapsed_s", "created", "format", "format_version", "vrcurve_version",
 )
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
+from .devices import local_device
 from .errors import VRCurveError
 
 # How long a collective waits for the slowest rank. Ranks arrive together unless one is much slower than
@@ -150,12 +151,6 @@ class _Step:
             return False  # KeyboardInterrupt, SystemExit: torchrun stops the other ranks
         self.ranks.agree(exc)
         return False
-
-
-def local_device(device: str, local_rank: int) -> str:
-    """``--device cuda`` under torchrun means this rank's GPU, cuda:LOCAL_RANK (one GPU per process, the
-    torchrun convention); ``cpu`` and explicit lists mean what they say on every rank."""
-    return f"cuda:{local_rank}" if device.strip() == "cuda" else device
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from .convergence import (ConvergenceReport, bootstrap_m, bootstrap_m_pooled, ch
 from .convergence import check_convergence as convergence_check
 from .distributed import Ranks
 from .density import DEFAULT_UNIFORM_MIX, Density, check_uniform_mix, density_from_curve
+from .devices import resolve_devices
 from .errors import VRCurveError
 from .estimator import Curve, check_memory, estimate
 from .fit import LogitNormalFit, fit_logitnormal
@@ -51,41 +52,9 @@ class EstimateResult:
             "form": m["form"], "uniform_mix": m["uniform_mix"], "logitnormal_m": m["logitnormal_m"], "logitnormal_m_grid": m["logitnormal_m_grid"],
             "logitnormal_s": m["logitnormal_s"], "ks": m["ks"], "peak_t": self.peak_t, "elapsed_s": m["elapsed_s"],
             "device": m["device"], "precision": m.get("precision"), "kernel": m.get("kernel"),
+            "kernel_choice": m.get("kernel_choice"),
             **{k: m[k] for k in ("logitnormal_m_ci90", "convergence", "buckets", "buckets_dropped") if k in m},
         }
-
-
-def resolve_device(device: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N``, checked against what this machine has."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise VRCurveError(f"unknown device {device!r}; use cpu, cuda or cuda:N.") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise VRCurveError(f"--device {device} asks for CUDA, but no CUDA device is available here; use --device cpu.")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise VRCurveError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s).")
-    elif dev.type != "cpu":
-        raise VRCurveError(f"unsupported device {device!r}; use cpu, cuda or cuda:N.")
-    return dev
-
-
-def resolve_devices(device: str) -> List[torch.device]:
-    """The devices of ``--device``: ``cpu``, ``cuda:N``, a comma-separated list of either (``cuda:0,cuda:1``;
-    ``cpu,cpu`` splits the work over two threads), or ``cuda`` for every visible GPU."""
-    names = [d.strip() for d in device.split(",")]
-    if names == ["cuda"]:
-        resolve_device("cuda")
-        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
-    devices = [resolve_device(name) for name in names]
-    if len({d.type for d in devices}) > 1:
-        raise VRCurveError(f"--device {device} mixes CPU and CUDA; list devices of one kind.")
-    if any(d.type == "cuda" and d.index is None for d in devices) and len(devices) > 1:
-        raise VRCurveError(f"--device {device}: name each GPU of a list as cuda:N.")
-    if len(set(devices)) < len(devices) and devices[0].type == "cuda":
-        raise VRCurveError(f"--device {device} lists a GPU twice; name each one once.")
-    return devices
 
 
 def _describe(devices: List[torch.device], ranks: Optional[Ranks]) -> str:
@@ -144,6 +113,8 @@ def _metadata(curve: Curve, fit: LogitNormalFit, interval, convergence: Optional
         "device": _describe(settings["device"], settings["ranks"]),
         "precision": curve.precision,
         "kernel": curve.kernel,
+        "kernel_choice": curve.kernel_choice,
+        "noise_space": curve.noise_space,
     }
 
 
@@ -442,6 +413,7 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
         t=first.t, S=S, trcov=sum(w * c.trcov for w, c in zip(shares, curves)), h2=first.h2, variance=pooled_V,
         S_stderr=S_se, variance_stderr=V_se, samples=int(sum(c.samples for c in curves)), noise=first.noise,
         dim=first.dim, likelihood=first.likelihood, form=first.form, precision=first.precision, kernel=first.kernel,
+        kernel_choice=first.kernel_choice, noise_space=first.noise_space,
     )
     metadata = _metadata(
         pooled_curve, fit, interval, convergence, settings, shape=results[0].shape, normalization=pooled_stats,

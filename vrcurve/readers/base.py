@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..engine.plan import runs  # noqa: F401  (the one runs helper; the readers import it from here)
 from ..errors import VRCurveError
 
 # Paths and member names recorded in the artifact: a few shards are worth listing, a million files are not.
@@ -123,21 +124,6 @@ def to_float32(values: Any, where: str) -> np.ndarray:
 def natural_key(text: str) -> tuple:
     """Sort key that orders digit runs by value, so ``2.npy`` comes before ``10.npy``."""
     return tuple((0, int(part), part) if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text))
-
-
-def runs(indices: np.ndarray) -> List[Tuple[int, int, int]]:
-    """Split sorted, distinct ``indices`` into runs of consecutive values.
-
-    Returns:
-        (start position in ``indices``, first value, one past the last value) for each run.
-    """
-    idx = np.asarray(indices, dtype=np.int64)
-    if idx.size == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
-    starts = np.concatenate([[0], breaks])
-    ends = np.concatenate([breaks, [idx.size]])
-    return [(int(s), int(idx[s]), int(idx[e - 1]) + 1) for s, e in zip(starts, ends)]
 
 
 class Subset(Source):

@@ -1,0 +1,97 @@
+"""One device's share of an estimate: its sources, chunk by chunk, block by block."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .backends import Selector
+from .blocks import Constants, block_sums, gram, make_chunk
+from .noise import Projector, ambient_basis, span_factor
+from .plan import plan
+from .precision import matmul_precision
+
+
+class Progress:
+    """Adds up the queries x timesteps done by the device threads and reports timesteps' worth of work."""
+
+    def __init__(self, report: Optional[Callable[[float, int], None]], queries: int, timesteps: int):
+        self.report, self.queries, self.timesteps = report, max(1, queries), timesteps
+        self.done = 0
+        self.lock = threading.Lock()
+
+    def add(self, rows: int):
+        if self.report is None:
+            return
+        with self.lock:
+            self.done += rows
+            self.report(self.done / self.queries, self.timesteps)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every device of an estimate shares: the data (M, d) on the CPU and the settings."""
+
+    x: torch.Tensor
+    s: np.ndarray  # (T,) s_t = m_t / a_t
+    tau: float
+    precision: str
+    form: str
+    noise: int
+    timesteps: int
+    seed: int
+    ids: np.ndarray
+    chunk_size: Optional[int]
+    work: torch.dtype
+    noise_space: str
+    progress: Progress
+    selector: Selector = field(default_factory=Selector)
+
+
+def device_sums(job: Job, device: torch.device, lo: int, hi: int) -> np.ndarray:
+    """Sums over the K queries of each source lo..hi-1, on ``device``: (2, T, hi - lo) float64, tr Cov first.
+
+    The device holds all M samples (the posterior is over all of them) but draws and projects the noise
+    of its own sources only.
+    """
+    T, K = job.timesteps, job.noise
+    if hi <= lo:
+        return np.zeros((2, T, 0))
+    xd = job.x.to(device=device, dtype=job.work)
+    M, d = xd.shape
+    G64, n64, D64 = gram(xd)
+    consts = Constants(D64, n64, job.s, job.tau, job.precision, job.form)
+    if job.noise_space == "span":
+        factor = span_factor(G64, job.ids)
+        basis, span = factor.root.to(job.work).contiguous(), factor.span
+    else:
+        basis, span = ambient_basis(xd), None
+    del G64, xd  # nothing after this needs the samples themselves: only the basis, D and n
+    p = plan(M, K, d, job.chunk_size, device, job.work, consts.gemm, timesteps=T, noise_dim=basis.shape[0])
+    sums = torch.zeros((2, T, hi - lo), dtype=torch.float64, device=device)  # tr Cov, ||E[x1|q]||^2
+    fp32_products = "tf32" if job.precision == "tf32" else "ieee"
+    backend = None
+    with Projector(basis, job.seed, job.ids, job.tau, K, p.sources, span) as project:
+        for i0 in range(lo, hi, p.sources):
+            i1 = min(hi, i0 + p.sources)
+            P, bound = project(i0, i1)
+            chunk = make_chunk(consts, P, i0, bound)
+            if backend is None:
+                with matmul_precision(device, fp32_products):
+                    backend = job.selector.backend(consts, chunk, p)
+            for k0 in range(0, K, p.noise):
+                k1 = min(K, k0 + p.noise)
+                rows = (i1 - i0) * (k1 - k0)
+                tb = p.timesteps(rows, T)
+                for t0 in range(0, T, tb):
+                    t1 = min(T, t0 + tb)
+                    # the precision is process-wide state: held per block, so that another device's
+                    # projections (always IEEE) can run between two blocks
+                    with matmul_precision(device, fp32_products):
+                        sums[:, t0:t1, i0 - lo : i1 - lo] += block_sums(backend, chunk, k0, k1, t0, t1)
+                    job.progress.add((t1 - t0) * rows)
+    return sums.cpu().numpy()
