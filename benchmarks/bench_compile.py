@@ -2,7 +2,7 @@
 
 The PyTorch backend runs a block as about ten operations, each a pass over the block's R x M numbers.
 torch.compile (inductor) can fuse the element-wise ones. Measured here on blocks of the real problem
-(M = 200, K = 500, d = 4096 by default, the engine's own block shape): 
+(M = 200, K = 500, d = 4096 by default, the engine's own block shape):
 
 - eager:    ``vrcurve.engine.backends.pytorch.PyTorchBackend.block``, as ``estimate`` runs it;
 - compiled: the same block as one function under ``torch.compile`` (logits, exp2, row sums, the bf16

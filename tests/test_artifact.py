@@ -3,14 +3,12 @@ import os
 
 import numpy as np
 import pytest
+from artifacts import valid_meta, valid_tensors
 from safetensors.numpy import load_file, save_file
 
 import vrcurve.artifact as artifact
 from vrcurve.artifact import read_artifact, write_artifact
 from vrcurve.errors import VRCurveError
-
-from artifacts import valid_meta, valid_tensors
-
 
 _tensors, _meta = valid_tensors, valid_meta
 

@@ -12,7 +12,7 @@ from scipy.stats import kstest
 from typer.testing import CliRunner
 
 import vrcurve
-from vrcurve.artifact import (TENSORS, bucket_tensor_name, payload_checksum, read_artifact, write_artifact)
+from vrcurve.artifact import TENSORS, bucket_tensor_name, payload_checksum, read_artifact, write_artifact
 from vrcurve.buckets import allocate, fit_shift_line, sequence_length
 from vrcurve.cli import app
 from vrcurve.density import density_from_curve

@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 import vrcurve
-from vrcurve.artifact import payload_checksum, read_artifact
 from vrcurve import _kernel
-from vrcurve.estimator import resolve_precision
+from vrcurve.artifact import payload_checksum, read_artifact
 from vrcurve.cli import app, density_picture
+from vrcurve.estimator import resolve_precision
 
 runner = CliRunner()
 SMALL = ["-M", "12", "-K", "4", "-T", "50"]

@@ -10,8 +10,7 @@ from typer.testing import CliRunner
 from vrcurve.artifact import write_artifact
 from vrcurve.cli import app
 from vrcurve.compare import compare
-from vrcurve.density import ks_between_cdfs
-from vrcurve.density import density_from_curve
+from vrcurve.density import density_from_curve, ks_between_cdfs
 
 runner = CliRunner()
 

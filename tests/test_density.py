@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 import torch
 
 from vrcurve.density import DEFAULT_UNIFORM_MIX, curve_cdf, density_from_curve, invert_cdf

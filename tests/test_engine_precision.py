@@ -9,12 +9,12 @@ skipped collapsed timesteps, clamped subnormal weights) must equal the slow dire
 import numpy as np
 import pytest
 import torch
-
 from reference import direct_estimate
+
 from vrcurve import _kernel
 from vrcurve.density import density_from_curve
-from vrcurve.engine.blocks import MAX_UNSHIFTED_LOGIT, Constants, make_chunk
 from vrcurve.engine.backends.pytorch import ROW_BYTES, PairForms, PyTorchBackend
+from vrcurve.engine.blocks import MAX_UNSHIFTED_LOGIT, Constants, make_chunk
 from vrcurve.engine.noise import Projector, ambient_basis
 from vrcurve.engine.precision import cpu_has_native_bf16
 from vrcurve.errors import VRCurveError

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from reference import antipodal_separation, direct_estimate
+
 from vrcurve.errors import VRCurveError
 from vrcurve.estimator import estimate, gram, source_noise, timestep_grid
 from vrcurve.schedulers import CosineScheduler, DiffusionScheduler, LinearScheduler

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from artifacts import valid_meta, valid_tensors
 from typer.testing import CliRunner
 
 from vrcurve.artifact import Terminated, read_artifact, write_artifact
 from vrcurve.cli import _SHOW_ORDER, app
 from vrcurve.errors import VRCurveError
 from vrcurve.readers import open_source
-
-from artifacts import valid_meta, valid_tensors
 
 SMALL = ["-M", "6", "-K", "3", "-T", "20", "--bootstrap", "0"]
 ROOT = Path(__file__).resolve().parents[1]

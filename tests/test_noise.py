@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from reference import direct_estimate
+
 from vrcurve.engine.noise import Projector, ambient_basis, span_factor
 from vrcurve.estimator import estimate, gram, source_noise
 from vrcurve.schedulers import CosineScheduler, LinearScheduler

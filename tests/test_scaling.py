@@ -17,9 +17,9 @@ from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from vrcurve.cli import app
-from vrcurve.errors import VRCurveError
 from vrcurve.devices import resolve_devices
 from vrcurve.engine.precision import MatmulModes
+from vrcurve.errors import VRCurveError
 from vrcurve.estimator import estimate, share
 from vrcurve.schedulers import CosineScheduler
 

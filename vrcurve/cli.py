@@ -619,8 +619,15 @@ def export_cmd(
     import math
 
     from .artifact import read_artifact
-    from .export import (SHIFT_TARGETS, bucket_shift_line, describe_fit, export_artifact, export_json,
-                         shift_line_comments, to_dynamic_shift)
+    from .export import (
+        SHIFT_TARGETS,
+        bucket_shift_line,
+        describe_fit,
+        export_artifact,
+        export_json,
+        shift_line_comments,
+        to_dynamic_shift,
+    )
 
     if shift is not None and to.value not in SHIFT_TARGETS:
         raise typer.BadParameter("applies to --to diffusers and kohya-sd3 only; the other trainers take the shift "

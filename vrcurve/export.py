@@ -31,8 +31,15 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .buckets import (FLUX_BASE_SEQ_LEN, FLUX_BASE_SHIFT, FLUX_MAX_SEQ_LEN, FLUX_MAX_SHIFT, ShiftLine,
-                      fit_shift_line, sequence_length)
+from .buckets import (
+    FLUX_BASE_SEQ_LEN,
+    FLUX_BASE_SHIFT,
+    FLUX_MAX_SEQ_LEN,
+    FLUX_MAX_SHIFT,
+    ShiftLine,
+    fit_shift_line,
+    sequence_length,
+)
 from .errors import VRCurveError
 
 FLOW_TARGETS = ("diffusers", "kohya", "kohya-sd3", "simpletuner", "onetrainer")

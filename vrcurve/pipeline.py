@@ -14,17 +14,23 @@ import numpy as np
 import torch
 
 from .artifact import bucket_tensors, check_destination, write_artifact
-from .convergence import (ConvergenceReport, bootstrap_m, bootstrap_m_pooled, check_convergence_pooled,
-                          pooled_variance, require_samples)
+from .buckets import MIN_BUCKET, allocate, shape_text, small_buckets
+from .convergence import (
+    ConvergenceReport,
+    bootstrap_m,
+    bootstrap_m_pooled,
+    check_convergence_pooled,
+    pooled_variance,
+    require_samples,
+)
 from .convergence import check_convergence as convergence_check
-from .distributed import Ranks
 from .density import DEFAULT_UNIFORM_MIX, Density, check_uniform_mix, density_from_curve
 from .devices import resolve_devices
+from .distributed import Ranks
 from .errors import VRCurveError
 from .estimator import Curve, check_memory, estimate
 from .fit import LogitNormalFit, fit_logitnormal
 from .readers import open_source
-from .buckets import MIN_BUCKET, allocate, shape_text, small_buckets
 from .samples import MOMENTS, LatentTransform, Samples, load_buckets, load_samples
 from .schedulers import Scheduler
 

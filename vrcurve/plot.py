@@ -16,7 +16,6 @@ import numpy as np
 from .artifact import atomic_path, bucket_tensor_name, write_error
 from .errors import VRCurveError
 
-
 # Resolution buckets drawn in the pdf panel, the largest first; more would hide the pooled density.
 MAX_DRAWN_BUCKETS = 6
 
