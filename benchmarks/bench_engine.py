@@ -4,7 +4,7 @@ First the machine: its CPU model and its bf16 product rate for the engine's shap
 so that a reader can judge the figures on any CPU. Then, for each data dimension d (default 3072, 4096,
 16384) with M = 200 samples and K = 500 noises per sample:
 
-- direct:  a competent direct float32 implementation of SPEC §2.1: per timestep, each chunk of queries is
+- direct:  a competent direct float32 implementation of the estimator (docs/estimator.md): per timestep, each chunk of queries is
            built in R^d (q = x_i + s_t eps), its squared distances to the samples come from one matrix
            product (||q||^2 + ||x||^2 - 2 q x^T, addmm), the posterior mean from a second (w @ X), and
            tr Cov = w . n - ||E[x1|q]||^2. The noise of a chunk is drawn once and reused for every timestep,

@@ -1,4 +1,4 @@
-"""The engine on one CUDA GPU, side by side with a direct implementation on the same card (issue 4; not a test).
+"""The engine on one CUDA GPU, side by side with a direct implementation on the same card (docs/performance.md, "On a GPU"; not a test).
 
 Needs a CUDA device; run it where one is. In one run, on the card ``--device`` names:
 

@@ -1,4 +1,4 @@
-"""Reading M samples out of a large HDF5 file: peak memory and time (issue 3; not a test).
+"""Reading M samples out of a large HDF5 file: peak memory and time (docs/performance.md, "Data reading"; not a test).
 
 Writes an HDF5 file of N latents (default N = 250,000 of 4 x 32 x 32 float32: 4.1 GB, chunked per row,
 with an (N,) labels dataset beside it as latent caches have), evicts it from the page cache, then in

@@ -1,4 +1,4 @@
-"""A slow, direct implementation of SPEC §2.1, for checking the Gram-form engine.
+"""A slow, direct implementation of the Monte Carlo estimator (docs/estimator.md), for checking the Gram-form engine.
 
 Every query q = x_i + s_t eps is built in R^d and its squared distances to the samples are computed
 directly; the posterior mean and covariance come from their definitions. float64 throughout, and the same

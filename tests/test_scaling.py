@@ -1,4 +1,4 @@
-"""Several devices in one process, and torchrun across processes (SPEC §6): the result does not depend on
+"""Several devices in one process, and torchrun across processes (docs/scaling.md): the result does not depend on
 the split, only rank 0 writes and prints, and a failure on any rank fails the run with its message."""
 
 import json

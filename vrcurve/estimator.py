@@ -1,4 +1,4 @@
-"""Monte Carlo estimate of the per-timestep variance curve, in the Gram form (SPEC §2.1, §2.2).
+"""Monte Carlo estimate of the per-timestep variance curve, in the Gram form (docs/estimator.md).
 
 Time convention: t = 0 is pure noise, t = 1 is data. For M data samples x_1..x_M in R^d and K noises per
 sample, the Q = M K queries are q = x_i + s_t eps_q (s_t = m_t / a_t). The posterior over the samples is
@@ -92,7 +92,7 @@ class Curve:
 
 
 def timestep_grid(timesteps: int) -> np.ndarray:
-    """Bin midpoints t_k = (k + 0.5) / T, k = 0..T-1 (SPEC §2.3), float64, shape (T,)."""
+    """Bin midpoints t_k = (k + 0.5) / T, k = 0..T-1 (docs/estimator.md, "From the curve to the artifact"), float64, shape (T,)."""
     return (np.arange(timesteps, dtype=np.float64) + 0.5) / timesteps
 
 
@@ -114,7 +114,7 @@ def estimate(
     ranks: Optional["Ranks"] = None,
     noise_space: str = "span",
 ) -> Curve:
-    """Estimate S_t, tr Cov and V(t) on the T-point grid (SPEC §2.1-2.3).
+    """Estimate S_t, tr Cov and V(t) on the T-point grid (docs/estimator.md).
 
     Args:
         x: the M chosen (already normalised) samples, shape (M, ...) — flattened to (M, d).

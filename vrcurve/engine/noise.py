@@ -1,6 +1,6 @@
 """The queries' noise, as the engine needs it: the projections P_qj = <eps_q, x_j>, and a bound on the logits.
 
-Only P enters the estimator (SPEC §2.2; docs/estimator.md, "Noise in the span of the samples"): ||eps||^2
+Only P enters the estimator (docs/estimator.md, "Noise in the span of the samples"): ||eps||^2
 cancels in the logits relative to the own sample. Each row of P = eps X^T is exactly N(0, G), G = X X^T, so
 it can be drawn without ever forming eps in R^d: with R the symmetric square root of G (R^T R = G, from a
 float64 eigendecomposition; rank r <= min(M, d)),
