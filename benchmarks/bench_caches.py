@@ -30,13 +30,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_io import run_measured  # one measured child, as bench_io.py runs them
 
 SHAPE = (16, 128, 128)
 
@@ -72,22 +72,6 @@ def evict(folder: Path) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-
-
-def run_measured(args) -> tuple:
-    """(stdout, wall seconds, peak RSS of this child in MiB), from os.wait4 on the child alone."""
-    started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(args, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-        code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if code != 0:
-        raise SystemExit(f"child failed ({code}): {' '.join(map(str, args))}\n{stderr}")
-    return stdout, wall, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
 def child_read(path: str, samples: int) -> None:

@@ -181,6 +181,12 @@ class PerFileSource(Source):
     what: str = "file"  # "image", "file": how messages call one sample
     _file_shapes: Optional[List[Optional[Tuple[int, ...]]]] = None  # per file, after groups(); None: unreadable
 
+    def __init__(self, name: str, files: Sequence[Path], skip_bad: bool = False):
+        self.name = name
+        self.files = list(files)
+        self.skip_bad = skip_bad
+        self.n = len(self.files)
+
     def _shape_of(self, path: Path) -> Tuple[int, ...]:
         """The shape of the sample in ``path`` from its header alone (raises BadSample when unreadable)."""
         raise NotImplementedError(f"{type(self).__name__} cannot tell a file's shape from its header")

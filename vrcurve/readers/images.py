@@ -61,11 +61,8 @@ class ImageFolderSource(PerFileSource):
         self._Image = import_pillow()
         if resolution is not None and resolution < 1:
             raise VRCurveError(f"--resolution must be a positive number of pixels, got {resolution}.")
-        self.name = name
-        self.files = list(files)
-        self.skip_bad = skip_bad
+        super().__init__(name, files, skip_bad)
         self.resolution = resolution
-        self.n = len(self.files)
         if resolution is not None:
             self.shape = (3, resolution, resolution)
         else:

@@ -40,10 +40,7 @@ class NpyFilesSource(PerFileSource):
     what = "file"
 
     def __init__(self, name: str, files: Sequence[Path], skip_bad: bool = False):
-        self.name = name
-        self.files = list(files)
-        self.skip_bad = skip_bad
-        self.n = len(self.files)
+        super().__init__(name, files, skip_bad)
         self._first, (shape, dtype) = self._probe_first(_header)
         self._check_dtype(self._first, dtype)
         self.shape = _sample_shape(shape)

@@ -113,10 +113,7 @@ class PtFilesSource(PerFileSource):
     what = "file"
 
     def __init__(self, name: str, files: Sequence[Path], key: Optional[str] = None, skip_bad: bool = False):
-        self.name = name
-        self.files = list(files)
-        self.skip_bad = skip_bad
-        self.n = len(self.files)
+        super().__init__(name, files, skip_bad)
         self.key = key
         self._first, (self.key, self.shape) = self._probe_first(self._probe)
 
