@@ -10,6 +10,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
+from .base import PerFileSource
 
 # <item>_<WWWW>x<HHHH>_<arch>.npz (kohya sd-scripts) or .safetensors (musubi-tuner): the item's own size padded
 # to four digits; architecture names hold no underscore.
@@ -71,3 +72,18 @@ def shape_mismatch(first: Path, first_shape: Tuple[int, ...], path: Path, shape:
                             "only.")
     return VRCurveError(f"samples differ in shape: {first} is {first_shape} but {path} is {shape}; files of several "
                         "latent sizes are resolution buckets, so read one size at a time (a glob that matches one).")
+
+
+class PerFileCacheSource(PerFileSource):
+    """A folder of per-sample latent caches read by one key (``key``, detected from the first file when not
+    given): every bucket must have the same channel count, and the artifact records the key."""
+
+    key: Optional[str] = None
+
+    def groups(self):
+        groups = super().groups()
+        check_group_channels(self.name, groups, self.sample_name)
+        return groups
+
+    def describe(self):
+        return {**super().describe(), "key": self.key}

@@ -25,8 +25,8 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import BadSample, PerFileSource, natural_key
-from .caches import check_group_channels, shape_mismatch
+from .base import BadSample, natural_key
+from .caches import PerFileCacheSource, shape_mismatch
 from .npy_files import _sample_shape
 
 LATENT_NAMES = ("latents", "latent", "latent_image", "sample", "mean")
@@ -102,7 +102,7 @@ def find_latent(path: Path, obj: Any, key: Optional[str]) -> Tuple[Optional[str]
                        "choose one with --key.")
 
 
-class PtFilesSource(PerFileSource):
+class PtFilesSource(PerFileCacheSource):
     """N .pt files in sorted order (digit runs by value: ``2.pt`` before ``10.pt``); file i is sample i.
 
     A latent of 4 or more axes whose first axis has length 1 is a batch of one and loses that axis, as for
@@ -149,14 +149,6 @@ class PtFilesSource(PerFileSource):
 
     def _shape_of(self, path: Path) -> Tuple[int, ...]:
         return self._checked_shape(path, self._latent(path))
-
-    def groups(self):
-        groups = super().groups()
-        check_group_channels(self.name, groups, self.sample_name)
-        return groups
-
-    def describe(self):
-        return {**super().describe(), "key": self.key}
 
     def _decode(self, path: Path, shape: Tuple[int, ...]) -> np.ndarray:
         import torch

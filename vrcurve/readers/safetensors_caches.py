@@ -20,8 +20,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import BadSample, PerFileSource, natural_key
-from .caches import check_group_channels, shape_mismatch
+from .base import BadSample, natural_key
+from .caches import PerFileCacheSource, shape_mismatch
 
 _LATENT_KEY = re.compile(r"^latents_(\d+x)?\d+x\d+_[A-Za-z0-9]+$")
 
@@ -74,7 +74,7 @@ def single_cache_error(path: Path) -> Optional[VRCurveError]:
                         "sample per file.")
 
 
-class SafetensorsCacheSource(PerFileSource):
+class SafetensorsCacheSource(PerFileCacheSource):
     """N musubi-tuner cache files in sorted order; file i is sample i, its latent tensor as float32."""
 
     format = "safetensors-caches"
@@ -95,14 +95,6 @@ class SafetensorsCacheSource(PerFileSource):
     def _shape_of(self, path: Path) -> Tuple[int, ...]:
         header = cache_header(path)
         return header[self._latent_key(path, header)]
-
-    def groups(self):
-        groups = super().groups()
-        check_group_channels(self.name, groups, self.sample_name)
-        return groups
-
-    def describe(self):
-        return {**super().describe(), "key": self.key}
 
     def _decode(self, path: Path, shape: Tuple[int, ...]) -> np.ndarray:
         import torch
