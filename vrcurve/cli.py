@@ -234,7 +234,7 @@ def estimate(
     vae_batch_size: int = typer.Option(4, "--vae-batch-size", min=1, help="With --vae: images per encoder call."),
     resolution: Optional[int] = typer.Option(None, "--resolution", min=1, help="Image folders: center-crop and resize to R x R "
                                              "(default: the images' own size, which must then be the same for all)."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip chosen images, .npy files or latent caches that cannot be "
+    skip_bad: bool = typer.Option(False, "--skip-bad", metavar="", help="Skip chosen images, .npy files or latent caches that cannot be "
                                   "decoded, draw others instead, and record how many."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda:N, a list (cuda:0,cuda:1) to split the work over, or "
                                "cuda for every visible GPU (under torchrun: cuda:LOCAL_RANK)."),
@@ -245,18 +245,18 @@ def estimate(
     uniform_mix: float = typer.Option(0.02, "--uniform-mix", help="The density floor: the share of uniform timesteps "
                                       "mixed into the density, in [0, 1); keeps every timestep reachable and the "
                                       "weights 1/pdf below 1/share. 0: none."),
-    fit_scale: bool = typer.Option(False, "--fit-scale", help="Also fit the logit-normal scale s."),
+    fit_scale: bool = typer.Option(False, "--fit-scale", metavar="", help="Also fit the logit-normal scale s."),
     bootstrap: int = typer.Option(200, "--bootstrap", min=0, help="Bootstrap replicates over sources for the 90% "
                                   "interval of m (0: none)."),
-    check_convergence: bool = typer.Option(False, "--check-convergence", help="Also estimate on nested subsets M/4 "
+    check_convergence: bool = typer.Option(False, "--check-convergence", metavar="", help="Also estimate on nested subsets M/4 "
                                            "and M/2 (same noise) and say whether the density and m have settled."),
     min_bucket: int = typer.Option(MIN_BUCKET, "--min-bucket", min=2, help="Data of several sample shapes (resolution buckets): "
                                    "the fewest samples a bucket's curve is estimated from."),
-    drop_small_buckets: bool = typer.Option(False, "--drop-small-buckets", help="Leave out buckets holding fewer than "
+    drop_small_buckets: bool = typer.Option(False, "--drop-small-buckets", metavar="", help="Leave out buckets holding fewer than "
                                             "--min-bucket samples (recorded in the artifact) instead of stopping."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing artifact."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success; no progress bar."),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an existing artifact."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="Print nothing on success; no progress bar."),
 ):
     """Estimate the variance curve on a sample of DATA and write the artifact.
 
@@ -380,13 +380,13 @@ def _fmt(value: Any) -> str:
 @app.command("fit-logitnormal")
 @_user_errors
 def fit_logitnormal_cmd(
-    artifact: Path = typer.Argument(..., help="A vrcurve artifact."),
+    artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="A vrcurve artifact."),
     convention: Convention = typer.Option(Convention.t0_noise, "--convention", help="t0-noise (vrcurve, SiT, flow_matching) or t1-noise (kohya, OneTrainer, SimpleTuner): m is negated."),
-    fit_scale: bool = typer.Option(False, "--fit-scale", help="Also fit the scale s."),
+    fit_scale: bool = typer.Option(False, "--fit-scale", metavar="", help="Also fit the scale s."),
     bucket: Optional[str] = typer.Option(None, "--bucket", help="Fit one resolution bucket's density instead of the pooled "
                                          "one: its sample shape, e.g. 16x64x64 (the nearest bucket by size if absent)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the best m."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="Print only the best m."),
 ):
     """Fit a logit-normal to the artifact's density by KS distance and print its location m (and each
     resolution bucket's, for an artifact of several)."""
@@ -477,8 +477,8 @@ def _pick_bucket(buckets, shape) -> int:
 @app.command()
 @_user_errors
 def show(
-    artifact: Path = typer.Argument(..., help="A vrcurve artifact."),
-    as_json: bool = typer.Option(False, "--json", help="Print the metadata as one JSON object."),
+    artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="A vrcurve artifact."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the metadata as one JSON object."),
 ):
     """Print an artifact's metadata and a terminal picture of its density pdf(t)."""
     import numpy as np
@@ -565,7 +565,7 @@ def density_picture(pdf, width: int = 64, height: int = 8, upper=None) -> List[s
 
 @app.command()
 @_user_errors
-def schedulers(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+def schedulers(as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object.")):
     """List the noise schedulers (t = 0 is noise)."""
     from .schedulers import SCHEDULERS
 
@@ -592,7 +592,7 @@ class Target(str, Enum):
 @app.command("export")
 @_user_errors
 def export_cmd(
-    artifact: Path = typer.Argument(..., help="A vrcurve artifact."),
+    artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="A vrcurve artifact."),
     to: Target = typer.Option(..., "--to", help="The trainer: diffusers (SD3/Flux scripts), kohya (FLUX.1 scripts), "
                               "kohya-sd3 (SD3 scripts), simpletuner, onetrainer, sit, or json (everything, with the pdf "
                               "and icdf tables)."),
@@ -600,7 +600,7 @@ def export_cmd(
                                           "3; Flux, whose config sets use_dynamic_shifting: 1), required for an artifact "
                                           "estimated with --shift; kohya-sd3: the --training_shift to print (default: "
                                           "the artifact's)."),
-    fit_scale: bool = typer.Option(False, "--fit-scale", help="Refit the logit-normal with its scale s instead of using "
+    fit_scale: bool = typer.Option(False, "--fit-scale", metavar="", help="Refit the logit-normal with its scale s instead of using "
                                    "the artifact's fit."),
     patch_size: int = typer.Option(2, "--patch-size", min=1, help="dynamic-shift: the transformer's patch side p; a "
                                    "latent of H x W has (H/p)(W/p) tokens (2 for Flux and SD3)."),
@@ -610,7 +610,7 @@ def export_cmd(
                                               "(default: the longest bucket's tokens)."),
     bucket: Optional[str] = typer.Option(None, "--bucket", help="Export one resolution bucket's fit instead of the "
                                          "pooled one: its sample shape, e.g. 16x128x128 (the nearest bucket by size)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the flags or config lines, no comment lines."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="Print only the flags or config lines, no comment lines."),
 ):
     """Print the flags or config lines that make a trainer sample the artifact's logit-normal fit.
 
@@ -686,16 +686,16 @@ def export_cmd(
 @app.command("plot")
 @_user_errors
 def plot_cmd(
-    artifact: Path = typer.Argument(..., help="A vrcurve artifact."),
+    artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="A vrcurve artifact."),
     out_path: Optional[str] = typer.Option(None, "--out", "-o", help="Image to write (.png, .pdf, .svg); default: "
                                             "the artifact's name with .png."),
-    log: bool = typer.Option(False, "--log", help="Draw V(t) on a log scale."),
+    log: bool = typer.Option(False, "--log", metavar="", help="Draw V(t) on a log scale."),
     width: int = typer.Option(900, "--width", min=100, max=10_000, help="Image width in pixels."),
     height: int = typer.Option(1000, "--height", min=100, max=10_000, help="Image height in pixels."),
     dpi: int = typer.Option(100, "--dpi", min=10, max=1_000, help="Pixels per inch (text size scales with it)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="Print nothing on success."),
 ):
-    """Draw S_t, V(t) and pdf(t) with its logit-normal fit in one figure (needs vrcurve[plot])."""
+    """Draw S_t, V(t) and pdf(t) with its logit-normal fit in one figure (needs matplotlib: pip install 'vrcurve\\[plot]')."""
     from .artifact import read_artifact
     from .plot import plot_artifact
 
@@ -709,10 +709,10 @@ def plot_cmd(
 @app.command("compare")
 @_user_errors
 def compare_cmd(
-    artifacts: List[Path] = typer.Argument(..., help="Two or more artifacts; each is compared with the first."),
+    artifacts: List[Path] = typer.Argument(..., metavar="ARTIFACT", help="Two or more artifacts; each is compared with the first."),
     fail_above: Optional[float] = typer.Option(None, "--fail-above", min=0.0, help="Exit with status 1 when the KS "
                                                "distance of any artifact to the first exceeds this."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object."),
 ):
     """KS distance between the artifacts' densities and the difference of their m, side by side."""
     from .artifact import read_artifact
