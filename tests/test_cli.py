@@ -351,3 +351,14 @@ def test_no_scaling_warning_with_normalize_none(tiny_npy, tmp_path):
     res = run("estimate", "--data", tiny_npy, "-o", tmp_path / "n.safetensors", *SMALL, "--normalize", "none", "-q",
               "--scaling-factor", "0.18215")
     assert res.exit_code == 0 and res.stderr == ""
+
+
+def test_the_table_says_what_was_read_and_a_json_name_gets_a_note(tiny_npy, tmp_path):
+    out = tmp_path / "vr.json"
+    res = run("estimate", "--data", tiny_npy, "-o", out, *SMALL)
+    assert res.exit_code == 0, res.output
+    assert res.stderr.startswith(f"note: {out} is a safetensors file") and res.stderr.count("\n") == 1
+    assert f"{tiny_npy}: 12 of 40 samples used" in " ".join(res.stdout.split())
+    assert vrcurve.load(out).meta["data"]["samples_chosen"] == 12
+    quiet = run("estimate", "--data", tiny_npy, "-o", tmp_path / "q.json", *SMALL, "-q")
+    assert quiet.exit_code == 0 and quiet.output == ""

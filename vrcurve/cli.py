@@ -315,6 +315,9 @@ def estimate(
                 bar.stop()
     if not writer:
         return  # under torchrun only rank 0 prints
+    if out_file.suffix.lower() != ".safetensors" and not quiet:
+        err.print(f"note: {out_file} is a safetensors file (the artifact's format), whatever its name says; "
+                  "name it .safetensors to avoid confusion.", markup=False)
     summary = result.summary()
     conv = result.convergence
     if conv is not None and not conv.settled:  # once, on stderr, with -q and --json too
@@ -323,6 +326,7 @@ def estimate(
         print(json.dumps(summary))
     elif not quiet:
         table = Table(show_header=False, box=None, pad_edge=False)
+        table.add_row("data", _data_text(summary["data"]))
         for k in ("artifact", "scheduler", "samples", "noise", "timesteps", "dim", "likelihood", "form", "peak_t",
                   "logitnormal_m", "logitnormal_m_ci90", "logitnormal_m_grid", "ks", "elapsed_s", "device", "precision",
                   "kernel", "kernel_choice"):
@@ -357,6 +361,16 @@ def bucket_table(buckets: List[Dict[str, Any]], dropped: Optional[List[Dict[str,
     for d in dropped or ():
         table.add_row("x".join(map(str, d["shape"])), str(d["samples_total"]), "", "dropped", "", "", "")
     return table
+
+
+def _data_text(data: Dict[str, Any]) -> str:
+    """One line of what ``estimate`` read: path (key), samples used of those found, files skipped."""
+    where = data["path"] + (f" (key {data['key']})" if data.get("key") else "")
+    text = f"{where}: {data['samples_chosen']:,} of {data['samples_total']:,} samples used"
+    if data.get("skipped"):
+        names = ", ".join(data.get("skipped_files") or [])
+        text += f", {data['skipped']} undecodable skipped" + (f" ({names})" if names else "")
+    return text
 
 
 def convergence_table(conv) -> Table:

@@ -58,9 +58,16 @@ class EstimateResult:
             "form": m["form"], "uniform_mix": m["uniform_mix"], "logitnormal_m": m["logitnormal_m"], "logitnormal_m_grid": m["logitnormal_m_grid"],
             "logitnormal_s": m["logitnormal_s"], "ks": m["ks"], "peak_t": self.peak_t, "elapsed_s": m["elapsed_s"],
             "device": m["device"], "precision": m.get("precision"), "kernel": m.get("kernel"),
-            "kernel_choice": m.get("kernel_choice"),
+            "kernel_choice": m.get("kernel_choice"), "data": self.data_read(),
             **{k: m[k] for k in ("logitnormal_m_ci90", "convergence", "buckets", "buckets_dropped") if k in m},
         }
+
+    def data_read(self) -> Dict[str, Any]:
+        """What was read: the path, the key, how many samples the data holds and how many were used, and the
+        files skipped as undecodable (``--skip-bad``)."""
+        d = self.metadata["data"]
+        return {k: d[k] for k in ("path", "key", "format", "samples_total", "samples_chosen", "skipped",
+                                  "skipped_files") if k in d}
 
 
 def _describe(devices: List[torch.device], ranks: Optional[Ranks]) -> str:
