@@ -102,3 +102,26 @@ def test_caption_names_scheduler_m_k_d_and_m():
     assert text.startswith("scheduler linear (shift 3)")
     for part in ("M = 200", "K = 500", "d = 4096", "m = +0.2418"):
         assert part in text
+
+
+def test_the_figure_bands_axes_reference_and_caption(artifact):
+    """The S_t band stays inside [min(0, S), max(1, S)], the log axis shows at most about six decades below the
+    peak of V, the pdf panel has the uniform density as a reference line, and a narrow figure's caption is
+    broken into lines that fit."""
+    from vrcurve.artifact import read_artifact
+    from vrcurve.plot import caption, draw
+
+    arrays, meta = read_artifact(artifact)
+    arrays = dict(arrays, S_stderr=np.full_like(arrays["S_stderr"], 0.5))  # a band wider than [0, 1]
+    fig = draw(arrays, meta, log_variance=True, width=400, height=450)
+    ax_s, ax_v, ax_p = fig.axes
+    S = arrays["S"].astype(np.float64)
+    band = ax_s.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.max() <= max(1.0, S.max()) + 1e-12 and band.min() >= min(0.0, S.min()) - 1e-12
+    V = arrays["variance"].astype(np.float64)
+    low, high = ax_v.get_ylim()
+    assert high >= V.max() and low >= V[V > 0].max() * 1e-6 / 2 * (1 - 1e-9)
+    assert any(line.get_label() == "uniform" and set(line.get_ydata()) == {1.0} for line in ax_p.get_lines())
+    text = fig.get_supxlabel() if hasattr(fig, "get_supxlabel") else fig._supxlabel.get_text()
+    assert text.replace("\n", "  ·  ") == caption(meta) and "\n" in text
+    assert max(len(line) for line in text.split("\n")) <= int(400 / (0.6 * 8.3 * 100 / 72))

@@ -58,6 +58,20 @@ def caption(meta: Mapping[str, Any]) -> str:
             f"d = {meta.get('dim')}  ·  logit-normal {fit}")
 
 
+def _wrap(text: str, width_px: int, dpi: int, sep: str = "  ·  ") -> str:
+    """Break the caption between its ``sep``-separated parts so that each line fits ``width_px`` pixels
+    (a small font's character is about 0.6 of its 8.3 pt size wide)."""
+    per_line = max(20, int(width_px / (0.6 * 8.3 * dpi / 72)))
+    lines, line = [], ""
+    for part in text.split(sep):
+        if line and len(line) + len(sep) + len(part) > per_line:
+            lines.append(line)
+            line = part
+        else:
+            line = f"{line}{sep}{part}" if line else part
+    return "\n".join(lines + [line])
+
+
 # What matplotlib can draw: below these the fonts get no pixels (FreeType refuses a size of 0 ppem), above
 # them Agg runs out of its coordinate range or of memory (10,000 x 10,000 RGBA is 400 MB).
 SIZE_RANGE = (100, 10_000)
@@ -87,11 +101,25 @@ def plot_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], out
     Shaded bands are +-2 standard errors over sources, where the artifact has them. An artifact of several
     resolution buckets also shows each bucket's density (the largest ``MAX_DRAWN_BUCKETS``) beside the pooled one.
     """
-    Figure = _matplotlib()
     out = Path(out)
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise VRCurveError(f"cannot write {out}: folder {folder} does not exist; create it or choose another -o.")
+    fig = draw(arrays, meta, log_variance=log_variance, width=width, height=height, dpi=dpi, title=title)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=(out.suffix.lstrip(".").lower() or "png"))
+    except ValueError as exc:  # matplotlib's word for an unknown format
+        raise VRCurveError(f"cannot write {out}: {exc}; use a .png, .pdf or .svg name.") from None
+    except OSError as exc:
+        raise write_error(out, exc) from None
+    return out
+
+
+def draw(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], *, log_variance: bool = False,
+         width: int = 900, height: int = 1000, dpi: int = 100, title: Optional[str] = None):
+    """The figure of ``plot_artifact`` (a matplotlib Figure, three panels: S_t, V(t), pdf(t)), not written."""
+    Figure = _matplotlib()
     check_size(width, height, dpi)
 
     t = np.asarray(arrays["t"], dtype=np.float64)
@@ -103,13 +131,17 @@ def plot_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], out
     S_se = arrays.get("S_stderr")
     V_se = arrays.get("variance_stderr")
 
-    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    # constrained layout keeps the caption, labels and legends apart at every size
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, constrained_layout=True)
     ax_s, ax_v, ax_p = fig.subplots(3, 1, sharex=True)
 
     ax_s.plot(t, S, color="C0", lw=1.2, label="S_t")
     if S_se is not None:
         se = 2 * np.asarray(S_se, dtype=np.float64)
-        ax_s.fill_between(t, S - se, S + se, color="C0", alpha=0.25, lw=0, label="±2 s.e.")
+        # S_t lies in [0, 1] for normalised data: the band does not claim more than the curve's own range
+        lo_s, hi_s = min(0.0, float(S.min())), max(1.0, float(S.max()))
+        ax_s.fill_between(t, (S - se).clip(lo_s, hi_s), (S + se).clip(lo_s, hi_s), color="C0", alpha=0.25, lw=0,
+                          label="±2 s.e.")
     ax_s.set_ylabel("separation S_t")
     ax_s.legend(loc="best", fontsize="small")
 
@@ -117,6 +149,10 @@ def plot_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], out
         ok = V > 0
         ax_v.plot(t[ok], V[ok], color="C1", lw=1.2, label="V(t)")
         ax_v.set_yscale("log")
+        if ok.any():
+            # V can fall to 1e-30 where the posterior collapses; six decades below the peak show the shape
+            top = float(V[ok].max())
+            ax_v.set_ylim(max(float(V[ok].min()), top * 1e-6) / 2, top * 2)
     else:
         ax_v.plot(t, V, color="C1", lw=1.2, label="V(t)")
     if V_se is not None:
@@ -147,6 +183,7 @@ def plot_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], out
         # step="post" holds each value over its bin; the last value is repeated for the right edge.
         ax_p.fill_between(edges, np.append(lo, lo[-1]), np.append(hi, hi[-1]), step="post",
                           color="C2", alpha=0.25, lw=0, label="±2 s.e.")
+    ax_p.axhline(1.0, color="0.5", lw=0.8, ls=":", label="uniform")
     m = meta.get("logitnormal_m")
     if isinstance(m, (int, float)):
         s = float(meta.get("logitnormal_s", 1.0))
@@ -162,14 +199,5 @@ def plot_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], out
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.text(0.5, 0.01, caption(meta), ha="center", va="bottom", fontsize="small")
-    fig.subplots_adjust(left=0.12, right=0.97, top=0.94 if title else 0.97, bottom=0.09, hspace=0.12)
-
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=dpi, format=(out.suffix.lstrip(".").lower() or "png"))
-    except ValueError as exc:  # matplotlib's word for an unknown format
-        raise VRCurveError(f"cannot write {out}: {exc}; use a .png, .pdf or .svg name.") from None
-    except OSError as exc:
-        raise write_error(out, exc) from None
-    return out
+    fig.supxlabel(_wrap(caption(meta), width_px=width, dpi=dpi), fontsize="small")
+    return fig
