@@ -387,6 +387,20 @@ def test_compare_per_bucket(bucketed, mixed, tmp_path):
     assert r.exit_code == 1 and "--fail-above" in r.output
 
 
+def test_compare_a_single_shape_artifact_with_its_bucket(bucketed, tmp_path):
+    """An artifact of one shape is compared with the reference's bucket of that shape (and --fail-above sees it)."""
+    folder = _mixed_folder(tmp_path / "small_only", counts=((SMALL, 20),), seed=9)
+    single = tmp_path / "single.safetensors"
+    run_estimate(str(folder), single, get_scheduler("linear"), samples=20, noise=6, timesteps=64, seed=4,
+                 precision="float32", bootstrap=0, table_size=256)
+    r = _cli("compare", bucketed[0], single, "--json")
+    assert r.exit_code == 0, r.output
+    rows = [x for x in json.loads(r.output)["buckets"] if x["path"] == str(single)]
+    assert [(tuple(x["shape"]), x["share"]) for x in rows] == [(SMALL, 1.0)]
+    ref_m = next(b["logitnormal_m"] for b in read_artifact(bucketed[0])[1]["buckets"] if tuple(b["shape"]) == SMALL)
+    assert rows[0]["dm"] == pytest.approx(read_artifact(single)[1]["logitnormal_m"] - ref_m)
+
+
 def test_plot_draws_each_bucket(bucketed, tmp_path):
     pytest.importorskip("matplotlib")
     r = _cli("plot", bucketed[0], "-o", tmp_path / "p.png", "-q")

@@ -92,13 +92,18 @@ class BucketCompared:
 
 def compare_buckets(artifacts: Sequence[Tuple[str, Mapping[str, np.ndarray], Mapping[str, Any]]]) -> List[BucketCompared]:
     """For each resolution bucket of the reference (the first artifact), the same-shape bucket of every
-    artifact that has one: the reference's row, then the others'. Empty when the reference has no buckets."""
+    artifact that has one: the reference's row, then the others'. An artifact of one shape is its own bucket
+    of that shape (share 1). Empty when the reference has no buckets."""
     from .artifact import bucket_arrays
 
-    def buckets(arrays, meta):
-        return {tuple(b["shape"]): (b, bucket_arrays(arrays, i)["cdf"]) for i, b in enumerate(meta.get("buckets") or [])}
+    def buckets(arrays, meta, whole: bool = True):
+        if meta.get("buckets"):
+            return {tuple(b["shape"]): (b, bucket_arrays(arrays, i)["cdf"]) for i, b in enumerate(meta["buckets"])}
+        if whole and isinstance(meta.get("shape"), list):
+            return {tuple(meta["shape"]): ({"share": 1.0, "logitnormal_m": meta["logitnormal_m"]}, arrays["cdf"])}
+        return {}
 
-    ref = buckets(artifacts[0][1], artifacts[0][2])
+    ref = buckets(artifacts[0][1], artifacts[0][2], whole=False)
     others = [(str(path), buckets(arrays, meta)) for path, arrays, meta in artifacts]
     rows = []
     for shape, (ref_info, ref_cdf) in ref.items():
@@ -109,6 +114,8 @@ def compare_buckets(artifacts: Sequence[Tuple[str, Mapping[str, np.ndarray], Map
                                            m=float(info["logitnormal_m"]), ks=ks_between_cdfs(ref_cdf, cdf),
                                            dm=float(info["logitnormal_m"]) - float(ref_info["logitnormal_m"])))
     return rows
+
+
 def normalization_text(norm: Any, *, short: bool = False) -> str:
     """An artifact's ``normalization`` metadata in words: the mode, its statistics, and the trainer's rescaling
     (z - shift_factor) * scaling_factor when it is not the identity. ``short``: without the statistics."""
