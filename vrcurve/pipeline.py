@@ -276,7 +276,9 @@ def run_estimate(
             "--check-convergence": check_convergence, "--moments": moments, "--moments-kind": moments_kind,
             "--scaling-factor": scaling_factor, "--shift-factor": shift_factor, "--key": key,
             "--resolution": resolution, "--skip-bad": skip_bad, "--uniform-mix": uniform_mix,
-            "--min-bucket": min_bucket, "--drop-small-buckets": drop_small_buckets, "--vae": vae,
+            "--min-bucket": min_bucket, "--drop-small-buckets": drop_small_buckets,
+            # the VAE by its config and weights, not its path: nodes may mount it in different places
+            "--vae": None if vae is None else {k: source.describe()["vae"][k] for k in ("config_sha256", "weights_sha256")},
             "--vae-sample": vae_sample if vae else None, "--vae-dtype": vae_dtype if vae else None,
             "data": _pooled_fingerprint(chosen_b),
         })
