@@ -63,6 +63,7 @@ from vrcurve.engine import backends
 from vrcurve.engine.blocks import Constants, block_sums, make_chunk
 from vrcurve.engine.noise import Projector, ambient_basis, span_factor
 from vrcurve.engine.plan import plan
+from vrcurve.options import Precision, choices
 from vrcurve.schedulers import LinearScheduler
 
 
@@ -430,7 +431,7 @@ def main():
     ap.add_argument("-T", "--timesteps", type=int, default=1000)
     ap.add_argument("--direct-timesteps", type=int, default=3, help="timesteps the direct one is timed on")
     ap.add_argument("--direct-chunk", type=int, default=2000, help="queries per chunk of the direct one")
-    ap.add_argument("--precision", default="auto", choices=est.PRECISIONS)
+    ap.add_argument("--precision", default="auto", choices=choices(Precision))
     ap.add_argument("--data", default="demo", choices=("demo", "gaussian"))
     ap.add_argument("--no-full", action="store_true", help="skip the full-curve child process")
     ap.add_argument("--cli", action="store_true", help="also time the whole vrcurve estimate command")

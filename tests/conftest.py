@@ -30,9 +30,10 @@ def tiny_npy(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory, tiny_npy):
     """An artifact estimated from ``tiny_npy`` with small settings (M=16, K=8, T=100)."""
-    from vrcurve.pipeline import run_estimate
+    from artifacts import estimate_with
+
     from vrcurve.schedulers import get_scheduler
 
     out = tmp_path_factory.mktemp("artifact") / "tiny.safetensors"
-    run_estimate(str(tiny_npy), out, get_scheduler("linear"), samples=16, noise=8, timesteps=100, seed=1)
+    estimate_with(str(tiny_npy), out, get_scheduler("linear"), samples=16, noise=8, timesteps=100, seed=1)
     return out

@@ -22,11 +22,12 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def small_artifact(tmp_path_factory, tiny_npy):
     """A real artifact, small enough to flip every byte of its header (T = 16, U = 16)."""
-    from vrcurve.pipeline import run_estimate
+    from artifacts import estimate_with
+
     from vrcurve.schedulers import get_scheduler
 
     out = tmp_path_factory.mktemp("integrity") / "small.safetensors"
-    run_estimate(str(tiny_npy), out, get_scheduler("linear", shift=3.0), samples=8, noise=4, timesteps=16,
+    estimate_with(str(tiny_npy), out, get_scheduler("linear", shift=3.0), samples=8, noise=4, timesteps=16,
                  table_size=16, seed=3, bootstrap=20)
     return out
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from artifacts import estimate_with
 from safetensors.numpy import save_file
 from scipy.stats import kstest
 from typer.testing import CliRunner
@@ -18,7 +19,6 @@ from vrcurve.cli import app
 from vrcurve.density import density_from_curve
 from vrcurve.errors import VRCurveError
 from vrcurve.estimator import estimate
-from vrcurve.pipeline import run_estimate
 from vrcurve.readers import open_source
 from vrcurve.samples import choose_indices, load_buckets
 from vrcurve.schedulers import get_scheduler
@@ -52,7 +52,7 @@ def mixed(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bucketed(mixed, tmp_path_factory):
     out = tmp_path_factory.mktemp("art") / "bucketed.safetensors"
-    result = run_estimate(str(mixed), out, get_scheduler("linear"), samples=40, noise=6, timesteps=64, seed=3,
+    result = estimate_with(str(mixed), out, get_scheduler("linear"), samples=40, noise=6, timesteps=64, seed=3,
                           precision="float32", bootstrap=20, min_bucket=8, table_size=256)
     return out, result
 
@@ -146,8 +146,8 @@ def test_single_shape_data_gives_the_layout_of_one_curve(tmp_path):
         np.save(folder / f"{i}.npy", row)
     np.save(tmp_path / "all.npy", x)
     common = dict(samples=12, noise=4, timesteps=32, seed=0, precision="float32", bootstrap=0)
-    run_estimate(str(folder), tmp_path / "a.safetensors", get_scheduler("linear"), **common)
-    run_estimate(str(tmp_path / "all.npy"), tmp_path / "b.safetensors", get_scheduler("linear"), **common)
+    estimate_with(str(folder), tmp_path / "a.safetensors", get_scheduler("linear"), **common)
+    estimate_with(str(tmp_path / "all.npy"), tmp_path / "b.safetensors", get_scheduler("linear"), **common)
     a, meta = read_artifact(tmp_path / "a.safetensors")
     b, _ = read_artifact(tmp_path / "b.safetensors")
     assert "buckets" not in meta and not [k for k in a if k.startswith("bucket.")]
@@ -157,7 +157,7 @@ def test_single_shape_data_gives_the_layout_of_one_curve(tmp_path):
 
 
 def test_check_convergence_over_buckets(mixed, tmp_path):
-    result = run_estimate(str(mixed), tmp_path / "c.safetensors", get_scheduler("linear"), samples=40, noise=4,
+    result = estimate_with(str(mixed), tmp_path / "c.safetensors", get_scheduler("linear"), samples=40, noise=4,
                           timesteps=32, seed=0, precision="float32", bootstrap=0, min_bucket=8, check_convergence=True)
     rows = result.convergence.rows
     # the same fraction of every bucket: 25 -> 6 and 12 (round(f M), at least 2), 15 -> 4 and 8
@@ -372,7 +372,7 @@ def test_fit_logitnormal_per_bucket(bucketed):
 
 def test_compare_per_bucket(bucketed, mixed, tmp_path):
     other = tmp_path / "other.safetensors"
-    run_estimate(str(mixed), other, get_scheduler("linear"), samples=40, noise=6, timesteps=64, seed=4,
+    estimate_with(str(mixed), other, get_scheduler("linear"), samples=40, noise=6, timesteps=64, seed=4,
                  precision="float32", bootstrap=0, min_bucket=8, table_size=256)
     r = _cli("compare", bucketed[0], other, "--json")
     assert r.exit_code == 0, r.output
@@ -391,7 +391,7 @@ def test_compare_a_single_shape_artifact_with_its_bucket(bucketed, tmp_path):
     """An artifact of one shape is compared with the reference's bucket of that shape (and --fail-above sees it)."""
     folder = _mixed_folder(tmp_path / "small_only", counts=((SMALL, 20),), seed=9)
     single = tmp_path / "single.safetensors"
-    run_estimate(str(folder), single, get_scheduler("linear"), samples=20, noise=6, timesteps=64, seed=4,
+    estimate_with(str(folder), single, get_scheduler("linear"), samples=20, noise=6, timesteps=64, seed=4,
                  precision="float32", bootstrap=0, table_size=256)
     r = _cli("compare", bucketed[0], single, "--json")
     assert r.exit_code == 0, r.output
@@ -523,7 +523,7 @@ def test_moments_noise_of_a_bucket_is_keyed_by_the_index_in_the_whole_data(tmp_p
 
 
 def test_samples_all_uses_every_sample_of_every_bucket(mixed, tmp_path):
-    result = run_estimate(str(mixed), tmp_path / "all.safetensors", get_scheduler("linear"), samples=None, noise=2,
+    result = estimate_with(str(mixed), tmp_path / "all.safetensors", get_scheduler("linear"), samples=None, noise=2,
                           timesteps=16, seed=0, precision="float32", bootstrap=0)
     assert [b["samples"] for b in result.metadata["buckets"]] == [30, 18]
     assert result.metadata["samples"] == 48

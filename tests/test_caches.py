@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from artifacts import estimate_with
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -15,7 +16,6 @@ import vrcurve
 from vrcurve.artifact import read_artifact
 from vrcurve.cli import app
 from vrcurve.errors import VRCurveError
-from vrcurve.pipeline import run_estimate
 from vrcurve.readers import open_source
 from vrcurve.samples import load_samples
 from vrcurve.schedulers import LinearScheduler
@@ -26,7 +26,7 @@ SHAPE = (4, 6, 6)
 
 def tiny_estimate(data, out, **kw):
     """A whole estimate at test size: M = 8 of N, K = 4, T = 20; returns (tensors, metadata) of the artifact."""
-    run_estimate(str(data), Path(out), LinearScheduler(), samples=8, noise=4, timesteps=20, table_size=64, seed=3, **kw)
+    estimate_with(str(data), Path(out), LinearScheduler(), samples=8, noise=4, timesteps=20, table_size=64, seed=3, **kw)
     return read_artifact(out)
 
 

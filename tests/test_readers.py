@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from artifacts import estimate_with
 from PIL import Image
 from safetensors.numpy import save_file
 from safetensors.torch import save_file as save_torch_file
@@ -15,7 +16,6 @@ from typer.testing import CliRunner
 from vrcurve.artifact import read_artifact
 from vrcurve.cli import app
 from vrcurve.errors import VRCurveError
-from vrcurve.pipeline import run_estimate
 from vrcurve.readers import open_source
 from vrcurve.readers.hdf5 import PER_SAMPLE_MIN
 from vrcurve.readers.images import center_crop_resize
@@ -29,7 +29,7 @@ assert N >= PER_SAMPLE_MIN
 
 def tiny_estimate(data, out, **kw):
     """A whole estimate at test size: M = 8 of N, K = 4, T = 20; returns (tensors, metadata) of the artifact."""
-    run_estimate(str(data), Path(out), LinearScheduler(), samples=8, noise=4, timesteps=20, table_size=64, seed=3, **kw)
+    estimate_with(str(data), Path(out), LinearScheduler(), samples=8, noise=4, timesteps=20, table_size=64, seed=3, **kw)
     return read_artifact(out)
 
 
@@ -55,7 +55,7 @@ def reference(X, tmp_path):
     return tiny_estimate(tmp_path / "ref.npy", tmp_path / "ref.safetensors")
 
 
-# Writers: (folder, X) -> (value of --data, extra run_estimate arguments).
+# Writers: (folder, X) -> (value of --data, extra estimate_with arguments).
 def _npz(d, X):
     np.savez(d / "x.npz", latents=X, labels=np.arange(N))
     return d / "x.npz", {"key": "latents"}

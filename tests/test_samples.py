@@ -4,12 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from artifacts import estimate_with
 from typer.testing import CliRunner
 
 from vrcurve.artifact import read_artifact
 from vrcurve.cli import app
 from vrcurve.errors import VRCurveError
-from vrcurve.pipeline import run_estimate
 from vrcurve.readers import open_source
 from vrcurve.readers.arrays import NpySource
 from vrcurve.samples import LatentTransform, apply_moments, choose_indices, load_samples, moments_noise, normalize
@@ -21,7 +21,7 @@ N, C = 12, 4
 def tiny_estimate(data, out, **kw):
     """A whole estimate at test size: M = 8 of N, K = 4, T = 20; returns (tensors, metadata) of the artifact."""
     kw = {"samples": 8, "noise": 4, "timesteps": 20, "table_size": 64, "seed": 3, **kw}
-    run_estimate(str(data), Path(out), LinearScheduler(), **kw)
+    estimate_with(str(data), Path(out), LinearScheduler(), **kw)
     return read_artifact(out)
 
 

@@ -29,12 +29,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import VRCurveError
-
-# The fewest samples a bucket's own curve is estimated from, unless --min-bucket says otherwise. A judgement:
-# the estimator needs 2; with 16 (and K = 20) a bucket of the validation data had a 90% bootstrap interval for
-# m about 0.05 wide under --likelihood mean (docs/validation.md, "Resolution buckets"): enough to draw a
-# bucket's timesteps from its own curve, not to resolve small differences between buckets.
-MIN_BUCKET = 16
+from .options import MIN_BUCKET
 
 # diffusers' FlowMatchEulerDiscreteScheduler defaults, which kohya's flux_shift hard-codes: mu = 0.5 at 256
 # tokens (a 512 x 512 image: 64 x 64 latent, 2 x 2 patches) and 1.15 at 4096 (1024 x 1024).

@@ -7,6 +7,7 @@ stderr. Exit status: 0 success, 1 a data or runtime error (one line, no tracebac
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -14,7 +15,7 @@ import sys
 import warnings
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Annotated, Any, Dict, List, Optional
 
 try:
     import typer
@@ -26,8 +27,19 @@ except KeyboardInterrupt:  # Ctrl-C while the command line loads: no traceback, 
     sys.exit(130)
 
 from ._version import __version__
-from .buckets import MIN_BUCKET
 from .errors import VRCurveError
+from .options import (
+    DEFAULT_UNIFORM_MIX,
+    MIN_BUCKET,
+    Form,
+    Likelihood,
+    Moments,
+    MomentsKind,
+    Normalize,
+    OptionError,
+    Precision,
+    VAEDtype,
+)
 
 app = typer.Typer(
     name="vrcurve",
@@ -39,46 +51,6 @@ app = typer.Typer(
 )
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class Likelihood(str, Enum):
-    mean = "mean"
-    sum = "sum"
-
-
-class Form(str, Enum):
-    covariance = "covariance"
-    paper = "paper"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    float32 = "float32"
-    bf16 = "bf16"
-    tf32 = "tf32"
-
-
-class Normalize(str, Enum):
-    global_ = "global"
-    channel = "channel"
-    none = "none"
-
-
-class Moments(str, Enum):
-    mean = "mean"
-    sample = "sample"
-
-
-class VAEDtype(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
-
-
-class MomentsKind(str, Enum):
-    auto = "auto"
-    std = "std"
-    logvar = "logvar"
 
 
 class Convention(str, Enum):
@@ -97,7 +69,8 @@ def _user_errors(fn):
             try:
                 result = fn(*args, **kwargs)
             except VRCurveError as exc:
-                _print_error(exc)
+                if getattr(exc, "show", True):  # a rank that failed under torchrun has printed it already
+                    _print_error(exc)
                 raise typer.Exit(1) from None
             except KeyboardInterrupt:
                 err.print("interrupted; nothing was written.")
@@ -190,133 +163,164 @@ def _progress_reporter(enabled: bool):
     return bar, report
 
 
+Option = typer.Option
+_BOOL = {"metavar": ""}  # a flag takes no value: no <bool> in --help
+
+
 @app.command()
 @_user_errors
 def estimate(
-    data: str = typer.Option(..., "--data", "-d", help="Samples: a .npy, .npz, HDF5 or safetensors file; a folder or glob of "
-                             "safetensors shards, per-sample .npy files, latent caches (kohya .npz, .pt) or images "
-                             "(png/jpg/webp); or 'demo'."),
-    out_path: str = typer.Option("vr.safetensors", "--out", "-o", help="Artifact to write."),
-    key: Optional[str] = typer.Option(None, "--key", help="Array, dataset or tensor name in .npz, HDF5, safetensors or .pt "
-                                      "files (HDF5 per-sample layouts: 'group/*' or '*/name'); detected when unambiguous."),
-    scheduler: str = typer.Option("linear", "--scheduler", "-s", help="linear, cosine, diffusion, scaled_linear (SD 1.x/"
-                                  "2.x/SDXL), ddpm_linear, custom, or module:object (imports and runs that code)."),
-    shift: Optional[float] = typer.Option(None, "--shift", help="Timestep shift of the linear scheduler (SD3/Flux)."),
-    beta_min: Optional[float] = typer.Option(None, "--beta-min", help="diffusion (VP): beta_min, default 0.1; "
-                                             "scaled_linear/ddpm_linear: beta_start, default 0.00085/0.0001."),
-    beta_max: Optional[float] = typer.Option(None, "--beta-max", help="diffusion (VP): beta_max, default 20; "
-                                             "scaled_linear/ddpm_linear: beta_end, default 0.012/0.02."),
-    custom: Optional[str] = typer.Option(None, "--custom", help="module:object of a custom scheduler (imports and runs "
-                                         "that module's code)."),
-    samples: str = typer.Option("200", "--samples", "-M", help="M, samples drawn from the data (or 'all')."),
-    noise: int = typer.Option(500, "--noise", "-K", min=1, help="K, noises per sample."),
-    timesteps: int = typer.Option(1000, "--timesteps", "-T", min=2, help="T, timestep bins."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the sample choice and of every noise."),
-    likelihood: Likelihood = typer.Option(Likelihood.mean, "--likelihood", help="mean: tau = d (default); sum: exact posterior."),
-    form: Form = typer.Option(Form.covariance, "--form", help="covariance: h^2 trCov/d (default); paper: h^2 (1 - S)."),
-    normalize: Normalize = typer.Option(Normalize.global_, "--normalize", help="global, channel or none."),
-    moments: Optional[Moments] = typer.Option(None, "--moments", help="The data holds VAE moments (mean and std/logvar "
-                                              "concatenated on the channel axis): use the mean, or sample z = mean + std * eps."),
-    moments_kind: MomentsKind = typer.Option(MomentsKind.auto, "--moments-kind", help="Second half of the moments: std, logvar, "
-                                             "or auto (logvar if any value is negative)."),
-    scaling_factor: Optional[float] = typer.Option(None, "--scaling-factor", help="The trainer's latent rescaling (z - "
-                                                   "shift_factor) * scaling_factor, e.g. 0.18215 for SD 1.x/2.x. Default 1, "
-                                                   "or the VAE config's with --vae."),
-    shift_factor: Optional[float] = typer.Option(None, "--shift-factor", help="The trainer's latent offset (diffusers' "
-                                                 "shift_factor; not the timestep --shift). Default 0, or the VAE config's "
-                                                 "with --vae."),
-    vae: Optional[str] = typer.Option(None, "--vae", help="Encode the image folder with this diffusers AutoencoderKL: a "
-                                      "folder (or pipeline folder with vae/), or a repo id in the local Hugging Face cache; "
-                                      "never downloads. Needs the extra: pip install vrcurve\\[vae]."),
-    vae_sample: Moments = typer.Option(Moments.sample, "--vae-sample", help="With --vae: sample z = mean + std * eps "
-                                       "(latent_dist.sample(), seeded per image; default) or the posterior mean."),
-    vae_dtype: VAEDtype = typer.Option(VAEDtype.float32, "--vae-dtype", help="With --vae: the VAE's dtype."),
-    vae_batch_size: int = typer.Option(4, "--vae-batch-size", min=1, help="With --vae: images per encoder call."),
-    resolution: Optional[int] = typer.Option(None, "--resolution", min=1, help="Image folders: center-crop and resize to R x R "
-                                             "(default: the images' own size, which must then be the same for all)."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", metavar="", help="Skip chosen images, .npy files or latent caches that cannot be "
-                                  "decoded, draw others instead, and record how many."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda:N, a list (cuda:0,cuda:1) to split the work over, or "
-                               "cuda for every visible GPU (under torchrun: cuda:LOCAL_RANK)."),
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Queries per chunk (default: from free memory)."),
-    precision: Precision = typer.Option(Precision.auto, "--precision", help="Of the heavy products: auto (bf16 on CPUs with "
-                                        "bf16 dot products, TF32 on recent GPUs, else float32), float32, bf16, tf32 (CUDA)."),
-    table_size: int = typer.Option(4096, "--table-size", min=2, help="U, entries of the inverse-CDF table minus one."),
-    uniform_mix: float = typer.Option(0.02, "--uniform-mix", help="The density floor: the share of uniform timesteps "
-                                      "mixed into the density, in [0, 1); keeps every timestep reachable and the "
-                                      "weights 1/pdf below 1/share. 0: none."),
-    fit_scale: bool = typer.Option(False, "--fit-scale", metavar="", help="Also fit the logit-normal scale s."),
-    bootstrap: int = typer.Option(200, "--bootstrap", min=0, help="Bootstrap replicates over sources for the 90% "
-                                  "interval of m (0: none)."),
-    check_convergence: bool = typer.Option(False, "--check-convergence", metavar="", help="Also estimate on nested subsets M/4 "
-                                           "and M/2 (same noise) and say whether the density and m have settled."),
-    min_bucket: int = typer.Option(MIN_BUCKET, "--min-bucket", min=2, help="Data of several sample shapes (resolution buckets): "
-                                   "the fewest samples a bucket's curve is estimated from."),
-    drop_small_buckets: bool = typer.Option(False, "--drop-small-buckets", metavar="", help="Leave out buckets holding fewer than "
-                                            "--min-bucket samples (recorded in the artifact) instead of stopping."),
-    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an existing artifact."),
-    as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="Print nothing on success; no progress bar."),
+    data: Annotated[str, Option("--data", "-d", help="Samples: a .npy, .npz, HDF5 or safetensors file; a folder or "
+                                "glob of safetensors shards, per-sample .npy files, latent caches (kohya .npz, .pt) "
+                                "or images (png/jpg/webp); or 'demo'.")],
+    out_path: Annotated[str, Option("--out", "-o", help="Artifact to write.")] = "vr.safetensors",
+    key: Annotated[Optional[str], Option("--key", help="Array, dataset or tensor name in .npz, HDF5, safetensors or .pt "
+                                         "files (HDF5 per-sample layouts: 'group/*' or '*/name'); detected when "
+                                         "unambiguous.")] = None,
+    scheduler: Annotated[str, Option("--scheduler", "-s", help="linear, cosine, diffusion, scaled_linear (SD 1.x/"
+                                     "2.x/SDXL), ddpm_linear, custom, or module:object (imports and runs that "
+                                     "code).")] = "linear",
+    shift: Annotated[Optional[float], Option("--shift", help="Timestep shift of the linear scheduler "
+                                             "(SD3/Flux).")] = None,
+    beta_min: Annotated[Optional[float], Option("--beta-min", help="diffusion (VP): beta_min, default 0.1; "
+                                                "scaled_linear/ddpm_linear: beta_start, default 0.00085/0.0001.")] = None,
+    beta_max: Annotated[Optional[float], Option("--beta-max", help="diffusion (VP): beta_max, default 20; "
+                                                "scaled_linear/ddpm_linear: beta_end, default 0.012/0.02.")] = None,
+    custom: Annotated[Optional[str], Option("--custom", help="module:object of a custom scheduler (imports and runs "
+                                            "that module's code).")] = None,
+    samples: Annotated[str, Option("--samples", "-M", help="M, samples drawn from the data (at least 1, or "
+                                   "'all').")] = "200",
+    noise: Annotated[int, Option("--noise", "-K", help="K, noises per sample (at least 1).")] = 500,
+    timesteps: Annotated[int, Option("--timesteps", "-T", help="T, timestep bins (at least 2).")] = 1000,
+    seed: Annotated[int, Option("--seed", help="Seed of the sample choice and of every noise (0 or more).")] = 0,
+    likelihood: Annotated[Likelihood, Option("--likelihood", help="mean: tau = d (default); sum: exact "
+                                             "posterior.")] = Likelihood.mean,
+    form: Annotated[Form, Option("--form", help="covariance: h^2 trCov/d (default); paper: h^2 "
+                                 "(1 - S).")] = Form.covariance,
+    normalize: Annotated[Normalize, Option("--normalize", help="global, channel or none.")] = Normalize.global_,
+    moments: Annotated[Optional[Moments], Option("--moments", help="The data holds VAE moments (mean and std/logvar "
+                                                 "concatenated on the channel axis): use the mean, or sample z = mean "
+                                                 "+ std * eps.")] = None,
+    moments_kind: Annotated[MomentsKind, Option("--moments-kind", help="Second half of the moments: std, logvar, or "
+                                                "auto (logvar if any value is negative).")] = MomentsKind.auto,
+    scaling_factor: Annotated[Optional[float], Option("--scaling-factor", help="The trainer's latent rescaling (z - "
+                                                      "shift_factor) * scaling_factor, e.g. 0.18215 for SD 1.x/2.x. "
+                                                      "Default 1, or the VAE config's with --vae.")] = None,
+    shift_factor: Annotated[Optional[float], Option("--shift-factor", help="The trainer's latent offset (diffusers' "
+                                                    "shift_factor; not the timestep --shift). Default 0, or the VAE "
+                                                    "config's with --vae.")] = None,
+    vae: Annotated[Optional[str], Option("--vae", help="Encode the image folder with this diffusers AutoencoderKL: a "
+                                         "folder (or pipeline folder with vae/), or a repo id in the local Hugging "
+                                         "Face cache; never downloads. Needs the extra: pip install "
+                                         "vrcurve\\[vae].")] = None,
+    vae_sample: Annotated[Moments, Option("--vae-sample", help="With --vae: sample z = mean + std * eps "
+                                          "(latent_dist.sample(), seeded per image; default) or the posterior "
+                                          "mean.")] = Moments.sample,
+    vae_dtype: Annotated[VAEDtype, Option("--vae-dtype", help="With --vae: the VAE's dtype.")] = VAEDtype.float32,
+    vae_batch_size: Annotated[int, Option("--vae-batch-size", help="With --vae: images per encoder call (at least 1).")] = 4,
+    resolution: Annotated[Optional[int], Option("--resolution", help="Image folders: center-crop and resize to R x R "
+                                                "(default: the images' own size, which must then be the same for "
+                                                "all; at least 1).")] = None,
+    skip_bad: Annotated[bool, Option("--skip-bad", **_BOOL, help="Skip chosen images, .npy files or latent caches that "
+                                     "cannot be decoded, draw others instead, and record how many.")] = False,
+    device: Annotated[str, Option("--device", help="cpu, cuda:N, a list (cuda:0,cuda:1) to split the work over, or "
+                                  "cuda for every visible GPU (under torchrun: cuda:LOCAL_RANK).")] = "cpu",
+    chunk_size: Annotated[Optional[int], Option("--chunk-size", help="Queries per chunk, at least 1 (default: from "
+                                                "free memory).")] = None,
+    precision: Annotated[Precision, Option("--precision", help="Of the heavy products: auto (bf16 on CPUs with bf16 "
+                                           "dot products, TF32 on recent GPUs, else float32), float32, bf16, tf32 "
+                                           "(CUDA).")] = Precision.auto,
+    table_size: Annotated[int, Option("--table-size", help="U, entries of the inverse-CDF table minus one "
+                                      "(at least 2).")] = 4096,
+    uniform_mix: Annotated[float, Option("--uniform-mix", help="The density floor: the share of uniform timesteps "
+                                         "mixed into the density, in [0, 1); keeps every timestep reachable and the "
+                                         "weights 1/pdf below 1/share. 0: none.")] = DEFAULT_UNIFORM_MIX,
+    fit_scale: Annotated[bool, Option("--fit-scale", **_BOOL, help="Also fit the logit-normal scale s.")] = False,
+    bootstrap: Annotated[int, Option("--bootstrap", help="Bootstrap replicates over sources for the 90% interval of m "
+                                     "(0: none).")] = 200,
+    check_convergence: Annotated[bool, Option("--check-convergence", **_BOOL, help="Also estimate on nested subsets "
+                                              "M/4 and M/2 (same noise) and say whether the density and m have "
+                                              "settled.")] = False,
+    min_bucket: Annotated[int, Option("--min-bucket", help="Data of several sample shapes (resolution buckets): the "
+                                      "fewest samples a bucket's curve is estimated from (at least 2).")] = MIN_BUCKET,
+    drop_small_buckets: Annotated[bool, Option("--drop-small-buckets", **_BOOL, help="Leave out buckets holding fewer "
+                                               "than --min-bucket samples (recorded in the artifact) instead of "
+                                               "stopping.")] = False,
+    overwrite: Annotated[bool, Option("--overwrite", **_BOOL, help="Replace an existing artifact.")] = False,
+    as_json: Annotated[bool, Option("--json", **_BOOL, help="Print one JSON object.")] = False,
+    quiet: Annotated[bool, Option("--quiet", "-q", **_BOOL, help="Print nothing on success; no progress "
+                                  "bar.")] = False,
 ):
     """Estimate the variance curve on a sample of DATA and write the artifact.
 
     Data of several sample shapes is estimated per resolution bucket, with M split over the buckets in
     proportion to their sizes; the artifact holds each bucket's density and their mixture."""
+    from .options import CurveOptions, DataOptions, EstimateOptions, OutputOptions, VAEOptions
+
+    with _usage_errors():  # every option is checked here, before torch loads or any data is read
+        data_options = DataOptions(
+            data, key=key, samples=_parse_samples(samples), resolution=resolution, skip_bad=skip_bad,
+            normalization=normalize, moments=moments, moments_kind=moments_kind, scaling_factor=scaling_factor,
+            shift_factor=shift_factor, min_bucket=min_bucket, drop_small_buckets=drop_small_buckets,
+            vae=None if vae is None else VAEOptions(vae, sample=vae_sample, dtype=vae_dtype, batch_size=vae_batch_size),
+        )
+        curve = CurveOptions(_scheduler(scheduler, shift, beta_min, beta_max, custom), noise=noise, timesteps=timesteps,
+                             seed=seed, likelihood=likelihood, form=form, precision=precision, chunk_size=chunk_size)
+        options = EstimateOptions(curve, table_size=table_size, uniform_mix=uniform_mix, fit_scale=fit_scale,
+                                  bootstrap=bootstrap, check_convergence=check_convergence)
+    output = OutputOptions(_file_path(out_path, "--out"), overwrite=overwrite)
+    from .distributed import launch
     from .pipeline import run_estimate
-    from .schedulers import SCHEDULERS, get_scheduler
 
-    if scheduler not in SCHEDULERS and ":" not in scheduler:
-        raise typer.BadParameter(f"{scheduler!r} is not one of {', '.join(SCHEDULERS)} nor module:object.",
-                                 param_hint="--scheduler")
-    if not 0.0 <= uniform_mix < 1.0:
-        raise typer.BadParameter(f"must be a share in [0, 1), got {uniform_mix}; 0 turns the floor off.",
-                                 param_hint="--uniform-mix")
-    sched = get_scheduler(scheduler, shift=shift, beta_min=beta_min, beta_max=beta_max, custom=custom)
-    out_file = _file_path(out_path, "--out")
-    samples_m = _parse_samples(samples)
-    from .devices import local_device
-    from .distributed import RankFailed, launch
-
-    with launch(device) as ranks:  # None unless started by torchrun
-        if ranks is not None:
-            device = local_device(device, ranks.local_rank)
+    with launch(device, report=_print_error) as ranks:  # None unless started by torchrun
         writer = ranks is None or ranks.rank == 0
-        given = (scaling_factor not in (None, 1.0)) or (shift_factor not in (None, 0.0))
-        if writer and normalize is not Normalize.none and given:
+        if writer and data_options.normalization != "none" and data_options.factors_given:
             # Warnings go to stderr even with -q: they are about the result, not progress.
-            err.print(f"warning: --normalize {normalize.value} divides by the chosen samples' own mean and std, which "
-                      "undoes --scaling-factor and --shift-factor exactly, so they cannot change the result; pass "
-                      "--normalize none to estimate at the scale your trainer feeds the model (docs/data.md).",
+            err.print(f"warning: --normalize {data_options.normalization} divides by the chosen samples' own mean and "
+                      "std, which undoes --scaling-factor and --shift-factor exactly, so they cannot change the result; "
+                      "pass --normalize none to estimate at the scale your trainer feeds the model (docs/data.md).",
                       markup=False)
         bar, report = _progress_reporter(writer and not quiet and not as_json)
         try:
             if bar is not None:
                 bar.start()
             result = run_estimate(
-                data, out_file, sched, key=key, samples=samples_m, noise=noise, timesteps=timesteps,
-                seed=seed, likelihood=likelihood.value, form=form.value, normalization=normalize.value, device=device,
-                chunk_size=chunk_size, table_size=table_size, fit_scale=fit_scale, overwrite=overwrite,
-                progress=report, moments=moments.value if moments is not None else None,
-                moments_kind=moments_kind.value, scaling_factor=scaling_factor, shift_factor=shift_factor,
-                vae=vae, vae_sample=vae_sample.value, vae_dtype=vae_dtype.value, vae_batch_size=vae_batch_size,
+                data_options, options, output, device=device, ranks=ranks, progress=report,
                 encode_progress=None if report is None else functools.partial(report, unit="images"),
-                resolution=resolution, skip_bad=skip_bad, precision=precision.value, bootstrap=bootstrap,
-                check_convergence=check_convergence, ranks=ranks, min_bucket=min_bucket,
-                drop_small_buckets=drop_small_buckets, uniform_mix=uniform_mix,
                 notify=None if quiet else lambda note: err.print(f"note: {note}", markup=False),
             )
-        except RankFailed as exc:  # raised on every rank at once; the failing rank prints its message
-            if exc.show:
-                _print_error(exc)
-            ranks.settle()  # before any rank exits: torchrun stops the others when the first one does
-            raise typer.Exit(1) from None
         finally:
             if bar is not None:
                 bar.stop()
-    if not writer:
-        return  # under torchrun only rank 0 prints
-    if out_file.suffix.lower() != ".safetensors" and not quiet:
-        err.print(f"note: {out_file} is a safetensors file (the artifact's format), whatever its name says; "
+    if writer:  # under torchrun only rank 0 prints
+        _print_estimate(result, quiet=quiet, as_json=as_json)
+
+
+@contextlib.contextmanager
+def _usage_errors():
+    """An option out of range (``OptionError``) is a usage error: exit status 2, with the flag named."""
+    try:
+        yield
+    except OptionError as exc:
+        raise typer.BadParameter(str(exc), param_hint=exc.option) from None
+
+
+def _scheduler(name: str, shift, beta_min, beta_max, custom):
+    """The scheduler of ``--scheduler NAME`` and its parameters; an unknown name is a usage error."""
+    from .schedulers import SCHEDULERS, get_scheduler
+
+    if name not in SCHEDULERS and ":" not in name:
+        raise typer.BadParameter(f"{name!r} is not one of {', '.join(SCHEDULERS)} nor module:object.",
+                                 param_hint="--scheduler")
+    return get_scheduler(name, shift=shift, beta_min=beta_min, beta_max=beta_max, custom=custom)
+
+
+def _print_estimate(result, *, quiet: bool, as_json: bool) -> None:
+    """What ``estimate`` prints on success: one JSON object, or the table of what was read and found (with the
+    buckets, the advice on K and the convergence check), or nothing with ``-q``; notes and warnings on stderr."""
+    path = result.path
+    if path.suffix.lower() != ".safetensors" and not quiet:
+        err.print(f"note: {path} is a safetensors file (the artifact's format), whatever its name says; "
                   "name it .safetensors to avoid confusion.", markup=False)
     summary = result.summary()
     conv = result.convergence
@@ -324,30 +328,32 @@ def estimate(
         err.print(f"warning: {conv.message()}", markup=False)
     if as_json:
         print(json.dumps(summary))
-    elif not quiet:
-        table = Table(show_header=False, box=None, pad_edge=False)
-        table.add_row("data", _data_text(summary["data"]))
-        for k in ("artifact", "scheduler", "samples", "noise", "timesteps", "dim", "likelihood", "form", "peak_t",
-                  "logitnormal_m", "logitnormal_m_ci90", "logitnormal_m_grid", "ks", "elapsed_s", "device", "precision",
-                  "kernel", "kernel_choice"):
-            if k in summary:
-                value = summary[k]
-                table.add_row(k, f"[{value[0]:.4f}, {value[1]:.4f}]" if k == "logitnormal_m_ci90" else _fmt(value))
-        out.print(table, markup=False)
-        if "buckets" in summary:
-            out.print(bucket_table(summary["buckets"], summary.get("buckets_dropped")))
-        if "logitnormal_m_ci90" in summary:
-            from .convergence import BootstrapInterval, noise_advice
+        return
+    if quiet:
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("data", _data_text(summary["data"]))
+    for k in ("artifact", "scheduler", "samples", "noise", "timesteps", "dim", "likelihood", "form", "peak_t",
+              "logitnormal_m", "logitnormal_m_ci90", "logitnormal_m_grid", "ks", "elapsed_s", "device", "precision",
+              "kernel", "kernel_choice"):
+        if k in summary:
+            value = summary[k]
+            table.add_row(k, f"[{value[0]:.4f}, {value[1]:.4f}]" if k == "logitnormal_m_ci90" else _fmt(value))
+    out.print(table, markup=False)
+    if "buckets" in summary:
+        out.print(bucket_table(summary["buckets"], summary.get("buckets_dropped")))
+    if "logitnormal_m_ci90" in summary:
+        from .convergence import BootstrapInterval, noise_advice
 
-            low, high = summary["logitnormal_m_ci90"]
-            boot = result.metadata["bootstrap"]
-            out.print(noise_advice(BootstrapInterval(low, high, boot["m_std"], boot["level"], boot["replicates"]),
-                                   summary["noise"]), markup=False)
-        if conv is not None:
-            out.print(convergence_table(conv))
-            out.print(f"m moves by {conv.m_drift_per_doubling:+.3f} per doubling of M; "
-                      + ("settled." if conv.settled else "NOT settled (the warning on stderr says what to do)."),
-                      markup=False)
+        low, high = summary["logitnormal_m_ci90"]
+        boot = result.metadata["bootstrap"]
+        out.print(noise_advice(BootstrapInterval(low, high, boot["m_std"], boot["level"], boot["replicates"]),
+                               summary["noise"]), markup=False)
+    if conv is not None:
+        out.print(convergence_table(conv))
+        out.print(f"m moves by {conv.m_drift_per_doubling:+.3f} per doubling of M; "
+                  + ("settled." if conv.settled else "NOT settled (the warning on stderr says what to do)."),
+                  markup=False)
 
 
 def bucket_table(buckets: List[Dict[str, Any]], dropped: Optional[List[Dict[str, Any]]] = None,

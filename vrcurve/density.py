@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .errors import VRCurveError
+from .options import DEFAULT_UNIFORM_MIX, check_uniform_mix
 
 
 @dataclass(frozen=True)
@@ -33,17 +34,6 @@ class Density:
     pdf: np.ndarray
     cdf: np.ndarray
     icdf: np.ndarray
-
-
-DEFAULT_UNIFORM_MIX = 0.02
-
-
-def check_uniform_mix(uniform_mix: float) -> float:
-    """``uniform_mix`` if it is a share in [0, 1), else a VRCurveError."""
-    if not (0.0 <= uniform_mix < 1.0):
-        raise VRCurveError(f"--uniform-mix must be a share in [0, 1), got {uniform_mix}; 0 turns the floor off, "
-                           f"the default is {DEFAULT_UNIFORM_MIX}.")
-    return float(uniform_mix)
 
 
 def density_from_curve(variance: np.ndarray, table_size: int = 4096, *,

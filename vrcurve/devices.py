@@ -57,7 +57,7 @@ def resolve_devices(device: DeviceSpec) -> List[torch.device]:
     return devices
 
 
-def local_device(device: str, local_rank: int) -> str:
+def local_device(device: DeviceSpec, local_rank: int) -> DeviceSpec:
     """``--device cuda`` under torchrun means this rank's GPU, cuda:LOCAL_RANK (one GPU per process, the
-    torchrun convention); ``cpu`` and explicit lists mean what they say on every rank."""
-    return f"cuda:{local_rank}" if device.strip() == "cuda" else device
+    torchrun convention); ``cpu``, explicit lists and device objects mean what they say on every rank."""
+    return f"cuda:{local_rank}" if isinstance(device, str) and device.strip() == "cuda" else device

@@ -154,11 +154,15 @@ class _Step:
 
 
 @contextmanager
-def launch(device: str) -> Iterator[Optional[Ranks]]:
+def launch(device: str, report: Callable[[RankFailed], None]) -> Iterator[Optional[Ranks]]:
     """Initialise torch.distributed when this process was started by torchrun and yield its ``Ranks``
     (None otherwise); the process group is destroyed on the way out, whatever happens.
 
-    The backend is NCCL when this rank computes on CUDA, gloo on the CPU.
+    The backend is NCCL when this rank computes on CUDA, gloo on the CPU. A failed run is settled here:
+    when the block raises ``RankFailed`` (on every rank at once), the rank whose message it is passes it to
+    ``report``, then every rank waits for the others, so that the message is out before torchrun stops the
+    processes (it does when the first one exits); the error is then raised again with ``show`` False, as
+    reported.
     """
     if not under_torchrun():
         yield None
@@ -185,8 +189,13 @@ def launch(device: str) -> Iterator[Optional[Ranks]]:
                                 timeout=TIMEOUT)
     except Exception as exc:  # a missing MASTER_ADDR, an unreachable rendezvous, a timed-out store
         raise VRCurveError(f"rank {rank} could not join the torch.distributed group: {exc}") from None
+    ranks = Ranks(rank=rank, world_size=world, local_rank=local, device=torch.device(first) if cuda else torch.device("cpu"))
     try:
-        yield Ranks(rank=rank, world_size=world, local_rank=local,
-                    device=torch.device(first) if cuda else torch.device("cpu"))
+        yield ranks
+    except RankFailed as exc:
+        if exc.show:
+            report(exc)
+        ranks.settle()
+        raise RankFailed(str(exc), show=False) from None
     finally:
         dist.destroy_process_group()

@@ -35,21 +35,19 @@ from .devices import DeviceSpec, resolve_devices
 from .engine.backends import Choice
 from .engine.backends import requested as requested_kernel
 from .engine.blocks import gram
-from .engine.noise import NOISE_SPACES, source_noise, source_seed
+from .engine.noise import source_noise, source_seed
 from .engine.plan import free_memory, share
-from .engine.precision import PRECISIONS, resolve_precision, work_dtype
+from .engine.precision import resolve_precision, work_dtype
 from .engine.run import Job, Progress, device_sums
 from .errors import VRCurveError
+from .options import CurveOptions
 from .schedulers import Scheduler
 
 if TYPE_CHECKING:
     from .distributed import Ranks
 
-__all__ = ["Curve", "estimate", "timestep_grid", "gram", "source_noise", "source_seed", "share", "resolve_precision",
-           "LIKELIHOODS", "FORMS", "PRECISIONS", "NOISE_SPACES"]
-
-LIKELIHOODS = ("mean", "sum")
-FORMS = ("covariance", "paper")
+__all__ = ["Curve", "CurveOptions", "estimate", "estimate_curve", "timestep_grid", "gram", "source_noise", "source_seed",
+           "share", "resolve_precision"]
 
 
 @dataclass(frozen=True)
@@ -146,23 +144,32 @@ def estimate(
     a source depends on (seed, source id) only, so the result is the same, to round-off, whatever the split.
     The kernel that runs the blocks is chosen per run (``vrcurve.engine.backends``) and named in the result.
     """
-    if likelihood not in LIKELIHOODS:
-        raise VRCurveError(f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}.")
-    if form not in FORMS:
-        raise VRCurveError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}.")
-    if noise < 1 or timesteps < 1:
-        raise VRCurveError(f"noise and timesteps must be at least 1, got K={noise}, T={timesteps}.")
+    options = CurveOptions(scheduler, noise=noise, timesteps=timesteps, seed=seed, likelihood=likelihood, form=form,
+                           precision=precision, chunk_size=chunk_size, noise_space=noise_space)
+    return estimate_curve(x, options, device=device, dtype=dtype, source_ids=source_ids, progress=progress,
+                          ranks=ranks)
+
+
+def estimate_curve(
+    x: torch.Tensor,
+    options: CurveOptions,
+    *,
+    device: DeviceSpec = "cpu",
+    dtype: torch.dtype = torch.float32,
+    source_ids: Optional[Sequence[int]] = None,
+    progress: Optional[Callable[[float, int], None]] = None,
+    ranks: Optional["Ranks"] = None,
+) -> Curve:
+    """``estimate`` with its settings in one checked ``CurveOptions`` (what the pipeline passes); the other
+    arguments are ``estimate``'s."""
+    scheduler, noise, timesteps = options.scheduler, options.noise, options.timesteps
     x = x.reshape(x.shape[0], -1)
     M, d = x.shape
     if M < 2:
         raise VRCurveError(f"the estimate needs at least 2 samples, got {M}; pass --samples 2 or more.")
-    if noise_space not in NOISE_SPACES:
-        raise VRCurveError(f"unknown noise space {noise_space!r}; choose one of {', '.join(NOISE_SPACES)}.")
-    if chunk_size is not None and chunk_size < 1:
-        raise VRCurveError(f"chunk size must be at least 1, got {chunk_size}.")
     devices = resolve_devices(device)
-    check_memory(M, d, noise, timesteps, devices, noise_space=noise_space)
-    prec = resolve_precision(precision, devices[0], dtype)
+    check_memory(M, d, noise, timesteps, devices, noise_space=options.noise_space)
+    prec = resolve_precision(options.precision, devices[0], dtype)
     requested_kernel()  # a VRCURVE_KERNEL that names no kernel fails here, before any work
     t = timestep_grid(timesteps)
     tt = torch.from_numpy(t)
@@ -175,14 +182,13 @@ def estimate(
         )
     s = (m / a).numpy()
     h2 = scheduler.h(tt).numpy() ** 2
-    tau = float(d) if likelihood == "mean" else 1.0
+    tau = float(d) if options.likelihood == "mean" else 1.0
     ids = np.arange(M) if source_ids is None else np.asarray(source_ids, dtype=np.int64)
     if ids.shape != (M,):
         raise ValueError(f"source_ids must have shape ({M},), got {ids.shape}")
 
     lo, hi = (0, M) if ranks is None else share(M, ranks.rank, ranks.world_size)
-    job = Job(x=x, s=s, tau=tau, precision=prec, form=form, noise=noise, timesteps=timesteps, seed=seed, ids=ids,
-              chunk_size=chunk_size, work=work_dtype(prec), noise_space=noise_space,
+    job = Job(x=x, s=s, tau=tau, precision=prec, options=options, ids=ids, work=work_dtype(prec),
               progress=Progress(progress, (hi - lo) * noise, timesteps))
 
     def local_sums() -> np.ndarray:
@@ -208,14 +214,14 @@ def estimate(
     trcov = per_source_tr.mean(axis=1)
     S_se = per_source_sep.std(axis=1, ddof=1) / math.sqrt(M)
     tr_se = per_source_tr.std(axis=1, ddof=1) / math.sqrt(M)
-    if form == "covariance":
+    if options.form == "covariance":
         variance, variance_se = h2 * trcov, h2 * tr_se
     else:
         variance, variance_se = h2 * (1.0 - S), h2 * S_se
     return Curve(
         t=t, S=S, trcov=trcov, h2=h2, variance=variance, S_stderr=S_se, variance_stderr=variance_se,
-        samples=M, noise=noise, dim=d, likelihood=likelihood, form=form, precision=prec,
-        kernel=choice.name, kernel_choice=choice.why, noise_space=noise_space,
+        samples=M, noise=noise, dim=d, likelihood=options.likelihood, form=options.form, precision=prec,
+        kernel=choice.name, kernel_choice=choice.why, noise_space=options.noise_space,
         per_source_S=per_source_sep, per_source_trcov=per_source_tr,
     )
 

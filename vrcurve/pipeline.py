@@ -6,7 +6,7 @@ import datetime as _dt
 import hashlib
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .artifact import bucket_tensors, check_destination, write_artifact
-from .buckets import MIN_BUCKET, allocate, shape_text, small_buckets
+from .buckets import allocate, shape_text, small_buckets
 from .convergence import (
     ConvergenceReport,
     bootstrap_m,
@@ -24,15 +24,15 @@ from .convergence import (
     require_samples,
 )
 from .convergence import check_convergence as convergence_check
-from .density import DEFAULT_UNIFORM_MIX, Density, check_uniform_mix, density_from_curve
-from .devices import resolve_devices
+from .density import Density, density_from_curve
+from .devices import DeviceSpec, local_device, resolve_devices
 from .distributed import Ranks
 from .errors import VRCurveError
-from .estimator import Curve, check_memory, estimate
+from .estimator import Curve, check_memory, estimate_curve
 from .fit import LogitNormalFit, fit_logitnormal
+from .options import DataOptions, EstimateOptions, OutputOptions, flags
 from .readers import open_source
-from .samples import MOMENTS, LatentTransform, Samples, load_buckets, load_samples
-from .schedulers import Scheduler
+from .samples import Samples, load_buckets, load_samples
 
 
 @dataclass(frozen=True)
@@ -92,22 +92,22 @@ def _data_metadata(source, chosen: List[Samples], vae: Optional[Dict[str, Any]])
 
 
 def _metadata(curve: Curve, fit: LogitNormalFit, interval, convergence: Optional[ConvergenceReport],
-              settings: Dict[str, Any], *, shape, normalization: Dict[str, Any], data: Dict[str, Any],
-              uniform_mix: float, started: float, bootstrap_over: str, **extra: Any) -> Dict[str, Any]:
+              run: "_Run", *, shape, normalization: Dict[str, Any], data: Dict[str, Any], started: float,
+              bootstrap_over: str, **extra: Any) -> Dict[str, Any]:
     """The artifact's metadata: how the curve was made, the fit and its interval, and how the run went;
     ``extra`` (the buckets) goes in before the run's own entries."""
     return {
         "time_convention": "t0_noise",
-        "scheduler": settings["scheduler"].describe(),
+        "scheduler": run.options.curve.scheduler.describe(),
         "likelihood": curve.likelihood,
         "form": curve.form,
-        "uniform_mix": float(uniform_mix),
+        "uniform_mix": run.options.uniform_mix,
         "samples": curve.samples,
         "noise": curve.noise,
-        "timesteps": settings["timesteps"],
+        "timesteps": run.options.curve.timesteps,
         "dim": curve.dim,
         "shape": list(shape),
-        "seed": settings["seed"],
+        "seed": run.options.curve.seed,
         "normalization": normalization,
         "data": data,
         "logitnormal_m": fit.m,
@@ -123,7 +123,7 @@ def _metadata(curve: Curve, fit: LogitNormalFit, interval, convergence: Optional
         **extra,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "elapsed_s": round(time.perf_counter() - started, 3),
-        "device": _describe(settings["device"], settings["ranks"]),
+        "device": _describe(run.devices, run.ranks),
         "precision": curve.precision,
         "kernel": curve.kernel,
         "kernel_choice": curve.kernel_choice,
@@ -156,161 +156,135 @@ def _step(ranks: Optional[Ranks]):
 
 
 def run_estimate(
-    data: str,
-    out: Path,
-    scheduler: Scheduler,
+    data: DataOptions,
+    options: EstimateOptions,
+    output: OutputOptions,
     *,
-    key: Optional[str] = None,
-    samples: Optional[int] = 200,
-    noise: int = 500,
-    timesteps: int = 1000,
-    seed: int = 0,
-    likelihood: str = "mean",
-    form: str = "covariance",
-    normalization: str = "global",
-    device: str = "cpu",
-    chunk_size: Optional[int] = None,
-    table_size: int = 4096,
-    fit_scale: bool = False,
-    overwrite: bool = False,
-    progress: Optional[Callable[[int, int], None]] = None,
-    moments: Optional[str] = None,
-    moments_kind: str = "auto",
-    scaling_factor: Optional[float] = None,
-    shift_factor: Optional[float] = None,
-    vae: Optional[str] = None,
-    vae_sample: str = "sample",
-    vae_dtype: str = "float32",
-    vae_batch_size: int = 4,
-    encode_progress: Optional[Callable[[int, int], None]] = None,
-    resolution: Optional[int] = None,
-    skip_bad: bool = False,
-    precision: str = "auto",
-    bootstrap: int = 200,
-    check_convergence: bool = False,
+    device: DeviceSpec = "cpu",
     ranks: Optional[Ranks] = None,
-    min_bucket: int = MIN_BUCKET,
-    drop_small_buckets: bool = False,
-    uniform_mix: float = DEFAULT_UNIFORM_MIX,
+    progress: Optional[Callable[[int, int], None]] = None,
+    encode_progress: Optional[Callable[[int, int], None]] = None,
     notify: Optional[Callable[[str], None]] = None,
 ) -> EstimateResult:
-    """Run the whole estimate and write the artifact to ``out`` (atomically; nothing on failure).
+    """Run the whole estimate and write the artifact to ``output.path`` (atomically; nothing on failure).
 
-    ``data``, ``key``, ``resolution`` and ``skip_bad`` go to ``open_source``; ``moments``, ``moments_kind``,
-    ``scaling_factor`` and ``shift_factor`` say how stored rows become latents (``LatentTransform``; the
-    factors default to 1 and 0). With ``vae`` (a diffusers AutoencoderKL folder or cached repo id) the data
-    must be images, which are encoded on the first of the devices, ``vae_batch_size`` at a time in
-    ``vae_dtype``; ``vae_sample`` takes the posterior mean or a seeded draw (``vrcurve.vae``), the factors
-    default to the VAE config's, and ``encode_progress(done, total)`` follows the images encoded.
-    ``bootstrap`` replicates give a 90% interval for m (0: none); ``check_convergence`` also estimates the
-    curve on nested subsets M/4 and M/2 of the samples with the same noise (``vrcurve.convergence``).
-    ``device`` is what ``resolve_devices`` reads. With ``ranks`` (a torchrun process, ``vrcurve.distributed``)
-    every rank reads the same sample and estimates its share of the sources; only rank 0 writes.
+    What to read and how it becomes latents is ``data``; how to estimate, ``options``; each group was checked
+    when it was made (``vrcurve.options``). With a VAE (``data.vae``) the data must be images, encoded on the
+    first of the devices, and the rescaling factors default to the VAE config's; ``encode_progress(done,
+    total)`` follows the images encoded. ``options.bootstrap`` replicates give a 90% interval for m;
+    ``options.check_convergence`` also estimates the curve on nested subsets M/4 and M/2 of the samples with
+    the same noise (``vrcurve.convergence``). ``progress(done, total)`` follows the estimate's timesteps.
+
+    Where it runs: ``device`` is what ``resolve_devices`` reads. With ``ranks`` (a torchrun process,
+    ``vrcurve.distributed``) every rank reads the same sample and estimates its share of the sources; only
+    rank 0 writes. ``notify`` receives the source's notes (``Source.notes``, e.g. that latent caches were read
+    rather than the images beside them) as soon as the data is opened, on the rank that writes.
 
     Data of several sample shapes (``Source.groups``) is estimated per resolution bucket (``_run_buckets``):
-    M is split over the buckets (``vrcurve.buckets.allocate``, at least ``min_bucket`` each; a smaller bucket
-    is refused, or left out with ``drop_small_buckets``), and the artifact's main density is their mixture.
-    Data of one shape gives the same artifact as it always did.
-    ``uniform_mix`` is the density floor (``density_from_curve``), recorded in the metadata.
-    ``notify`` receives the source's notes (``Source.notes``, e.g. that latent caches were read rather than the
-    images beside them) as soon as the data is opened, on the rank that writes.
+    M is split over the buckets (``vrcurve.buckets.allocate``, at least ``data.min_bucket`` each; a smaller
+    bucket is refused, or left out with ``data.drop_small_buckets``), and the artifact's main density is
+    their mixture. Data of one shape gives the same artifact as it always did.
     """
     started = time.perf_counter()
-    out = Path(out)
+    seed, curve_options = options.curve.seed, options.curve
     writer = ranks is None or ranks.rank == 0
     with _step(ranks):  # every rank reads the data: a path missing on one node fails the whole run
         if writer:  # before the work: a path that cannot take the artifact fails now, not in an hour
-            check_destination(out, overwrite=overwrite)
-        check_uniform_mix(uniform_mix)
-        if bootstrap < 0:
-            raise VRCurveError(f"--bootstrap must be 0 (off) or a positive number of replicates, got {bootstrap}.")
-        if timesteps < 2 or table_size < 2:
-            raise VRCurveError(f"--timesteps and the table size must be at least 2, got {timesteps} and {table_size}.")
-        if min_bucket < 2:
-            raise VRCurveError(f"--min-bucket must be at least 2 (the estimate of a bucket needs 2 samples), "
-                               f"got {min_bucket}.")
-        devices = resolve_devices(device)
-        if vae is not None and moments is not None:
-            raise VRCurveError("--moments reads VAE moments stored in the data, but --vae computes them from images; "
-                               "drop --moments (--vae-sample mean|sample chooses the mean or a draw).")
-        if vae is not None and vae_sample not in MOMENTS:
-            raise VRCurveError(f"unknown --vae-sample {vae_sample!r}; choose {' or '.join(MOMENTS)}.")
-        # Checks the flags before the data is read (and a VAE loaded); the VAE's factors replace the defaults.
-        transform = LatentTransform(moments=moments if vae is None else vae_sample, moments_kind=moments_kind,
-                                    scaling_factor=1.0 if scaling_factor is None else scaling_factor,
-                                    shift_factor=0.0 if shift_factor is None else shift_factor)
-        source = open_source(data, key=key, resolution=resolution, skip_bad=skip_bad)
+            check_destination(output.path, overwrite=output.overwrite)
+        # under torchrun, --device cuda is this rank's GPU
+        devices = resolve_devices(device if ranks is None else local_device(device, ranks.local_rank))
+        source = open_source(data.path, key=data.key, resolution=data.resolution, skip_bad=data.skip_bad)
         if notify is not None and writer:
             for note in source.notes:
                 notify(note)
-        if vae is not None:
+        transform = data.transform()
+        if data.vae is not None:
             from .vae import encode_source
 
-            source = encode_source(source, vae, devices[0], dtype=vae_dtype, batch_size=vae_batch_size,
-                                   progress=encode_progress)
-            transform = replace(
-                transform, moments_kind="logvar",  # latent_dist.parameters: mean, then log-variance
-                scaling_factor=source.located.scaling_factor if scaling_factor is None else scaling_factor,
-                shift_factor=source.located.shift_factor if shift_factor is None else shift_factor,
-            )
+            source = encode_source(source, data.vae.path, devices[0], dtype=data.vae.dtype,
+                                   batch_size=data.vae.batch_size, progress=encode_progress)
+            transform = data.transform(source.located.scaling_factor, source.located.shift_factor)
         groups = source.groups()
-        if len(groups) > 1:
-            plan = _plan_buckets(source, groups, samples, min_bucket, drop_small_buckets)
-            chosen_b, pooled_stats = load_buckets(source, plan.groups, plan.allocation, seed, normalization, transform)
+        plan = _plan_buckets(source, groups, data) if len(groups) > 1 else None
+        if plan is not None:
+            chosen, pooled_stats = load_buckets(source, plan.groups, plan.allocation, seed, data.normalization,
+                                                transform)
         else:
-            chosen_b = [load_samples(source, samples, seed, normalization, transform)]
-        for ch in chosen_b:
-            if check_convergence:
+            chosen = [load_samples(source, data.samples, seed, data.normalization, transform)]
+        for ch in chosen:
+            if options.check_convergence:
                 require_samples(len(ch.indices))
             # the bootstrap's (T, replicates) tables come on top of the estimate's own
-            check_memory(ch.x.shape[0], int(np.prod(ch.x.shape[1:])), noise, timesteps, devices,
-                         per_timestep_extra=32 * bootstrap)
-    vae_info = None if vae is None else {
-        "sample": vae_sample, "scaling_factor_from": "config" if scaling_factor is None else "--scaling-factor",
-        "shift_factor_from": "config" if shift_factor is None else "--shift-factor"}
+            check_memory(ch.x.shape[0], int(np.prod(ch.x.shape[1:])), curve_options.noise, curve_options.timesteps,
+                         devices, per_timestep_extra=32 * options.bootstrap)
     if ranks is not None:  # every rank must estimate the same thing from the same data
-        ranks.same_everywhere({
-            "--samples": samples, "--noise": noise, "--timesteps": timesteps, "--seed": seed,
-            "--likelihood": likelihood, "--form": form, "--normalize": normalization, "--scheduler": scheduler.describe(),
-            "--precision": precision, "--table-size": table_size, "--fit-scale": fit_scale, "--bootstrap": bootstrap,
-            "--check-convergence": check_convergence, "--moments": moments, "--moments-kind": moments_kind,
-            "--scaling-factor": scaling_factor, "--shift-factor": shift_factor, "--key": key,
-            "--resolution": resolution, "--skip-bad": skip_bad, "--uniform-mix": uniform_mix,
-            "--min-bucket": min_bucket, "--drop-small-buckets": drop_small_buckets,
-            # the VAE by its config and weights, not its path: nodes may mount it in different places
-            "--vae": None if vae is None else {k: source.describe()["vae"][k] for k in ("config_sha256", "weights_sha256")},
-            "--vae-sample": vae_sample if vae else None, "--vae-dtype": vae_dtype if vae else None,
-            "data": _pooled_fingerprint(chosen_b),
-        })
-    settings = dict(scheduler=scheduler, noise=noise, timesteps=timesteps, seed=seed, likelihood=likelihood, form=form,
-                    chunk_size=chunk_size, device=devices, precision=precision, ranks=ranks)
-    if len(groups) > 1:
-        return _run_buckets(
-            source, plan, chosen_b, pooled_stats, out, settings, vae_info, started=started, writer=writer, progress=progress,
-            table_size=table_size, uniform_mix=uniform_mix, fit_scale=fit_scale, overwrite=overwrite,
-            bootstrap=bootstrap, check_convergence=check_convergence, devices=devices, ranks=ranks,
-        )
-    chosen = chosen_b[0]
-    x = torch.from_numpy(chosen.x)
-    curve = estimate(x, source_ids=chosen.indices, progress=progress, **settings)
-    density = density_from_curve(curve.variance, table_size, uniform_mix=uniform_mix)
-    fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)
+        ranks.same_everywhere(_agreement(data, options, source, chosen))
+    run = _Run(options=options, devices=devices, ranks=ranks, writer=writer, progress=progress)
+    vae_info = None if data.vae is None else {
+        "sample": data.vae.sample,
+        "scaling_factor_from": "config" if data.scaling_factor is None else "--scaling-factor",
+        "shift_factor_from": "config" if data.shift_factor is None else "--shift-factor"}
+    if plan is not None:
+        return _run_buckets(source, plan, chosen, pooled_stats, output, run, vae_info, started=started)
+    ch = chosen[0]
+    x = torch.from_numpy(ch.x)
+    curve = run.estimate(x, ch.indices, progress)
+    density, fit = run.density_and_fit(curve.variance)
     # the bootstrap is the same on every rank: only the one that writes computes it
-    interval = (bootstrap_m(curve, fit.m_continuous, replicates=bootstrap, seed=seed, uniform_mix=uniform_mix)
-                if bootstrap and writer else None)
+    interval = (bootstrap_m(curve, fit.m_continuous, replicates=options.bootstrap, seed=seed,
+                            uniform_mix=options.uniform_mix) if run.bootstraps else None)
     convergence = None
-    if check_convergence:
+    if options.check_convergence:
         convergence = convergence_check(
-            curve, density.cdf, fit.m_continuous,
-            lambda pos: estimate(x[pos], source_ids=chosen.indices[pos], **settings), seed, uniform_mix=uniform_mix,
+            curve, density.cdf, fit.m_continuous, lambda pos: run.estimate(x[pos], ch.indices[pos]), seed,
+            uniform_mix=options.uniform_mix,
         )
     metadata = _metadata(
-        curve, fit, interval, convergence, settings, shape=chosen.x.shape[1:], normalization=chosen.normalization,
-        data=_data_metadata(source, [chosen], vae_info), uniform_mix=uniform_mix, started=started,
-        bootstrap_over="sources")
+        curve, fit, interval, convergence, run, shape=ch.x.shape[1:], normalization=ch.normalization,
+        data=_data_metadata(source, [ch], vae_info), started=started, bootstrap_over="sources")
     if writer:
-        write_artifact(out, _tensors(curve, density, fit), metadata, overwrite=overwrite)
-    return EstimateResult(path=out, curve=curve, density=density, fit=fit, metadata=metadata, convergence=convergence)
+        write_artifact(output.path, _tensors(curve, density, fit), metadata, overwrite=output.overwrite)
+    return EstimateResult(path=output.path, curve=curve, density=density, fit=fit, metadata=metadata,
+                          convergence=convergence)
+
+
+# Options that leave the result unchanged, which ranks may differ in: where the data is (nodes mount it in
+# different places; the fingerprint of what was read is compared instead), the chunk size, the VAE's batch.
+_RANKS_MAY_DIFFER = ("--data", "--chunk-size", "--vae-batch-size")
+
+
+def _agreement(data: DataOptions, options: EstimateOptions, source, chosen: List[Samples]) -> Dict[str, Any]:
+    """What every rank of a distributed run must have in common: the options that change the result, by flag,
+    and the fingerprint of the samples read."""
+    settings = {k: v for k, v in {**flags(data), **flags(options)}.items() if k not in _RANKS_MAY_DIFFER}
+    if data.vae is not None:  # the VAE by its config and weights, not its path
+        settings["--vae"] = {k: source.describe()["vae"][k] for k in ("config_sha256", "weights_sha256")}
+    return {**settings, "data": _pooled_fingerprint(chosen)}
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One run's estimate settings and where it runs: what every curve of the run (a bucket's, a subset's) is
+    estimated and turned into a density with."""
+
+    options: EstimateOptions
+    devices: List[torch.device]
+    ranks: Optional[Ranks]
+    writer: bool
+    progress: Optional[Callable[[int, int], None]]
+
+    @property
+    def bootstraps(self) -> bool:
+        """Whether this process computes the bootstrap (the same on every rank: only the writer does)."""
+        return bool(self.options.bootstrap) and self.writer
+
+    def estimate(self, x: torch.Tensor, indices: np.ndarray, progress=None) -> Curve:
+        return estimate_curve(x, self.options.curve, device=self.devices, source_ids=indices, progress=progress,
+                              ranks=self.ranks)
+
+    def density_and_fit(self, variance: np.ndarray) -> Tuple[Density, LogitNormalFit]:
+        density = density_from_curve(variance, self.options.table_size, uniform_mix=self.options.uniform_mix)
+        return density, fit_logitnormal(density.cdf, fit_scale=self.options.fit_scale)
 
 
 @dataclass(frozen=True)
@@ -343,12 +317,14 @@ class BucketResult:
     metadata: Dict[str, Any]
 
 
-def _plan_buckets(source, groups, samples: Optional[int], min_bucket: int, drop_small: bool) -> BucketPlan:
-    """Check the buckets against ``min_bucket`` and split M over them (docs/data.md, "Resolution buckets")."""
+def _plan_buckets(source, groups, data: DataOptions) -> BucketPlan:
+    """Check the buckets against ``data.min_bucket`` and split ``data.samples`` over them (docs/data.md,
+    "Resolution buckets")."""
+    samples, min_bucket = data.samples, data.min_bucket
     shapes = list(groups)
     counts = [len(idx) for idx in groups.values()]
     small = small_buckets(counts, min_bucket)
-    if small and not drop_small:
+    if small and not data.drop_small_buckets:
         b = small[0]
         more = f" (and {len(small) - 1} more bucket{'s' if len(small) > 2 else ''} that small)" if len(small) > 1 else ""
         raise VRCurveError(
@@ -374,23 +350,20 @@ def _bucket_progress(progress, b: int, B: int):
     return lambda done, total: progress(b * total + done, B * total)
 
 
-def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: Dict[str, Any], out: Path,
-                 settings: Dict[str, Any], vae_info: Optional[Dict[str, Any]], *, started: float, writer: bool,
-                 progress, table_size: int, uniform_mix: float, fit_scale: bool, overwrite: bool, bootstrap: int, check_convergence: bool, devices, ranks) -> EstimateResult:
+def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: Dict[str, Any], output: OutputOptions,
+                 run: _Run, vae_info: Optional[Dict[str, Any]], *, started: float) -> EstimateResult:
     """Estimate each bucket with the same estimator and settings, pool their densities, fit and write."""
-    seed = settings["seed"]
+    seed, uniform_mix, replicates = run.options.curve.seed, run.options.uniform_mix, run.options.bootstrap
     counts = np.array([len(idx) for idx in plan.groups.values()], dtype=np.float64)
     shares = counts / counts.sum()
     B = len(chosen)
     results: List[BucketResult] = []
     for b, ch in enumerate(chosen):
         shape = tuple(ch.x.shape[1:])  # the latents' shape (after --moments or --vae), as the trainer sees it
-        curve = estimate(torch.from_numpy(ch.x), source_ids=ch.indices, progress=_bucket_progress(progress, b, B),
-                         **settings)
-        density = density_from_curve(curve.variance, table_size, uniform_mix=uniform_mix)
-        fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)
-        interval = (bootstrap_m(curve, fit.m_continuous, replicates=bootstrap, seed=seed, uniform_mix=uniform_mix)
-                    if bootstrap and writer else None)
+        curve = run.estimate(torch.from_numpy(ch.x), ch.indices, _bucket_progress(run.progress, b, B))
+        density, fit = run.density_and_fit(curve.variance)
+        interval = (bootstrap_m(curve, fit.m_continuous, replicates=replicates, seed=seed, uniform_mix=uniform_mix)
+                    if run.bootstraps else None)
         meta = {
             "shape": list(shape), "dim": curve.dim, "samples_total": int(counts[b]), "share": float(shares[b]),
             "samples": curve.samples, "fingerprint": ch.fingerprint, "skipped": len(ch.skipped),
@@ -404,21 +377,20 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
     first = curves[0]
     pooled_V = pooled_variance([c.variance for c in curves], shares)
     # the floor of the mixture is the mixture of the buckets' floors: (1 - l) sum_b w_b p_b + l = sum_b w_b ((1 - l) p_b + l)
-    density = density_from_curve(pooled_V, table_size, uniform_mix=uniform_mix)
-    fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)
+    density, fit = run.density_and_fit(pooled_V)
     # The pooled curve is a mixture of the buckets' curves, each divided by its mean Z_b: standard errors of
     # independent buckets add in quadrature with those weights.
     Z = [np.maximum(c.variance, 0).mean() for c in curves]
     S = sum(w * c.S for w, c in zip(shares, curves))
     S_se = np.sqrt(sum((w * c.S_stderr) ** 2 for w, c in zip(shares, curves)))
     V_se = np.sqrt(sum((w / z * c.variance_stderr) ** 2 for w, z, c in zip(shares, Z, curves)))
-    interval = (bootstrap_m_pooled(curves, shares, fit.m_continuous, replicates=bootstrap, seed=seed,
+    interval = (bootstrap_m_pooled(curves, shares, fit.m_continuous, replicates=replicates, seed=seed,
                                    uniform_mix=uniform_mix)
-                if bootstrap and writer else None)
+                if run.bootstraps else None)
     convergence = None
-    if check_convergence:
+    if run.options.check_convergence:
         def estimate_subsets(positions):
-            sub = [estimate(torch.from_numpy(ch.x[pos]), source_ids=ch.indices[pos], **settings).variance
+            sub = [run.estimate(torch.from_numpy(ch.x[pos]), ch.indices[pos]).variance
                    for ch, pos in zip(chosen, positions)]
             return pooled_variance(sub, shares)
 
@@ -431,18 +403,18 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
         kernel_choice=first.kernel_choice, noise_space=first.noise_space,
     )
     metadata = _metadata(
-        pooled_curve, fit, interval, convergence, settings, shape=results[0].shape, normalization=pooled_stats,
+        pooled_curve, fit, interval, convergence, run, shape=results[0].shape, normalization=pooled_stats,
         # the first file's shape would say nothing here: the largest bucket's, and every bucket's, as stored
         data={**_data_metadata(source, chosen, vae_info), "shape": list(next(iter(plan.groups))),
               "shapes": [list(s) for s in plan.groups]},
-        uniform_mix=uniform_mix, started=started, bootstrap_over="sources within each bucket",
+        started=started, bootstrap_over="sources within each bucket",
         buckets=[r.metadata for r in results], min_bucket=plan.min_bucket,
         **({"buckets_dropped": [{"shape": list(s), "samples_total": int(n)} for s, n in plan.dropped.items()]}
            if plan.dropped else {}))
     tensors = _tensors(pooled_curve, density, fit)
     for b, r in enumerate(results):
         tensors.update(bucket_tensors(b, r.curve, r.density))
-    if writer:
-        write_artifact(out, tensors, metadata, overwrite=overwrite)
-    return EstimateResult(path=out, curve=pooled_curve, density=density, fit=fit, metadata=metadata,
+    if run.writer:
+        write_artifact(output.path, tensors, metadata, overwrite=output.overwrite)
+    return EstimateResult(path=output.path, curve=pooled_curve, density=density, fit=fit, metadata=metadata,
                           convergence=convergence, buckets=tuple(results))

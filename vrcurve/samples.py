@@ -21,12 +21,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .errors import VRCurveError
+from .options import Moments, MomentsKind, Normalize, choice
 from .readers import Source
 from .readers.base import Subset
-
-NORMALIZATIONS = ("global", "channel", "none")
-MOMENTS = ("mean", "sample")
-MOMENTS_KINDS = ("auto", "std", "logvar")
 
 # diffusers' DiagonalGaussianDistribution clamps the log-variance to this range before exp().
 LOGVAR_CLAMP = (-30.0, 20.0)
@@ -60,10 +57,9 @@ class LatentTransform:
     shift_factor: float = 0.0
 
     def __post_init__(self):
-        if self.moments is not None and self.moments not in MOMENTS:
-            raise VRCurveError(f"unknown --moments {self.moments!r}; choose {' or '.join(MOMENTS)}.")
-        if self.moments_kind not in MOMENTS_KINDS:
-            raise VRCurveError(f"unknown --moments-kind {self.moments_kind!r}; choose one of {', '.join(MOMENTS_KINDS)}.")
+        if self.moments is not None:
+            object.__setattr__(self, "moments", choice("--moments", self.moments, Moments))
+        object.__setattr__(self, "moments_kind", choice("--moments-kind", self.moments_kind, MomentsKind))
         if not (math.isfinite(self.scaling_factor) and self.scaling_factor != 0):
             raise VRCurveError(f"--scaling-factor must be a finite non-zero number, got {self.scaling_factor}.")
         if not math.isfinite(self.shift_factor):
@@ -181,14 +177,13 @@ def normalize(x: np.ndarray, mode: str, name: str = "the data") -> tuple:
 
     Args:
         x: float32 (M, *shape).
-        mode: one of NORMALIZATIONS.
+        mode: a ``Normalize`` value (global, channel or none).
         name: the source, for messages.
 
     Returns:
         (normalised x as float32, statistics recorded in the artifact).
     """
-    if mode not in NORMALIZATIONS:
-        raise VRCurveError(f"unknown normalisation {mode!r}; choose one of {', '.join(NORMALIZATIONS)}.")
+    mode = choice("--normalize", mode, Normalize, "normalisation")
     if mode == "none":
         return x, {"mode": "none"}
     x64 = x.astype(np.float64)
@@ -256,7 +251,7 @@ def load_samples(source: Source, samples: Optional[int], seed: int, normalizatio
         source: an open Source.
         samples: M, or None for all N.
         seed: the sample choice, replacements of skipped files and the moments' noise all derive from it.
-        normalization: one of NORMALIZATIONS.
+        normalization: a ``Normalize`` value (global, channel or none).
         transform: moments and rescaling; None for neither.
 
     Raises:
@@ -264,8 +259,7 @@ def load_samples(source: Source, samples: Optional[int], seed: int, normalizatio
             Inf (named); moments that do not fit; data that cannot be normalised.
     """
     transform = transform or LatentTransform()
-    if normalization not in NORMALIZATIONS:
-        raise VRCurveError(f"unknown normalisation {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}.")
+    normalization = choice("--normalize", normalization, Normalize, "normalisation")
     idx = choose_indices(source.n, samples, seed)
     idx, x, skipped = _read(source, idx, samples, seed)
     bad = ~np.isfinite(x.reshape(len(idx), -1)).all(axis=1)
@@ -317,8 +311,7 @@ def load_buckets(source: Source, groups: Dict[Tuple[int, ...], np.ndarray], allo
     Returns:
         (one Samples per bucket, normalised; the pooled normalisation statistics recorded in the artifact).
     """
-    if normalization not in NORMALIZATIONS:
-        raise VRCurveError(f"unknown normalisation {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}.")
+    normalization = choice("--normalize", normalization, Normalize, "normalisation")
     shapes = list(groups)
     first = shapes[0]
     # buckets differ in their spatial (or temporal) size only; axis 0 is the channel axis

@@ -35,8 +35,6 @@ import torch
 
 from .precision import matmul_precision
 
-NOISE_SPACES = ("span", "ambient")
-
 
 def source_seed(seed: int, source: int) -> int:
     """The generator seed for the noises of one source: a function of (seed, source) only."""

@@ -15,8 +15,7 @@ from typing import Optional
 import torch
 
 from ..errors import VRCurveError
-
-PRECISIONS = ("auto", "float32", "bf16", "tf32")
+from ..options import Precision, choice
 
 
 def resolve_precision(precision: str = "auto", device="cpu", dtype: torch.dtype = torch.float32) -> str:
@@ -27,8 +26,7 @@ def resolve_precision(precision: str = "auto", device="cpu", dtype: torch.dtype 
     products (AVX512-BF16 or AMX), TF32 on CUDA devices of compute capability 8.0 or newer, else float32.
     Logits, exponentials, row sums and everything after them stay in ``dtype`` whatever the choice.
     """
-    if precision not in PRECISIONS:
-        raise VRCurveError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    precision = choice("--precision", precision, Precision, "precision")
     if dtype not in (torch.float32, torch.float64):
         raise VRCurveError(f"the working dtype must be float32 or float64, got {dtype}; "
                            "choose reduced-precision products with precision='bf16' or 'tf32'.")

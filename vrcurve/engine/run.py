@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ from .blocks import Constants, block_sums, gram, make_chunk
 from .noise import Projector, ambient_basis, span_factor
 from .plan import plan
 from .precision import matmul_precision
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..options import CurveOptions
 
 
 class Progress:
@@ -39,15 +42,10 @@ class Job:
     x: torch.Tensor
     s: np.ndarray  # (T,) s_t = m_t / a_t
     tau: float
-    precision: str
-    form: str
-    noise: int
-    timesteps: int
-    seed: int
+    precision: str  # resolved for the device: float64, float32, bf16 or tf32
+    options: "CurveOptions"
     ids: np.ndarray
-    chunk_size: Optional[int]
     work: torch.dtype
-    noise_space: str
     progress: Progress
     selector: Selector = field(default_factory=Selector)
 
@@ -58,24 +56,24 @@ def device_sums(job: Job, device: torch.device, lo: int, hi: int) -> np.ndarray:
     The device holds all M samples (the posterior is over all of them) but draws and projects the noise
     of its own sources only.
     """
-    T, K = job.timesteps, job.noise
+    T, K = job.options.timesteps, job.options.noise
     if hi <= lo:
         return np.zeros((2, T, 0))
     xd = job.x.to(device=device, dtype=job.work)
     M, d = xd.shape
     G64, n64, D64 = gram(xd)
-    consts = Constants(D64, n64, job.s, job.tau, job.precision, job.form)
-    if job.noise_space == "span":
+    consts = Constants(D64, n64, job.s, job.tau, job.precision, job.options.form)
+    if job.options.noise_space == "span":
         factor = span_factor(G64, job.ids)
         basis, span = factor.root.to(job.work).contiguous(), factor.span
     else:
         basis, span = ambient_basis(xd), None
     del G64, xd  # nothing after this needs the samples themselves: only the basis, D and n
-    p = plan(M, K, d, job.chunk_size, device, job.work, consts.gemm, timesteps=T, noise_dim=basis.shape[0])
+    p = plan(M, K, d, job.options.chunk_size, device, job.work, consts.gemm, timesteps=T, noise_dim=basis.shape[0])
     sums = torch.zeros((2, T, hi - lo), dtype=torch.float64, device=device)  # tr Cov, ||E[x1|q]||^2
     fp32_products = "tf32" if job.precision == "tf32" else "ieee"
     backend = None
-    with Projector(basis, job.seed, job.ids, job.tau, K, p.sources, span) as project:
+    with Projector(basis, job.options.seed, job.ids, job.tau, K, p.sources, span) as project:
         for i0 in range(lo, hi, p.sources):
             i1 = min(hi, i0 + p.sources)
             P, bound = project(i0, i1)
