@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,12 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(config: str, data: Path, out: Path, M: int, K: int, T: int, cores: int) -> float:
@@ -44,8 +37,8 @@ def run(config: str, data: Path, out: Path, M: int, K: int, T: int, cores: int) 
     else:
         procs = int(config.split()[0])
         env["OMP_NUM_THREADS"] = str(max(1, cores // procs))
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--master_addr=127.0.0.1",
-               f"--master_port={_free_port()}", "-m", "vrcurve", *args]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--standalone",
+               "-m", "vrcurve", *args]
     started = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
