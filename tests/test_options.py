@@ -131,3 +131,27 @@ def test_flags_name_every_field_once():
     assert len(values) == len(dataclasses.fields(DataOptions)) - 1 + len(dataclasses.fields(VAEOptions))
     curve = flags(EstimateOptions(CurveOptions(LinearScheduler(shift=3.0), noise=7)))
     assert curve["--scheduler"] == LinearScheduler(shift=3.0).describe() and curve["--noise"] == 7
+
+
+def test_the_docs_run_estimate_snippet_writes_what_the_command_line_writes(tmp_path, monkeypatch, capsys):
+    """docs/estimator.md, "From Python": the snippet runs, and its artifact equals the command line's with the
+    same flags."""
+    import re
+    from pathlib import Path
+
+    import numpy as np
+
+    from vrcurve.artifact import read_artifact
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "estimator.md").read_text()
+    code = re.search(r"<!-- snippet:run-estimate:begin -->\s*```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/estimator.md:run-estimate", "exec"), {})
+    assert "samples_chosen" in capsys.readouterr().out
+    res = runner.invoke(app, ["estimate", "--data", "demo", "-M", "64", "-K", "16", "-T", "200", "--bootstrap", "0",
+                              "-o", "cli.safetensors", "-q"])
+    assert res.exit_code == 0, res.output
+    (a, meta_a), (b, meta_b) = read_artifact("vr.safetensors"), read_artifact("cli.safetensors")
+    for name in ("pdf", "cdf", "variance"):
+        np.testing.assert_array_equal(a[name], b[name])
+    assert meta_a["logitnormal_m"] == meta_b["logitnormal_m"] and meta_a["data"] == meta_b["data"]
