@@ -161,6 +161,12 @@ class _Record:
                 kwargs[key] = load(value) if load is not None else _plain(value)
         return cls(**kwargs, extra=extra)
 
+    @classmethod
+    def coerce(cls, value: Optional[Mapping[str, Any]]):
+        """``value`` itself if it is one already, else the record of its decoded entries (``from_values``, not
+        validated: for metadata built in code); None is no entries."""
+        return value if isinstance(value, cls) else cls.from_values(value or {})
+
     def to_dict(self) -> Dict[str, Any]:
         """The entries as decoded JSON values: the fields that are set, in field order, then ``extra`` sorted."""
         out = {f.name: _plain(getattr(self, f.name)) for f in _fields(type(self)) if getattr(self, f.name) is not None}
@@ -355,12 +361,6 @@ class ArtifactMeta(_Record, Mapping):
     def to_strings(self) -> Dict[str, str]:
         """The entries as ``write_artifact`` stores them: a str as it is, anything else as sorted-key JSON."""
         return {k: encode(v) for k, v in self._entries.items()}
-
-    @classmethod
-    def coerce(cls, meta: Optional[Mapping[str, Any]]) -> "ArtifactMeta":
-        """``meta`` itself if it is an ArtifactMeta, else the ArtifactMeta of its decoded entries (not validated:
-        for metadata built in code; None is no entries)."""
-        return meta if isinstance(meta, ArtifactMeta) else cls.from_values(meta or {})
 
     def bucket(self, b: int) -> "ArtifactMeta":
         """Bucket ``b``'s metadata: this artifact's entries but ``buckets``, with the bucket's own (shape,
