@@ -36,7 +36,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import VRCurveError
-from .meta import FORMAT, FORMAT_VERSION, ArtifactMeta, PathLike, buckets_in_version_1, format_version
+from .meta import FORMAT, FORMAT_VERSION, ArtifactMeta, PathLike, buckets_in_version_1, stored_version
 
 # Format versions and what their checksum covers: 1 the tensors; 2 the tensors and every other metadata entry.
 _TENSORS_ONLY_CHECKSUM = 1
@@ -231,7 +231,7 @@ def read_artifact(path: PathLike) -> Artifact:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception:
         raise _unreadable(path) from None
-    version = format_version(raw_meta, path)
+    version = stored_version(raw_meta, path)
     missing = [n for n in TENSORS if n not in tensors]
     if missing:
         raise VRCurveError(f"{path} lacks the tensors {', '.join(missing)}; re-create it with `vrcurve estimate`.")

@@ -44,7 +44,7 @@ def decode(text: str) -> Any:
         return text
 
 
-def format_version(raw: Mapping[str, str], path: PathLike) -> int:
+def stored_version(raw: Mapping[str, str], path: PathLike) -> int:
     """The format version of stored metadata ``raw``, once it is known to be a vrcurve artifact's of a version
     this vrcurve reads (1 to ``FORMAT_VERSION``).
 
@@ -311,7 +311,7 @@ class ArtifactMeta(_Record, Mapping):
     noise_space: Optional[str] = _entry(_one_of("span", "ambient"))
     elapsed_s: Optional[float] = _entry(lambda v: _number(v) and v >= 0)
     created: Optional[str] = _entry(_text)
-    format: Optional[str] = _entry()  # checked by format_version
+    format: Optional[str] = _entry()  # checked by stored_version
     format_version: Optional[int] = _entry()
     vrcurve_version: Optional[str] = _entry(_text)
     checksum: Optional[str] = _entry()  # checked by read_artifact against the tensors and entries
@@ -345,15 +345,19 @@ class ArtifactMeta(_Record, Mapping):
     def from_strings(cls, raw: Mapping[str, str], path: PathLike) -> "ArtifactMeta":
         """Decode, migrate and validate the metadata strings an artifact at ``path`` holds.
 
+        Format version 2 added resolution buckets and the metadata to what the checksum covers (which
+        ``read_artifact`` verifies); a version-1 file needs nothing else: the entries it lacks take their
+        defaults, and its ``format_version`` stays 1.
+
         Raises:
-            VRCurveError: not a vrcurve artifact, a format version this vrcurve does not read (``format_version``),
-                a missing required entry, an entry of the wrong type or outside its allowed values, or
-                resolution buckets that no vrcurve writes; the message names ``path``.
+            VRCurveError: not a vrcurve artifact, a format version this vrcurve does not read
+                (``stored_version``), a missing required entry, an entry of the wrong type or outside its
+                allowed values, or resolution buckets that no vrcurve writes; the message names ``path``.
         """
-        version = format_version(raw, path)
+        version = stored_version(raw, path)
         values = {k: decode(v) for k, v in raw.items()}
         values["format_version"] = version
-        if version < 2 and "buckets" in values:  # version 1 differs from 2 only in what the checksum covers
+        if version < 2 and "buckets" in values:
             raise buckets_in_version_1(path)
         _check(path, values)
         return cls.from_values(values)
