@@ -117,8 +117,8 @@ def _dropped(value: Any) -> bool:
         and _count(d.get("samples_total")) for d in value)
 
 
-def _entry(check: Optional[Callable[[Any], bool]] = None, *, absent: Any = None, load: Callable[[Any], Any] = None,
-           required: bool = False) -> Any:
+def _entry(check: Optional[Callable[[Any], bool]] = None, *, absent: Any = None,
+           load: Optional[Callable[[Any], Any]] = None, required: bool = False) -> Any:
     """A metadata field: ``check`` says what a stored value may be (None: not checked here), ``absent`` is the
     value of an entry the file lacks (None: the field is None), ``load`` turns the decoded JSON value into the
     field's type, ``required`` entries must be in every file."""
@@ -254,9 +254,10 @@ class ArtifactMeta(_Record, Mapping):
     Every field is None when the artifact lacks the entry, except those with a default for artifacts written
     before the entry existed: ``time_convention`` (``t0_noise``), ``logitnormal_s`` (1.0: the scale is fitted
     only with ``--fit-scale``) and ``uniform_mix`` (0.0: artifacts written before the density floor, all of
-    format version 1, have none). A defaulted entry the file lacks is not in the mapping. The mapping iterates
-    in field order (the order ``vrcurve show`` prints), then ``extra`` sorted; two metadata are equal when their
-    entries are.
+    format version 1, have none). A defaulted entry the file lacks is not in the mapping. The mapping's values
+    are decoded JSON (lists, not tuples; buckets as dicts), copied when the object is made; it iterates in field
+    order (the order ``vrcurve show`` prints), then ``extra`` sorted; two metadata are equal when their entries
+    are. Built in code (``ArtifactMeta(...)``, ``coerce``) it is not validated; ``from_strings`` validates.
 
     Attributes:
         scheduler: the noise scheduler, ``{"name": ..., <parameters>}`` (``Scheduler.describe()``).
@@ -319,7 +320,7 @@ class ArtifactMeta(_Record, Mapping):
 
     def __post_init__(self):
         # An entry the file lacks takes its documented default, but stays out of the mapping of stored entries.
-        entries = self.to_dict()
+        entries = _Record.to_dict(self)
         for f in _fields(type(self)):
             if getattr(self, f.name) is None and f.metadata["absent"] is not None:
                 object.__setattr__(self, f.name, f.metadata["absent"])
@@ -361,6 +362,10 @@ class ArtifactMeta(_Record, Mapping):
             raise buckets_in_version_1(path)
         _check(path, values)
         return cls.from_values(values)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The entries as stored, decoded (a copy of the mapping; defaults of absent entries not included)."""
+        return _plain(self._entries)
 
     def to_strings(self) -> Dict[str, str]:
         """The entries as ``write_artifact`` stores them: a str as it is, anything else as sorted-key JSON."""
