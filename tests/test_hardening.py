@@ -16,8 +16,9 @@ from artifacts import valid_meta, valid_tensors
 from typer.testing import CliRunner
 
 from vrcurve.artifact import Terminated, read_artifact, write_artifact
-from vrcurve.cli import _SHOW_ORDER, app
+from vrcurve.cli import app
 from vrcurve.errors import VRCurveError
+from vrcurve.meta import KEYS
 from vrcurve.readers import open_source
 
 SMALL = ["-M", "6", "-K", "3", "-T", "20", "--bootstrap", "0"]
@@ -449,7 +450,7 @@ def test_show_json_keys_come_in_one_order(tmp_path):
         assert res.exit_code == 0, res.output
         orders.append(list(json.loads(res.stdout)))
     assert orders[0] == orders[1]
-    first = [k for k in _SHOW_ORDER if k in orders[0]]  # the table's order: the main keys, then the rest sorted
+    first = [k for k in KEYS if k in orders[0]]  # the table's order: the known entries, then the rest sorted
     assert first[:3] == ["scheduler", "likelihood", "samples"]
     assert orders[0] == first + sorted(set(orders[0]) - set(first))
 

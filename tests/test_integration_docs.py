@@ -116,6 +116,19 @@ def test_buckets_snippet_draws_each_batch_from_its_bucket(tmp_path, monkeypatch,
     assert kstest(t, lambda x: 1 - (1 - x) ** 2).pvalue > 1e-3
 
 
+def test_read_artifact_snippet_reads_the_typed_metadata_and_each_bucket(tmp_path, monkeypatch):
+    from test_buckets import _two_bucket_artifact
+
+    _two_bucket_artifact(tmp_path / "vr.safetensors")  # written with m = 0.5 and no s
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(snippet("read-artifact"), "docs/integration.md:read-artifact", "exec"), namespace)
+    assert (namespace["m"], namespace["s"], namespace["stored"]) == (0.5, 1.0, 0.5)
+    # the loop ends on the last bucket, (4, 16, 16)
+    assert namespace["bucket"].shape == (4, 16, 16) and namespace["bucket"].share == 0.25
+    np.testing.assert_array_equal(namespace["pdf_b"], namespace["tensors"]["bucket.1.pdf"])
+
+
 def _run_vrcurve(argv, cwd, pythonpath):
     import os
     import subprocess

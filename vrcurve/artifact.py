@@ -5,13 +5,14 @@ sha256 that, from format version 2 on, covers the tensor payload (every tensor, 
 shape and little-endian bytes) and every other metadata entry (key and value), so that no byte of the file
 that can change a result changes unnoticed; in version 1 files it covers the tensors only. On top of the
 checksum, ``read_artifact`` validates what a crafted file could still get wrong: the tensors' dtypes, shapes
-and values (finite, pdf >= 0, cdf rising from 0 to 1, icdf rising in [0, 1]) and the types and allowed
-values of the metadata, so that a bad file is refused when it is loaded, not when it is used.
+and values (finite, pdf >= 0, cdf rising from 0 to 1, icdf rising in [0, 1]) and, through ``ArtifactMeta``
+(``vrcurve.meta``), the types and allowed values of the metadata, so that a bad file is refused when it is
+loaded, not when it is used.
 
 Version 2 also adds resolution buckets: an artifact estimated on data of several sample shapes holds, beside
 the pooled curve in the version-1 tensors, each bucket's tensors ``bucket.<b>.<name>`` (``BUCKET_TENSORS``) and
-its metadata in the list ``buckets`` (shape, dim, samples_total, share, samples, the fit...). Data of one
-shape gives no ``buckets`` entry.
+its metadata in the list ``buckets`` (``BucketMeta``: shape, dim, samples_total, share, samples, the fit...).
+Data of one shape gives no ``buckets`` entry.
 
 Writes are atomic: a temporary file in the same folder, fsync, then a rename (or, when nothing may be
 replaced, a hard link); an interrupted or terminated write leaves nothing at the destination.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import math
 import os
 import secrets
 import signal
@@ -30,15 +30,14 @@ import stat
 import threading
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
 from ._version import __version__
 from .errors import VRCurveError
+from .meta import FORMAT, FORMAT_VERSION, ArtifactMeta, PathLike, buckets_in_version_1, stored_version
 
-FORMAT = "vrcurve"
-FORMAT_VERSION = 2
 # Format versions and what their checksum covers: 1 the tensors; 2 the tensors and every other metadata entry.
 _TENSORS_ONLY_CHECKSUM = 1
 TENSORS = ("t", "S", "h2", "variance", "pdf", "cdf", "icdf", "ks_m", "ks", "S_stderr", "variance_stderr")
@@ -46,8 +45,6 @@ TENSORS = ("t", "S", "h2", "variance", "pdf", "cdf", "icdf", "ks_m", "ks", "S_st
 _PER_TIMESTEP = ("t", "S", "h2", "variance", "pdf", "S_stderr", "variance_stderr")
 # Round-off allowed between the float32 pdf, cdf and icdf of one density.
 _DENSITY_TOL = 1e-4
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def payload_checksum(tensors: Mapping[str, np.ndarray]) -> str:
@@ -71,23 +68,14 @@ def artifact_checksum(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, 
     return h.hexdigest()
 
 
-def _encode(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-
-
-def _decode(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
-
-
 def write_artifact(path: PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any], *,
                    overwrite: bool = True) -> Path:
     """Write ``tensors`` (cast to float32) and ``metadata`` atomically to ``path``; returns the path.
 
-    ``format``, ``format_version``, ``vrcurve_version`` and ``checksum`` are set here. With ``overwrite``
-    False an existing file at ``path`` is never replaced, not even one that appeared while writing.
+    ``metadata`` is an ``ArtifactMeta`` or a mapping of its decoded entries (``ArtifactMeta.coerce``), stored as
+    ``ArtifactMeta.to_strings`` encodes it. ``format``, ``format_version``, ``vrcurve_version`` and ``checksum``
+    are set here. With ``overwrite`` False an existing file at ``path`` is never replaced, not even one that
+    appeared while writing.
     """
     from safetensors import SafetensorError
     from safetensors.numpy import save_file
@@ -97,7 +85,7 @@ def write_artifact(path: PathLike, tensors: Mapping[str, np.ndarray], metadata: 
     if missing:
         raise ValueError(f"artifact tensors missing: {missing}")
     arrays = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in tensors.items()}
-    meta = {k: _encode(v) for k, v in metadata.items()}
+    meta = ArtifactMeta.coerce(metadata).to_strings()
     meta.update(format=FORMAT, format_version=str(FORMAT_VERSION), vrcurve_version=__version__)
     meta.pop("checksum", None)
     meta["checksum"] = artifact_checksum(arrays, meta)
@@ -207,8 +195,25 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
-def read_artifact(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
-    """Read and verify an artifact: (tensors as float32 arrays, parsed metadata).
+class Artifact(NamedTuple):
+    """An artifact as ``read_artifact`` returns it; it unpacks as ``tensors, meta = read_artifact(path)``.
+
+    Attributes:
+        tensors: the tensors by name (float32 numpy arrays; ``TENSORS``, and ``bucket.<b>.<name>`` for buckets).
+        meta: the metadata, typed and validated.
+    """
+
+    tensors: Dict[str, np.ndarray]
+    meta: ArtifactMeta
+
+    def bucket(self, b: int) -> "Artifact":
+        """Resolution bucket ``b`` as an artifact of its own: its tensors by their plain names (``bucket_arrays``)
+        and the artifact's metadata with the bucket's entries over it (``ArtifactMeta.bucket``)."""
+        return Artifact(bucket_arrays(self.tensors, b), self.meta.bucket(b))
+
+
+def read_artifact(path: PathLike) -> Artifact:
+    """Read and verify an artifact: its tensors (float32 arrays) and its metadata (``ArtifactMeta``).
 
     Raises:
         VRCurveError: missing file, not a safetensors file, not a vrcurve artifact, a newer format version,
@@ -226,17 +231,7 @@ def read_artifact(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception:
         raise _unreadable(path) from None
-    if raw_meta.get("format") != FORMAT:
-        raise VRCurveError(f"{path} is a safetensors file but not a vrcurve artifact (no format=vrcurve metadata).")
-    raw_version = raw_meta.get("format_version", "")
-    if not (raw_version.isascii() and raw_version.isdigit() and int(raw_version) >= 1):
-        raise VRCurveError(f"{path} has an invalid format_version {raw_version!r}; re-create it with `vrcurve estimate`.")
-    version = int(raw_version)
-    if version > FORMAT_VERSION:
-        raise VRCurveError(
-            f"{path} has format version {version}, written by vrcurve {raw_meta.get('vrcurve_version', '?')}; "
-            f"this vrcurve {__version__} reads versions 1 to {FORMAT_VERSION}: upgrade vrcurve to read it."
-        )
+    version = stored_version(raw_meta, path)
     missing = [n for n in TENSORS if n not in tensors]
     if missing:
         raise VRCurveError(f"{path} lacks the tensors {', '.join(missing)}; re-create it with `vrcurve estimate`.")
@@ -246,11 +241,13 @@ def read_artifact(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]
         covered = "tensors" if version == _TENSORS_ONLY_CHECKSUM else "tensors or metadata"
         raise VRCurveError(f"{path} fails its checksum: its {covered} were changed after writing; re-create it.")
     _check_tensors(path, tensors)
-    meta = {k: _decode(v) for k, v in raw_meta.items()}
-    meta["format_version"] = version
-    _check_metadata(path, meta, timesteps=tensors["pdf"].shape[0])
-    check_buckets(path, version, tensors, meta)
-    return tensors, meta
+    meta = ArtifactMeta.from_strings(raw_meta, path)
+    timesteps = tensors["pdf"].shape[0]
+    if meta.timesteps is not None and meta.timesteps != timesteps:
+        raise VRCurveError(f"{path} says timesteps={meta.timesteps} but holds {timesteps} bins; re-create it "
+                           "with `vrcurve estimate`.")
+    check_buckets(path, tensors, meta)
+    return Artifact(tensors, meta)
 
 
 _SIGNATURES = ((b"\x89HDF\r\n\x1a\n", "an HDF5 file"), (b"\x93NUMPY", "a .npy array"), (b"PK\x03\x04", "a zip archive (.npz?)"),
@@ -328,77 +325,9 @@ def _density_problem(pdf: np.ndarray, cdf: np.ndarray, icdf: np.ndarray) -> str:
     return ""
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _one_of(*allowed: str):
-    return lambda v: v in allowed
-
-
-def _scheduler(value: Any) -> bool:
-    if not (isinstance(value, dict) and isinstance(value.get("name"), str)):
-        return False
-    params = [v for k, v in value.items() if k != "name"]
-    if not all(_number(v) or isinstance(v, str) for v in params):
-        return False
-    return all(_number(value[k]) and value[k] > 0 for k in ("shift", "beta_min", "beta_max") if k in value)
-
-
-def _dict_with_mode(*modes: str):
-    return lambda v: isinstance(v, dict) and v.get("mode") in modes
-
-
-# Metadata that results depend on, or that is shown, and what each value must be. Entries not listed (and
-# the optional ones when absent) are accepted as they are: the checksum covers every entry all the same.
-_REQUIRED = ("time_convention", "logitnormal_m")
-_METADATA_CHECKS = {
-    "time_convention": _one_of("t0_noise", "t1_noise"),
-    "logitnormal_m": _number,
-    "logitnormal_m_grid": _number,
-    "logitnormal_s": lambda v: _number(v) and v > 0,
-    "logitnormal_m_ci90": lambda v: (isinstance(v, list) and len(v) == 2 and all(map(_number, v))
-                                     and v[0] <= v[1]),
-    "ks": lambda v: _number(v) and 0 <= v <= 1,
-    "samples": _count, "noise": _count, "timesteps": _count, "dim": _count,
-    "seed": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-    "shape": lambda v: isinstance(v, list) and all(map(_count, v)),
-    "scheduler": _scheduler,
-    "likelihood": _one_of("mean", "sum"),
-    "form": _one_of("covariance", "paper"),
-    "normalization": _dict_with_mode("global", "channel", "none"),
-    "uniform_mix": lambda v: _number(v) and 0 <= v < 1,
-    "data": lambda v: isinstance(v, dict),
-    "elapsed_s": lambda v: _number(v) and v >= 0,
-    "noise_space": _one_of("span", "ambient"),
-    **{k: lambda v: isinstance(v, str) for k in ("created", "device", "precision", "kernel", "kernel_choice",
-                                                  "vrcurve_version")},
-}
-
-
-def _check_metadata(path: Path, meta: Mapping[str, Any], timesteps: int) -> None:
-    """Refuse metadata of the wrong type or outside its allowed values (``_METADATA_CHECKS``)."""
-    for key in _REQUIRED:
-        if key not in meta:
-            raise VRCurveError(f"{path} lacks the metadata entry {key!r}; re-create it with `vrcurve estimate`.")
-    for key, check in _METADATA_CHECKS.items():
-        if key in meta and not check(meta[key]):
-            raise VRCurveError(f"{path} has an invalid metadata entry {key}={json.dumps(meta[key])[:80]}; "
-                               "re-create it with `vrcurve estimate`.")
-    if "timesteps" in meta and meta["timesteps"] != timesteps:
-        raise VRCurveError(f"{path} says timesteps={meta['timesteps']} but holds {timesteps} bins; re-create it "
-                           "with `vrcurve estimate`.")
-
-
 # --- format version 2: resolution buckets -------------------------------------------------------------------
 
 BUCKET_TENSORS = ("S", "variance", "S_stderr", "variance_stderr", "pdf", "cdf", "icdf")
-BUCKET_KEYS = ("shape", "dim", "samples_total", "share", "samples", "logitnormal_m", "logitnormal_m_grid",
-               "logitnormal_s", "ks")
 
 
 def bucket_tensor_name(bucket: int, name: str) -> str:
@@ -420,45 +349,19 @@ def bucket_arrays(tensors: Mapping[str, np.ndarray], bucket: int) -> Dict[str, n
     return {"t": tensors["t"], "h2": tensors["h2"], **out}
 
 
-def check_buckets(path: PathLike, version: int, tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-    """Refuse a version-2 artifact whose ``buckets`` metadata and ``bucket.*`` tensors do not fit together.
-
-    A version-1 artifact has neither. Checked: ``buckets`` is a non-empty list of objects with every key of
-    ``BUCKET_KEYS``, distinct shapes, shares in (0, 1] adding up to 1, and for each bucket every tensor of
-    ``BUCKET_TENSORS`` with the pooled tensor's length.
-    """
+def check_buckets(path: PathLike, tensors: Mapping[str, np.ndarray], meta: ArtifactMeta) -> None:
+    """Refuse an artifact whose ``bucket.*`` tensors do not fit its ``buckets`` metadata (which
+    ``ArtifactMeta.from_strings`` has checked): for each bucket every tensor of ``BUCKET_TENSORS`` with the
+    pooled tensor's length, float32, finite and a density; no bucket tensor without buckets metadata (a
+    version-1 artifact has neither)."""
     names = [n for n in tensors if n.startswith("bucket.")]
-    buckets = meta.get("buckets")
-    if version < 2:
-        if buckets is not None or names:
-            raise VRCurveError(f"{path} is format version 1 but holds resolution buckets, which version 1 has not; "
-                               "re-create it with `vrcurve estimate`.")
-        return
-    if buckets is None:
+    if meta.buckets is None:
         if names:
-            raise VRCurveError(f"{path} holds bucket tensors ({names[0]}) but no buckets metadata; re-create it.")
+            raise (buckets_in_version_1(path) if meta.format_version == 1 else
+                   VRCurveError(f"{path} holds bucket tensors ({names[0]}) but no buckets metadata; re-create it."))
         return
+    buckets = meta.buckets
     bad = f"{path} has invalid resolution buckets"
-    if not isinstance(buckets, list) or not buckets or not all(isinstance(b, dict) for b in buckets):
-        raise VRCurveError(f"{bad}: the buckets metadata is not a list of objects; re-create it with `vrcurve estimate`.")
-    for i, b in enumerate(buckets):
-        lacking = [k for k in BUCKET_KEYS if k not in b]
-        if lacking:
-            raise VRCurveError(f"{bad}: bucket {i} lacks {', '.join(lacking)}; re-create it with `vrcurve estimate`.")
-        shape = b["shape"]
-        if not (isinstance(shape, list) and shape and all(isinstance(s, int) and s > 0 for s in shape)):
-            raise VRCurveError(f"{bad}: bucket {i} has the shape {shape!r}, not a list of positive whole numbers.")
-    if len({tuple(b["shape"]) for b in buckets}) < len(buckets):
-        raise VRCurveError(f"{bad}: two buckets have the same shape; re-create it with `vrcurve estimate`.")
-    for i, b in enumerate(buckets):
-        wrong = [k for k in ("dim", "samples_total", "samples") if not _count(b[k])]
-        wrong += [k for k in ("logitnormal_m", "logitnormal_m_grid", "logitnormal_s", "ks") if not _number(b[k])]
-        if wrong:
-            raise VRCurveError(f"{bad}: bucket {i} has an invalid {wrong[0]} {b[wrong[0]]!r}; re-create it with "
-                               "`vrcurve estimate`.")
-    shares = [b["share"] for b in buckets]
-    if not all(isinstance(w, (int, float)) and 0 < w <= 1 for w in shares) or abs(sum(shares) - 1) > 1e-6:
-        raise VRCurveError(f"{bad}: the bucket shares {shares} do not add up to 1; re-create it with `vrcurve estimate`.")
     T = tensors["pdf"].shape
     expected = {"S": T, "variance": T, "S_stderr": T, "variance_stderr": T, "pdf": T, "cdf": tensors["cdf"].shape,
                 "icdf": None}

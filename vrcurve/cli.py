@@ -15,7 +15,7 @@ import sys
 import warnings
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Optional
+from typing import Annotated, Any, Dict, List, Mapping, Optional, Sequence, Union
 
 try:
     import typer
@@ -28,6 +28,7 @@ except KeyboardInterrupt:  # Ctrl-C while the command line loads: no traceback, 
 
 from ._version import __version__
 from .errors import VRCurveError
+from .meta import BucketMeta, DroppedBucket
 from .options import (
     DEFAULT_UNIFORM_MIX,
     MIN_BUCKET,
@@ -346,7 +347,7 @@ def _print_estimate(result, *, quiet: bool, as_json: bool) -> None:
         from .convergence import BootstrapInterval, noise_advice
 
         low, high = summary["logitnormal_m_ci90"]
-        boot = result.metadata["bootstrap"]
+        boot = result.metadata.bootstrap
         out.print(noise_advice(BootstrapInterval(low, high, boot["m_std"], boot["level"], boot["replicates"]),
                                summary["noise"]), markup=False)
     if conv is not None:
@@ -356,16 +357,23 @@ def _print_estimate(result, *, quiet: bool, as_json: bool) -> None:
                   markup=False)
 
 
-def bucket_table(buckets: List[Dict[str, Any]], dropped: Optional[List[Dict[str, Any]]] = None,
+def bucket_table(buckets: Sequence[Union[BucketMeta, Mapping[str, Any]]],
+                 dropped: Optional[Sequence[Union[DroppedBucket, Mapping[str, Any]]]] = None,
                  title: str = "resolution buckets") -> Table:
-    """One row per resolution bucket: shape, samples in the data, share, samples used and the fit."""
+    """One row per resolution bucket: shape, samples in the data, share, samples used and the fit.
+
+    Args:
+        buckets: the artifact's ``buckets`` (``BucketMeta``, or their entries as dicts).
+        dropped: its ``buckets_dropped`` (``DroppedBucket``, or dicts), or None.
+        title: the table's title.
+    """
     table = Table("shape", "samples", "share", "M", "m", "m 90%", "KS", box=None, title=title, title_justify="left")
-    for b in buckets:
-        ci = b.get("logitnormal_m_ci90")
-        table.add_row("x".join(map(str, b["shape"])), str(b["samples_total"]), f"{b['share']:.3f}", str(b["samples"]),
-                      f"{b['logitnormal_m']:+.4f}", f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "", f"{b['ks']:.4f}")
-    for d in dropped or ():
-        table.add_row("x".join(map(str, d["shape"])), str(d["samples_total"]), "", "dropped", "", "", "")
+    for b in map(BucketMeta.coerce, buckets):
+        ci = b.logitnormal_m_ci90
+        table.add_row(_shape_text(b.shape), str(b.samples_total), f"{b.share:.3f}", str(b.samples),
+                      f"{b.logitnormal_m:+.4f}", f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "", f"{b.ks:.4f}")
+    for d in map(DroppedBucket.coerce, dropped or ()):
+        table.add_row(_shape_text(d.shape), str(d.samples_total), "", "dropped", "", "", "")
     return table
 
 
@@ -414,12 +422,12 @@ def fit_logitnormal_cmd(
     from .fit import fit_logitnormal
 
     arrays, meta = read_artifact(artifact)
-    buckets = meta.get("buckets") or []
+    buckets = meta.buckets or ()
     what = "pooled density" if buckets else "density"
     if bucket is not None and buckets:  # an artifact of one shape is its one bucket
         b = _pick_bucket(buckets, _parse_shape(bucket, "--bucket"))
-        arrays, what = bucket_arrays(arrays, b), f"bucket {_shape_text(buckets[b]['shape'])}"
-        buckets = []
+        arrays, what = bucket_arrays(arrays, b), f"bucket {_shape_text(buckets[b].shape)}"
+        buckets = ()
     elif bucket is not None:
         _parse_shape(bucket, "--bucket")
     fit = fit_logitnormal(arrays["cdf"].astype("float64"), fit_scale=fit_scale)
@@ -431,7 +439,7 @@ def fit_logitnormal_cmd(
     per_bucket = []
     for b, info in enumerate(buckets):
         bf = fit_logitnormal(bucket_arrays(arrays, b)["cdf"].astype("float64"), fit_scale=fit_scale)
-        per_bucket.append({"shape": info["shape"], "share": info["share"], "samples": info["samples"], "m": sign * bf.m,
+        per_bucket.append({"shape": list(info.shape), "share": info.share, "samples": info.samples, "m": sign * bf.m,
                            "s": bf.s, "ks": bf.ks, "m_grid": sign * bf.m_grid})
     if as_json:
         print(json.dumps({
@@ -481,13 +489,13 @@ def _parse_shape(text: str, option: str):
 
 
 def _pick_bucket(buckets, shape) -> int:
-    """The position of the bucket of ``shape`` in the artifact's ``buckets`` (the nearest by number of
-    elements when absent, as ``VRDistribution.bucket`` picks it); 0 for an artifact of one shape."""
+    """The position of the bucket of ``shape`` in the artifact's ``buckets`` (``BucketMeta``; the nearest by
+    number of elements when absent, as ``VRDistribution.bucket`` picks it); 0 for an artifact of one shape."""
     import numpy as np
 
     if not buckets:
         return 0
-    shapes = [tuple(b["shape"]) for b in buckets]
+    shapes = [b.shape for b in buckets]
     if shape in shapes:
         return shapes.index(shape)
     n = int(np.prod(shape))
@@ -506,22 +514,21 @@ def show(
     from .distribution import load
 
     dist = load(artifact)
-    # safetensors keeps metadata in a hash map, whose order changes from file to file: print a fixed one
-    first = [k for k in _SHOW_ORDER if k in dist.meta]
-    keys = first + sorted(set(dist.meta) - set(first))
+    meta = dist.meta  # its entries in one order (ArtifactMeta's fields, then the others sorted), whatever the file's
     if as_json:
-        print(json.dumps({k: dist.meta[k] for k in keys}))
+        print(json.dumps(dict(meta)))
         return
     table = Table(show_header=False, box=None, pad_edge=False)
     from .compare import normalization_text
 
-    for k in (k for k in keys if k not in ("checksum", "buckets", "buckets_dropped")):
-        value = normalization_text(dist.meta[k]) if k == "normalization" else _fmt(dist.meta[k])
-        table.add_row(escape(k), escape(value))  # paths may hold brackets: m[/]x.npy
+    for k, v in meta.items():
+        if k not in ("checksum", "buckets", "buckets_dropped"):
+            value = normalization_text(v) if k == "normalization" else _fmt(v)
+            table.add_row(escape(k), escape(value))  # paths may hold brackets: m[/]x.npy
     out.print(table)
     out.print()
-    if "buckets" in dist.meta:
-        out.print(bucket_table(dist.meta["buckets"], dist.meta.get("buckets_dropped"),
+    if meta.buckets:
+        out.print(bucket_table(meta.buckets, meta.buckets_dropped,
                                title="resolution buckets (the density below is their mixture, by share)"))
         out.print()
     arrays = dist.arrays
@@ -535,21 +542,14 @@ def show(
         out.print(line)
     if upper is not None:
         out.print("        ░ = pdf + 2 standard errors (over sources)")
-    for b, info in enumerate((dist.meta.get("buckets") or [])[:_SHOWN_BUCKETS]):
+    for b, info in enumerate((meta.buckets or ())[:_SHOWN_BUCKETS]):
         out.print()
-        out.print(f"bucket {_shape_text(info['shape'])} ({info['share']:.0%} of the data, "
-                  f"m = {info['logitnormal_m']:+.4f})")
+        out.print(f"bucket {_shape_text(info.shape)} ({info.share:.0%} of the data, m = {info.logitnormal_m:+.4f})")
         for line in density_picture(arrays[f"bucket.{b}.pdf"], height=4):
             out.print(line)
 
 
 _SHOWN_BUCKETS = 6  # pictures of the largest buckets; the table lists them all
-
-_SHOW_ORDER = (
-    "scheduler", "likelihood", "form", "uniform_mix", "samples", "noise", "timesteps", "dim", "shape", "seed", "normalization",
-    "data", "logitnormal_m", "logitnormal_m_grid", "logitnormal_s", "ks", "time_convention", "device", "precision",
-    "kernel", "kernel_choice", "noise_space", "elapsed_s", "created", "format", "format_version", "vrcurve_version",
-)
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
@@ -654,21 +654,20 @@ def export_cmd(
                                  "from the fit.", param_hint="--shift")
     if shift is not None and not (shift > 0 and math.isfinite(shift)):
         raise typer.BadParameter(f"must be a positive number, got {shift}; use 1 for no shift.", param_hint="--shift")
-    arrays, meta = read_artifact(artifact)
+    read = read_artifact(artifact)
     chosen = None
     if bucket is not None:
         if to in (Target.dynamic_shift, Target.json):
             raise typer.BadParameter("applies to one trainer's flags; dynamic-shift and json cover every bucket.",
                                      param_hint="--bucket")
         shape = _parse_shape(bucket, "--bucket")
-        if meta.get("buckets"):
-            from .artifact import bucket_arrays
-
-            b = _pick_bucket(meta["buckets"], shape)
-            chosen = meta["buckets"][b]
+        if read.meta.buckets:
+            b = _pick_bucket(read.meta.buckets, shape)
+            chosen = read.meta.buckets[b]
             # the bucket's own fit and density, under the artifact's scheduler and settings
-            arrays, meta = bucket_arrays(arrays, b), {**{k: v for k, v in meta.items() if k != "buckets"}, **chosen}
-    m, s = float(meta["logitnormal_m"]), float(meta.get("logitnormal_s", 1.0))
+            read = read.bucket(b)
+    arrays, meta = read
+    m, s = float(meta.logitnormal_m), float(meta.logitnormal_s)
     if fit_scale:
         from .fit import fit_logitnormal
 
@@ -677,18 +676,18 @@ def export_cmd(
     if to is Target.json:
         print(json.dumps(export_json(arrays, meta, m, s)))
         return
-    buckets = meta.get("buckets") or []
+    buckets = meta.buckets or ()
     if to is Target.dynamic_shift:
         line = bucket_shift_line(meta, patch_size, where=str(artifact))
         result = to_dynamic_shift(line, base_seq_len, max_seq_len, s=s)
-        notes = shift_line_comments(line, patch_size, [b["shape"] for b in buckets])
+        notes = shift_line_comments(line, patch_size, [b.shape for b in buckets])
         text = result.text("\n# ".join(notes), comments=not quiet)
         print(text)
         return
     result = export_artifact(arrays, meta, to.value, trainer_shift=shift, m=m, s=s, where=str(artifact))
     source = describe_fit(meta, m, s)
     if chosen is not None:
-        source += f" (its resolution bucket {_shape_text(chosen['shape'])}, {chosen['share']:.0%} of the data)"
+        source += f" (its resolution bucket {_shape_text(chosen.shape)}, {chosen.share:.0%} of the data)"
     elif buckets:
         source += (" (the pooled density of its resolution buckets; vrcurve fit-logitnormal lists each bucket's m, "
                    "--bucket exports one)")
@@ -697,7 +696,7 @@ def export_cmd(
 
         try:
             line = bucket_shift_line(meta, patch_size, where=str(artifact))
-            source += "\n# " + "\n# ".join(shift_line_comments(line, patch_size, [b["shape"] for b in buckets]))
+            source += "\n# " + "\n# ".join(shift_line_comments(line, patch_size, [b.shape for b in buckets]))
         except _E:
             pass  # buckets of one sequence length, or without (C, H, W) axes: nothing to say about flux_shift
     print(result.text(source, comments=not quiet))

@@ -12,8 +12,10 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from .artifact import bucket_tensor_name
 from .density import ks_between_cdfs
 from .export import artifact_shift, path_location
+from .meta import ArtifactMeta
 
 
 @dataclass(frozen=True)
@@ -47,18 +49,21 @@ class Compared:
         return dict(self.__dict__)
 
 
-def compare(artifacts: Sequence[Tuple[str, Mapping[str, np.ndarray], Mapping[str, Any]]]) -> List[Compared]:
+Read = Tuple[str, Mapping[str, np.ndarray], ArtifactMeta]  # (path, tensors, metadata) of one artifact
+
+
+def compare(artifacts: Sequence[Read]) -> List[Compared]:
     """Compare each (path, arrays, meta) with the first; returns one row per artifact, the first included."""
     ref_cdf = np.asarray(artifacts[0][1]["cdf"], dtype=np.float64)
-    ref_m = float(artifacts[0][2]["logitnormal_m"])
+    ref_m = float(artifacts[0][2].logitnormal_m)
     rows = []
     for path, arrays, meta in artifacts:
-        m = float(meta["logitnormal_m"])
+        m = float(meta.logitnormal_m)
         rows.append(Compared(
-            path=str(path), scheduler=meta.get("scheduler"), samples=meta.get("samples"), noise=meta.get("noise"),
-            dim=meta.get("dim"), timesteps=int(np.asarray(arrays["pdf"]).shape[0]), m=m,
-            s=float(meta.get("logitnormal_s", 1.0)), m_path=path_location(m, artifact_shift(meta)),
-            ks=ks_between_cdfs(ref_cdf, arrays["cdf"]), dm=m - ref_m, normalization=meta.get("normalization"),
+            path=str(path), scheduler=meta.scheduler, samples=meta.samples, noise=meta.noise, dim=meta.dim,
+            timesteps=int(np.asarray(arrays["pdf"]).shape[0]), m=m, s=float(meta.logitnormal_s),
+            m_path=path_location(m, artifact_shift(meta)), ks=ks_between_cdfs(ref_cdf, arrays["cdf"]), dm=m - ref_m,
+            normalization=meta.normalization,
         ))
     return rows
 
@@ -90,29 +95,29 @@ class BucketCompared:
         return {**self.__dict__, "shape": list(self.shape)}
 
 
-def compare_buckets(artifacts: Sequence[Tuple[str, Mapping[str, np.ndarray], Mapping[str, Any]]]) -> List[BucketCompared]:
+def compare_buckets(artifacts: Sequence[Read]) -> List[BucketCompared]:
     """For each resolution bucket of the reference (the first artifact), the same-shape bucket of every
     artifact that has one: the reference's row, then the others'. An artifact of one shape is its own bucket
     of that shape (share 1). Empty when the reference has no buckets."""
-    from .artifact import bucket_arrays
 
-    def buckets(arrays, meta, whole: bool = True):
-        if meta.get("buckets"):
-            return {tuple(b["shape"]): (b, bucket_arrays(arrays, i)["cdf"]) for i, b in enumerate(meta["buckets"])}
-        if whole and isinstance(meta.get("shape"), list):
-            return {tuple(meta["shape"]): ({"share": 1.0, "logitnormal_m": meta["logitnormal_m"]}, arrays["cdf"])}
+    def buckets(arrays, meta: ArtifactMeta, whole: bool = True):
+        """{shape: (share, m, cdf)} of the artifact's buckets."""
+        if meta.buckets:
+            return {b.shape: (float(b.share), float(b.logitnormal_m), arrays[bucket_tensor_name(i, "cdf")])
+                    for i, b in enumerate(meta.buckets)}
+        if whole and meta.shape is not None:
+            return {meta.shape: (1.0, float(meta.logitnormal_m), arrays["cdf"])}
         return {}
 
     ref = buckets(artifacts[0][1], artifacts[0][2], whole=False)
     others = [(str(path), buckets(arrays, meta)) for path, arrays, meta in artifacts]
     rows = []
-    for shape, (ref_info, ref_cdf) in ref.items():
+    for shape, (_, ref_m, ref_cdf) in ref.items():
         for path, own in others:
             if shape in own:
-                info, cdf = own[shape]
-                rows.append(BucketCompared(path=path, shape=shape, share=float(info["share"]),
-                                           m=float(info["logitnormal_m"]), ks=ks_between_cdfs(ref_cdf, cdf),
-                                           dm=float(info["logitnormal_m"]) - float(ref_info["logitnormal_m"])))
+                share, m, cdf = own[shape]
+                rows.append(BucketCompared(path=path, shape=shape, share=share, m=m, ks=ks_between_cdfs(ref_cdf, cdf),
+                                           dm=m - ref_m))
     return rows
 
 

@@ -14,19 +14,17 @@ pooled one; ``sample(n, shape=latents.shape[1:])`` draws from the bucket of that
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .artifact import PathLike, bucket_arrays, read_artifact
+from .artifact import PathLike, read_artifact
 from .density import invert_cdf
 from .errors import VRCurveError
+from .meta import T0_NOISE, T1_NOISE, ArtifactMeta
 
 Shape = Tuple[int, ...]
-
-T0_NOISE = "t0_noise"
-T1_NOISE = "t1_noise"
 
 
 class VRDistribution:
@@ -38,7 +36,7 @@ class VRDistribution:
         icdf: (U + 1,) inverse CDF at u = j / U, for tools without vrcurve (linear interpolation in it is
             accurate to 1/U in u); ``sample`` and ``icdf`` here invert the CDF exactly.
         convention: ``"t0_noise"`` (vrcurve, flow_matching, SiT) or ``"t1_noise"`` (kohya, OneTrainer, ...).
-        meta: the artifact's parsed metadata.
+        meta: the artifact's metadata (an ``ArtifactMeta``, or a mapping of its entries).
         arrays: the artifact's tensors (float32 numpy arrays), for inspection.
         buckets: {sample shape: (share of the data, that bucket's VRDistribution)}, largest bucket first; None
             for an artifact of one shape (the one bucket is then this distribution itself).
@@ -47,14 +45,14 @@ class VRDistribution:
     bucket to use; None (the default) uses the pooled density.
     """
 
-    def __init__(self, pdf, cdf, icdf, *, convention: str = T0_NOISE, meta: Optional[Dict[str, Any]] = None,
+    def __init__(self, pdf, cdf, icdf, *, convention: str = T0_NOISE, meta: Optional[Mapping[str, Any]] = None,
                  arrays: Optional[Dict[str, np.ndarray]] = None,
                  buckets: Optional[Dict[Shape, Tuple[float, "VRDistribution"]]] = None):
         self._pdf = torch.as_tensor(np.asarray(pdf, dtype=np.float64))
         self._cdf = torch.as_tensor(np.asarray(cdf, dtype=np.float64))
         self._icdf = torch.as_tensor(np.asarray(icdf, dtype=np.float64))
         self.convention = convention
-        self.meta: Dict[str, Any] = dict(meta or {})
+        self.meta: ArtifactMeta = ArtifactMeta.coerce(meta)
         self.arrays: Dict[str, np.ndarray] = dict(arrays or {})
         self._on: Dict[torch.device, tuple] = {}
         self._buckets = dict(buckets) if buckets else None
@@ -66,12 +64,12 @@ class VRDistribution:
     @property
     def logitnormal_m(self) -> float:
         """The KS-best logit-normal location in this object's convention (negated by ``flip``)."""
-        m = float(self.meta["logitnormal_m"])
+        m = float(self.meta.logitnormal_m)
         return m if self.convention == T0_NOISE else -m
 
     @property
     def logitnormal_s(self) -> float:
-        return float(self.meta.get("logitnormal_s", 1.0))
+        return float(self.meta.logitnormal_s)
 
     @property
     def icdf_table(self) -> torch.Tensor:
@@ -82,7 +80,7 @@ class VRDistribution:
     def buckets(self) -> Dict[Shape, float]:
         """{sample shape: share of the data}, largest bucket first; one entry (share 1) for one shape."""
         if self._buckets is None:
-            return {tuple(int(v) for v in self.meta.get("shape", ())): 1.0}
+            return {tuple(int(v) for v in self.meta.shape or ()): 1.0}
         return {shape: share for shape, (share, _) in self._buckets.items()}
 
     def bucket(self, shape: Sequence[int]) -> "VRDistribution":
@@ -158,8 +156,8 @@ class VRDistribution:
         """Importance weights 1 / pdf(t): multiply per-example losses by them for the uniform-t objective.
         With ``shape``, the density of the bucket the timesteps were drawn from.
 
-        E_{t ~ pi}[weights(t)] = 1. With the artifact's density floor lambda (``meta["uniform_mix"]``, 0.02 by
-        default) pdf >= lambda everywhere, so the weights are at most 1 / lambda; an artifact written with
+        E_{t ~ pi}[weights(t)] = 1. With the artifact's density floor lambda (``meta.uniform_mix``; ``--uniform-mix``,
+        0.02 by default) pdf >= lambda everywhere, so the weights are at most 1 / lambda; an artifact written with
         ``--uniform-mix 0`` may have empty bins, where the weight is infinite (such t are never drawn).
         """
         return 1.0 / self.pdf(t, shape=shape)
@@ -189,21 +187,20 @@ class VRDistribution:
     def __repr__(self) -> str:
         buckets = "" if self._buckets is None else f", buckets={len(self._buckets)}"
         return (f"VRDistribution(T={self.timesteps}, convention={self.convention!r}, "
-                f"scheduler={self.meta.get('scheduler')}, logitnormal_m={self.meta.get('logitnormal_m')}{buckets})")
+                f"scheduler={self.meta.scheduler}, logitnormal_m={self.meta.logitnormal_m}{buckets})")
 
 
 def load(path: PathLike) -> VRDistribution:
     """Load and verify a vrcurve artifact (format, version, checksum) and return its distribution."""
-    arrays, meta = read_artifact(path)
-    convention = meta.get("time_convention", T0_NOISE)
+    artifact = read_artifact(path)
+    arrays, meta = artifact
     buckets = None
-    if meta.get("buckets"):
+    if meta.buckets:
         buckets = {}
-        for b, info in enumerate(meta["buckets"]):
-            # a bucket's meta is the artifact's, with the bucket's own shape, counts and fit over it
-            own = bucket_arrays(arrays, b)
-            dist = VRDistribution(own["pdf"], own["cdf"], own["icdf"], convention=convention,
-                                  meta={**{k: v for k, v in meta.items() if k != "buckets"}, **info}, arrays=own)
-            buckets[tuple(info["shape"])] = (float(info["share"]), dist)
-    return VRDistribution(arrays["pdf"], arrays["cdf"], arrays["icdf"], convention=convention, meta=meta,
+        for b, info in enumerate(meta.buckets):
+            own = artifact.bucket(b)
+            dist = VRDistribution(own.tensors["pdf"], own.tensors["cdf"], own.tensors["icdf"],
+                                  convention=meta.time_convention, meta=own.meta, arrays=own.tensors)
+            buckets[info.shape] = (float(info.share), dist)
+    return VRDistribution(arrays["pdf"], arrays["cdf"], arrays["icdf"], convention=meta.time_convention, meta=meta,
                           arrays=arrays, buckets=buckets)

@@ -41,6 +41,7 @@ from .buckets import (
     sequence_length,
 )
 from .errors import VRCurveError
+from .meta import ArtifactMeta
 
 FLOW_TARGETS = ("diffusers", "kohya", "kohya-sd3", "simpletuner", "onetrainer")
 TARGETS = FLOW_TARGETS + ("sit", "json")
@@ -98,10 +99,10 @@ def path_location(m: float, shift: float = 1.0) -> float:
     return float(m) - math.log(float(shift))
 
 
-def artifact_shift(meta: Mapping[str, Any]) -> float:
+def artifact_shift(meta: ArtifactMeta) -> float:
     """The artifact's linear ``--shift`` s_a (1 for an unshifted or non-linear artifact)."""
-    sched = meta.get("scheduler") or {}
-    if isinstance(sched, dict) and sched.get("name") == "linear":
+    sched = meta.scheduler or {}
+    if sched.get("name") == "linear":
         return float(sched.get("shift", 1.0) or 1.0)
     return 1.0
 
@@ -305,12 +306,12 @@ _NO_DDPM_OPTION = {
 }
 
 
-def scheduler_name(meta: Mapping[str, Any]) -> Optional[str]:
-    sched = meta.get("scheduler") or {}
-    return sched.get("name") if isinstance(sched, dict) else str(sched)
+def scheduler_name(meta: ArtifactMeta) -> Optional[str]:
+    """The name of the artifact's scheduler (None if it does not say)."""
+    return (meta.scheduler or {}).get("name")
 
 
-def _require_linear(meta: Mapping[str, Any], target: str, where: str) -> None:
+def _require_linear(meta: ArtifactMeta, target: str, where: str) -> None:
     name = scheduler_name(meta)
     if name in DISCRETE_SCHEDULERS:
         raise VRCurveError(
@@ -326,9 +327,9 @@ def _require_linear(meta: Mapping[str, Any], target: str, where: str) -> None:
         )
 
 
-def _sit_path_type(meta: Mapping[str, Any], where: str) -> str:
-    sched = meta.get("scheduler") or {}
-    name = sched.get("name") if isinstance(sched, dict) else str(sched)
+def _sit_path_type(meta: ArtifactMeta, where: str) -> str:
+    sched = meta.scheduler or {}
+    name = sched.get("name")
     if name not in SIT_PATH_TYPES:
         raise VRCurveError(
             f"{where} was estimated with the {name} scheduler, which matches none of SiT's path types (Linear, "
@@ -344,9 +345,11 @@ def _sit_path_type(meta: Mapping[str, Any], where: str) -> str:
     return SIT_PATH_TYPES[name]
 
 
-def export_json(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], m: float, s: float) -> Dict[str, Any]:
+def export_json(arrays: Mapping[str, np.ndarray], meta: ArtifactMeta, m: float, s: float) -> Dict[str, Any]:
     """Everything, for tools with their own densities: the fit, every applicable target's values, the
-    pdf/cdf/icdf tables (in the artifact's time u, t = 0 noise) and the artifact's metadata."""
+    pdf/cdf/icdf tables (in the artifact's time u, t = 0 noise) and the artifact's metadata (its entries as
+    stored, ``ArtifactMeta`` as a mapping)."""
+    meta = ArtifactMeta.coerce(meta)
     shift = artifact_shift(meta)
     m_p = path_location(m, shift)
     targets: Dict[str, Any] = {}
@@ -364,7 +367,7 @@ def export_json(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], m: fl
         except VRCurveError:
             pass
     dynamic = None
-    if name == "linear" and len(meta.get("buckets") or []) > 1:
+    if name == "linear" and len(meta.buckets or ()) > 1:
         try:
             line = bucket_shift_line(meta)
             dynamic = {"patch_size": 2, "intercept": line.intercept, "slope": line.slope,
@@ -377,7 +380,7 @@ def export_json(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], m: fl
         "time_convention": "t0_noise",
         "time": "the artifact's time u: t = 0 is noise, t = 1 is data; a linear artifact with shift s_a has noise "
                 "level sigma = s_a*(1-u)/(1+(s_a-1)*(1-u))",
-        "scheduler": meta.get("scheduler"),
+        "scheduler": meta.scheduler,
         "artifact_shift": shift,
         "logitnormal": {"m": float(m), "s": float(s), "m_path": m_p},
         "targets": targets,
@@ -386,11 +389,11 @@ def export_json(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], m: fl
         "pdf": [float(v) for v in np.asarray(arrays["pdf"], dtype=np.float64)],
         "cdf": [float(v) for v in np.asarray(arrays["cdf"], dtype=np.float64)],
         "icdf": [float(v) for v in np.asarray(arrays["icdf"], dtype=np.float64)],
-        "meta": {k: meta[k] for k in sorted(meta)},  # safetensors' metadata order changes from file to file
+        "meta": dict(sorted(meta.items())),  # safetensors' metadata order changes from file to file
     }
 
 
-def export_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], target: str, *,
+def export_artifact(arrays: Mapping[str, np.ndarray], meta: ArtifactMeta, target: str, *,
                     trainer_shift: Optional[float] = None, m: Optional[float] = None, s: Optional[float] = None,
                     where: str = "the artifact") -> Export:
     """The export of an artifact to ``target`` (any of ``TARGETS`` but ``json``; see ``export_json``).
@@ -408,8 +411,9 @@ def export_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], t
     Raises:
         VRCurveError: a scheduler that the target does not train, or an unstated trainer shift (above).
     """
-    m = float(meta["logitnormal_m"]) if m is None else float(m)
-    s = float(meta.get("logitnormal_s", 1.0)) if s is None else float(s)
+    meta = ArtifactMeta.coerce(meta)
+    m = float(meta.logitnormal_m if m is None else m)
+    s = float(meta.logitnormal_s if s is None else s)
     shift_a = artifact_shift(meta)
     m_p = path_location(m, shift_a)
     if target == "onetrainer" and scheduler_name(meta) in DISCRETE_SCHEDULERS:
@@ -432,19 +436,19 @@ def export_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], t
     raise VRCurveError(f"unknown export target {target!r}; choose one of {', '.join(TARGETS)}.")
 
 
-def describe_fit(meta: Mapping[str, Any], m: float, s: float) -> str:
+def describe_fit(meta: ArtifactMeta, m: float, s: float) -> str:
     """One line: the fit in the artifact's time and in the path's unshifted time."""
     shift = artifact_shift(meta)
     m_p = path_location(m, shift)
     where = f", shift {num(shift)}: m_p = m - ln(shift) = {num(m_p)}" if shift != 1.0 else ""
-    return (f"logit-normal fit of the artifact (scheduler {scheduler_text(meta.get('scheduler'))}): "
+    return (f"logit-normal fit of the artifact (scheduler {scheduler_text(meta.scheduler)}): "
             f"m = {num(m)}, s = {num(s)} in vrcurve time (t = 0 noise){where}")
 
 
 # --- resolution-dependent shift (artifacts of several resolution buckets) ---------------------------------
 
 
-def bucket_shift_line(meta: Mapping[str, Any], patch_size: int = 2, where: str = "the artifact") -> ShiftLine:
+def bucket_shift_line(meta: ArtifactMeta, patch_size: int = 2, where: str = "the artifact") -> ShiftLine:
     """The data's dynamic-shift line mu(L) = a + b L from the per-bucket fits of a linear artifact.
 
     Each bucket's location in the unshifted path time, m_p = m - ln(s_a) (eq. (1)), asks for the Flux shift
@@ -454,14 +458,15 @@ def bucket_shift_line(meta: Mapping[str, Any], patch_size: int = 2, where: str =
     Raises:
         VRCurveError: no buckets, a non-linear scheduler, or fewer than two sequence lengths.
     """
+    meta = ArtifactMeta.coerce(meta)
     _require_linear(meta, "Flux-style dynamic shifting", where)
-    buckets = meta.get("buckets") or []
+    buckets = meta.buckets or ()
     if len(buckets) < 2:
         raise VRCurveError(f"{where} was estimated on samples of one shape, so it says nothing about how the shift "
                            "depends on resolution; estimate on data of several resolutions (resolution buckets).")
     shift = artifact_shift(meta)
-    lengths = [sequence_length(b["shape"], patch_size) for b in buckets]
-    return fit_shift_line(lengths, [path_location(float(b["logitnormal_m"]), shift) for b in buckets])
+    lengths = [sequence_length(b.shape, patch_size) for b in buckets]
+    return fit_shift_line(lengths, [path_location(float(b.logitnormal_m), shift) for b in buckets])
 
 
 def to_dynamic_shift(line: ShiftLine, base_len: Optional[int] = None, max_len: Optional[int] = None,

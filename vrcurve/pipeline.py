@@ -30,6 +30,7 @@ from .distributed import Ranks
 from .errors import VRCurveError
 from .estimator import Curve, check_memory, estimate_curve
 from .fit import LogitNormalFit, fit_logitnormal
+from .meta import T0_NOISE, ArtifactMeta, BucketMeta, DroppedBucket
 from .options import DataOptions, EstimateOptions, OutputOptions, flags
 from .readers import open_source
 from .samples import Samples, load_buckets, load_samples
@@ -37,11 +38,14 @@ from .samples import Samples, load_buckets, load_samples
 
 @dataclass(frozen=True)
 class EstimateResult:
+    """What ``run_estimate`` made: the artifact's path, the (pooled) curve, density and fit, the metadata
+    written, and the convergence check and the resolution buckets when there are any."""
+
     path: Path
     curve: Curve
     density: Density
     fit: LogitNormalFit
-    metadata: Dict[str, Any]
+    metadata: ArtifactMeta
     convergence: Optional[ConvergenceReport] = None
     buckets: Tuple["BucketResult", ...] = ()
 
@@ -53,19 +57,20 @@ class EstimateResult:
         """What ``vrcurve estimate --json`` prints."""
         m = self.metadata
         return {
-            "artifact": str(self.path), "samples": m["samples"], "noise": m["noise"], "timesteps": m["timesteps"],
-            "dim": m["dim"], "shape": m["shape"], "scheduler": m["scheduler"], "likelihood": m["likelihood"],
-            "form": m["form"], "uniform_mix": m["uniform_mix"], "logitnormal_m": m["logitnormal_m"], "logitnormal_m_grid": m["logitnormal_m_grid"],
-            "logitnormal_s": m["logitnormal_s"], "ks": m["ks"], "peak_t": self.peak_t, "elapsed_s": m["elapsed_s"],
-            "device": m["device"], "precision": m.get("precision"), "kernel": m.get("kernel"),
-            "kernel_choice": m.get("kernel_choice"), "data": self.data_read(),
+            "artifact": str(self.path), "samples": m.samples, "noise": m.noise, "timesteps": m.timesteps,
+            "dim": m.dim, "shape": list(m.shape), "scheduler": m.scheduler, "likelihood": m.likelihood,
+            "form": m.form, "uniform_mix": m.uniform_mix, "logitnormal_m": m.logitnormal_m,
+            "logitnormal_m_grid": m.logitnormal_m_grid, "logitnormal_s": m.logitnormal_s, "ks": m.ks,
+            "peak_t": self.peak_t, "elapsed_s": m.elapsed_s, "device": m.device, "precision": m.precision,
+            "kernel": m.kernel, "kernel_choice": m.kernel_choice, "data": self.data_read(),
+            # the optional entries as stored (JSON values)
             **{k: m[k] for k in ("logitnormal_m_ci90", "convergence", "buckets", "buckets_dropped") if k in m},
         }
 
     def data_read(self) -> Dict[str, Any]:
         """What was read: the path, the key, how many samples the data holds and how many were used, and the
         files skipped as undecodable (``--skip-bad``)."""
-        d = self.metadata["data"]
+        d = self.metadata.data or {}
         return {k: d[k] for k in ("path", "key", "format", "samples_total", "samples_chosen", "skipped",
                                   "skipped_files") if k in d}
 
@@ -93,42 +98,41 @@ def _data_metadata(source, chosen: List[Samples], vae: Optional[Dict[str, Any]])
 
 def _metadata(curve: Curve, fit: LogitNormalFit, interval, convergence: Optional[ConvergenceReport],
               run: "_Run", *, shape, normalization: Dict[str, Any], data: Dict[str, Any], started: float,
-              bootstrap_over: str, **extra: Any) -> Dict[str, Any]:
+              bootstrap_over: str, **buckets: Any) -> ArtifactMeta:
     """The artifact's metadata: how the curve was made, the fit and its interval, and how the run went;
-    ``extra`` (the buckets) goes in before the run's own entries."""
-    return {
-        "time_convention": "t0_noise",
-        "scheduler": run.options.curve.scheduler.describe(),
-        "likelihood": curve.likelihood,
-        "form": curve.form,
-        "uniform_mix": run.options.uniform_mix,
-        "samples": curve.samples,
-        "noise": curve.noise,
-        "timesteps": run.options.curve.timesteps,
-        "dim": curve.dim,
-        "shape": list(shape),
-        "seed": run.options.curve.seed,
-        "normalization": normalization,
-        "data": data,
-        "logitnormal_m": fit.m,
-        "logitnormal_m_grid": fit.m_grid,
-        "logitnormal_s": fit.s,
-        "ks": fit.ks,
-        **({} if interval is None else {
-            "logitnormal_m_ci90": [interval.low, interval.high],
-            "bootstrap": {"replicates": interval.replicates, "level": interval.level, "m_std": interval.std,
-                          "over": bootstrap_over, "s": 1.0},
-        }),
-        **({} if convergence is None else {"convergence": convergence.as_metadata()}),
-        **extra,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "elapsed_s": round(time.perf_counter() - started, 3),
-        "device": _describe(run.devices, run.ranks),
-        "precision": curve.precision,
-        "kernel": curve.kernel,
-        "kernel_choice": curve.kernel_choice,
-        "noise_space": curve.noise_space,
-    }
+    ``buckets``: the ``buckets``, ``min_bucket`` and ``buckets_dropped`` of data of several shapes."""
+    return ArtifactMeta(
+        time_convention=T0_NOISE,
+        scheduler=run.options.curve.scheduler.describe(),
+        likelihood=curve.likelihood,
+        form=curve.form,
+        uniform_mix=run.options.uniform_mix,
+        samples=curve.samples,
+        noise=curve.noise,
+        timesteps=run.options.curve.timesteps,
+        dim=curve.dim,
+        shape=tuple(shape),
+        seed=run.options.curve.seed,
+        normalization=normalization,
+        data=data,
+        logitnormal_m=fit.m,
+        logitnormal_m_grid=fit.m_grid,
+        logitnormal_s=fit.s,
+        ks=fit.ks,
+        logitnormal_m_ci90=None if interval is None else (interval.low, interval.high),
+        bootstrap=None if interval is None else {
+            "replicates": interval.replicates, "level": interval.level, "m_std": interval.std, "over": bootstrap_over,
+            "s": 1.0},
+        convergence=None if convergence is None else convergence.as_metadata(),
+        **buckets,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        elapsed_s=round(time.perf_counter() - started, 3),
+        device=_describe(run.devices, run.ranks),
+        precision=curve.precision,
+        kernel=curve.kernel,
+        kernel_choice=curve.kernel_choice,
+        noise_space=curve.noise_space,
+    )
 
 
 def _tensors(curve: Curve, density: Density, fit: LogitNormalFit) -> Dict[str, np.ndarray]:
@@ -306,7 +310,8 @@ class BucketPlan:
 
 @dataclass(frozen=True)
 class BucketResult:
-    """One resolution bucket's estimate: its shape, count and share of the data, and its own curve and fit."""
+    """One resolution bucket's estimate: its shape, count and share of the data, its own curve and fit, and
+    its entry in the artifact's ``buckets``."""
 
     shape: Tuple[int, ...]
     count: int
@@ -314,7 +319,7 @@ class BucketResult:
     curve: Curve
     density: Density
     fit: LogitNormalFit
-    metadata: Dict[str, Any]
+    metadata: BucketMeta
 
 
 def _plan_buckets(source, groups, data: DataOptions) -> BucketPlan:
@@ -364,13 +369,12 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
         density, fit = run.density_and_fit(curve.variance)
         interval = (bootstrap_m(curve, fit.m_continuous, replicates=replicates, seed=seed, uniform_mix=uniform_mix)
                     if run.bootstraps else None)
-        meta = {
-            "shape": list(shape), "dim": curve.dim, "samples_total": int(counts[b]), "share": float(shares[b]),
-            "samples": curve.samples, "fingerprint": ch.fingerprint, "skipped": len(ch.skipped),
-            "logitnormal_m": fit.m, "logitnormal_m_grid": fit.m_grid, "logitnormal_s": fit.s, "ks": fit.ks,
-            "peak_t": float(curve.t[int(np.argmax(density.pdf))]),
-            **({} if interval is None else {"logitnormal_m_ci90": [interval.low, interval.high]}),
-        }
+        meta = BucketMeta(
+            shape=shape, dim=curve.dim, samples_total=int(counts[b]), share=float(shares[b]), samples=curve.samples,
+            fingerprint=ch.fingerprint, skipped=len(ch.skipped), logitnormal_m=fit.m, logitnormal_m_grid=fit.m_grid,
+            logitnormal_s=fit.s, ks=fit.ks, peak_t=float(curve.t[int(np.argmax(density.pdf))]),
+            logitnormal_m_ci90=None if interval is None else (interval.low, interval.high),
+        )
         results.append(BucketResult(shape=tuple(shape), count=int(counts[b]), share=float(shares[b]), curve=curve,
                                     density=density, fit=fit, metadata=meta))
     curves = [r.curve for r in results]
@@ -408,9 +412,8 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
         data={**_data_metadata(source, chosen, vae_info), "shape": list(next(iter(plan.groups))),
               "shapes": [list(s) for s in plan.groups]},
         started=started, bootstrap_over="sources within each bucket",
-        buckets=[r.metadata for r in results], min_bucket=plan.min_bucket,
-        **({"buckets_dropped": [{"shape": list(s), "samples_total": int(n)} for s, n in plan.dropped.items()]}
-           if plan.dropped else {}))
+        buckets=tuple(r.metadata for r in results), min_bucket=plan.min_bucket,
+        buckets_dropped=tuple(DroppedBucket(shape=s, samples_total=int(n)) for s, n in plan.dropped.items()) or None)
     tensors = _tensors(pooled_curve, density, fit)
     for b, r in enumerate(results):
         tensors.update(bucket_tensors(b, r.curve, r.density))

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
 from .artifact import atomic_path, bucket_tensor_name, write_error
 from .errors import VRCurveError
+from .meta import ArtifactMeta
 
 # Resolution buckets drawn in the pdf panel, the largest first; more would hide the pooled density.
 MAX_DRAWN_BUCKETS = 6
@@ -42,20 +43,20 @@ def logitnormal_pdf(t: np.ndarray, m: float, s: float = 1.0) -> np.ndarray:
     return out
 
 
-def caption(meta: Mapping[str, Any]) -> str:
+def caption(meta: ArtifactMeta) -> str:
     """One line: scheduler, M, K, d and the logit-normal fit."""
-    sched = meta.get("scheduler")
+    meta = ArtifactMeta.coerce(meta)
+    sched = meta.scheduler
     if isinstance(sched, dict):
         params = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
                            for k, v in sched.items() if k != "name")
         sched = f"{sched.get('name', '?')}" + (f" ({params})" if params else "")
-    m = meta.get("logitnormal_m")
-    s = meta.get("logitnormal_s", 1.0)
+    m, s = meta.logitnormal_m, meta.logitnormal_s
     fit = f"m = {m:+.4f}" if isinstance(m, (int, float)) else f"m = {m}"
-    if isinstance(s, (int, float)) and s != 1.0:
+    if s != 1.0:
         fit += f", s = {s:.4f}"
-    return (f"scheduler {sched}  ·  M = {meta.get('samples')}  ·  K = {meta.get('noise')}  ·  "
-            f"d = {meta.get('dim')}  ·  logit-normal {fit}")
+    return (f"scheduler {sched}  ·  M = {meta.samples}  ·  K = {meta.noise}  ·  d = {meta.dim}  ·  "
+            f"logit-normal {fit}")
 
 
 def _wrap(text: str, width_px: int, dpi: int, sep: str = "  ·  ") -> str:
@@ -86,7 +87,7 @@ def check_size(width: int, height: int, dpi: int) -> None:
                            f"must be {lo} to {hi:,} pixels and dpi {dlo} to {dhi:,}.")
 
 
-def plot_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], out: Path, *,
+def plot_artifact(arrays: Mapping[str, np.ndarray], meta: ArtifactMeta, out: Path, *,
                   log_variance: bool = False, width: int = 900, height: int = 1000, dpi: int = 100,
                   title: Optional[str] = None) -> Path:
     """Draw S_t, V(t) and pdf(t) (with the fitted logit-normal) in one figure and write it to ``out``.
@@ -116,10 +117,11 @@ def plot_artifact(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], out
     return out
 
 
-def draw(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], *, log_variance: bool = False,
+def draw(arrays: Mapping[str, np.ndarray], meta: ArtifactMeta, *, log_variance: bool = False,
          width: int = 900, height: int = 1000, dpi: int = 100, title: Optional[str] = None):
     """The figure of ``plot_artifact`` (a matplotlib Figure, three panels: S_t, V(t), pdf(t)), not written."""
     Figure = _matplotlib()
+    meta = ArtifactMeta.coerce(meta)
     check_size(width, height, dpi)
 
     t = np.asarray(arrays["t"], dtype=np.float64)
@@ -165,16 +167,16 @@ def draw(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], *, log_varia
         else:
             ax_v.fill_between(t, lo, hi, color="C1", alpha=0.25, lw=0, label="±2 s.e.")
     # the pooled curve of buckets is the share-weighted sum of each bucket's V divided by its mean
-    ax_v.set_ylabel(("V(t) / mean, pooled" if meta.get("buckets") else "variance V(t)") + (" (log)" if log_variance else ""))
+    buckets = meta.buckets or ()
+    ax_v.set_ylabel(("V(t) / mean, pooled" if buckets else "variance V(t)") + (" (log)" if log_variance else ""))
     ax_v.legend(loc="best", fontsize="small")
 
-    buckets = meta.get("buckets") or []
     ax_p.stairs(pdf, edges, color="C2", lw=1.2, label="pdf(t), pooled" if buckets else "pdf(t)")
     for b, info in enumerate(buckets[:MAX_DRAWN_BUCKETS]):
         # each bucket's own density, what sample(shape=...) draws from; the pooled one is their mixture
-        shape = "x".join(str(v) for v in info["shape"])
+        shape = "x".join(str(v) for v in info.shape)
         ax_p.stairs(np.asarray(arrays[bucket_tensor_name(b, "pdf")], dtype=np.float64), edges, color=f"C{3 + b}",
-                    lw=0.8, alpha=0.8, label=f"bucket {shape} ({info['share']:.0%}), m = {info['logitnormal_m']:+.3f}")
+                    lw=0.8, alpha=0.8, label=f"bucket {shape} ({info.share:.0%}), m = {info.logitnormal_m:+.3f}")
     if V_se is not None:
         # pdf is proportional to V, so the relative standard error of V is that of pdf.
         Vp = np.maximum(V, 0)
@@ -184,9 +186,9 @@ def draw(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], *, log_varia
         ax_p.fill_between(edges, np.append(lo, lo[-1]), np.append(hi, hi[-1]), step="post",
                           color="C2", alpha=0.25, lw=0, label="±2 s.e.")
     ax_p.axhline(1.0, color="0.5", lw=0.8, ls=":", label="uniform")
-    m = meta.get("logitnormal_m")
+    m = meta.logitnormal_m
     if isinstance(m, (int, float)):
-        s = float(meta.get("logitnormal_s", 1.0))
+        s = float(meta.logitnormal_s)
         fine = np.linspace(0.0, 1.0, 2001)
         ax_p.plot(fine, logitnormal_pdf(fine, float(m), s), color="k", lw=1.0, ls="--",
                   label=f"logit-normal(m = {m:+.3f}, s = {s:.3g})")
