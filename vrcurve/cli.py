@@ -112,7 +112,8 @@ def _version(value: bool):
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ):
     pass
 
@@ -124,7 +125,8 @@ def _parse_samples(value: str) -> Optional[int]:
     try:
         number = int(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is neither a whole number nor 'all'.", param_hint="'--samples' / '-M'") from None
+        raise typer.BadParameter(f"{value!r} is neither a whole number nor 'all'.",
+                                 param_hint="'--samples' / '-M'") from None
     if number < 1:
         raise typer.BadParameter(f"{number} is not in the range x>=1 (or 'all').", param_hint="'--samples' / '-M'")
     return number
@@ -164,93 +166,97 @@ def _progress_reporter(enabled: bool):
     return bar, report
 
 
-Option = typer.Option
-_BOOL = {"metavar": ""}  # a flag takes no value: no <bool> in --help
-
-
 @app.command()
 @_user_errors
 def estimate(
-    data: Annotated[str, Option("--data", "-d", help="Samples: a .npy, .npz, HDF5 or safetensors file; a folder or "
-                                "glob of safetensors shards, per-sample .npy files, latent caches (kohya .npz, .pt) "
-                                "or images (png/jpg/webp); or 'demo'.")],
-    out_path: Annotated[str, Option("--out", "-o", help="Artifact to write.")] = "vr.safetensors",
-    key: Annotated[Optional[str], Option("--key", help="Array, dataset or tensor name in .npz, HDF5, safetensors or .pt "
-                                         "files (HDF5 per-sample layouts: 'group/*' or '*/name'); detected when "
-                                         "unambiguous.")] = None,
-    scheduler: Annotated[str, Option("--scheduler", "-s", help="linear, cosine, diffusion, scaled_linear (SD 1.x/"
-                                     "2.x/SDXL), ddpm_linear, custom, or module:object (imports and runs that "
-                                     "code).")] = "linear",
-    shift: Annotated[Optional[float], Option("--shift", help="Timestep shift of the linear scheduler "
-                                             "(SD3/Flux).")] = None,
-    beta_min: Annotated[Optional[float], Option("--beta-min", help="diffusion (VP): beta_min, default 0.1; "
-                                                "scaled_linear/ddpm_linear: beta_start, default 0.00085/0.0001.")] = None,
-    beta_max: Annotated[Optional[float], Option("--beta-max", help="diffusion (VP): beta_max, default 20; "
-                                                "scaled_linear/ddpm_linear: beta_end, default 0.012/0.02.")] = None,
-    custom: Annotated[Optional[str], Option("--custom", help="module:object of a custom scheduler (imports and runs "
-                                            "that module's code).")] = None,
-    samples: Annotated[str, Option("--samples", "-M", help="M, samples drawn from the data (at least 1, or "
-                                   "'all').")] = "200",
-    noise: Annotated[int, Option("--noise", "-K", help="K, noises per sample (at least 1).")] = 500,
-    timesteps: Annotated[int, Option("--timesteps", "-T", help="T, timestep bins (at least 2).")] = 1000,
-    seed: Annotated[int, Option("--seed", help="Seed of the sample choice and of every noise (0 or more).")] = 0,
-    likelihood: Annotated[Likelihood, Option("--likelihood", help="mean: tau = d (default); sum: exact "
-                                             "posterior.")] = Likelihood.mean,
-    form: Annotated[Form, Option("--form", help="covariance: h^2 trCov/d (default); paper: h^2 "
-                                 "(1 - S).")] = Form.covariance,
-    normalize: Annotated[Normalize, Option("--normalize", help="global, channel or none.")] = Normalize.global_,
-    moments: Annotated[Optional[Moments], Option("--moments", help="The data holds VAE moments (mean and std/logvar "
-                                                 "concatenated on the channel axis): use the mean, or sample z = mean "
-                                                 "+ std * eps.")] = None,
-    moments_kind: Annotated[MomentsKind, Option("--moments-kind", help="Second half of the moments: std, logvar, or "
-                                                "auto (logvar if any value is negative).")] = MomentsKind.auto,
-    scaling_factor: Annotated[Optional[float], Option("--scaling-factor", help="The trainer's latent rescaling (z - "
-                                                      "shift_factor) * scaling_factor, e.g. 0.18215 for SD 1.x/2.x. "
-                                                      "Default 1, or the VAE config's with --vae.")] = None,
-    shift_factor: Annotated[Optional[float], Option("--shift-factor", help="The trainer's latent offset (diffusers' "
-                                                    "shift_factor; not the timestep --shift). Default 0, or the VAE "
-                                                    "config's with --vae.")] = None,
-    vae: Annotated[Optional[str], Option("--vae", help="Encode the image folder with this diffusers AutoencoderKL: a "
-                                         "folder (or pipeline folder with vae/), or a repo id in the local Hugging "
-                                         "Face cache; never downloads. Needs the extra: pip install "
-                                         "vrcurve\\[vae].")] = None,
-    vae_sample: Annotated[Moments, Option("--vae-sample", help="With --vae: sample z = mean + std * eps "
-                                          "(latent_dist.sample(), seeded per image; default) or the posterior "
-                                          "mean.")] = Moments.sample,
-    vae_dtype: Annotated[VAEDtype, Option("--vae-dtype", help="With --vae: the VAE's dtype.")] = VAEDtype.float32,
-    vae_batch_size: Annotated[int, Option("--vae-batch-size", help="With --vae: images per encoder call (at least 1).")] = 4,
-    resolution: Annotated[Optional[int], Option("--resolution", help="Image folders: center-crop and resize to R x R "
-                                                "(default: the images' own size, which must then be the same for "
-                                                "all; at least 1).")] = None,
-    skip_bad: Annotated[bool, Option("--skip-bad", **_BOOL, help="Skip chosen images, .npy files or latent caches that "
-                                     "cannot be decoded, draw others instead, and record how many.")] = False,
-    device: Annotated[str, Option("--device", help="cpu, cuda:N, a list (cuda:0,cuda:1) to split the work over, or "
-                                  "cuda for every visible GPU (under torchrun: cuda:LOCAL_RANK).")] = "cpu",
-    chunk_size: Annotated[Optional[int], Option("--chunk-size", help="Queries per chunk, at least 1 (default: from "
-                                                "free memory).")] = None,
-    precision: Annotated[Precision, Option("--precision", help="Of the heavy products: auto (bf16 on CPUs with bf16 "
-                                           "dot products, TF32 on recent GPUs, else float32), float32, bf16, tf32 "
-                                           "(CUDA).")] = Precision.auto,
-    table_size: Annotated[int, Option("--table-size", help="U, entries of the inverse-CDF table minus one "
-                                      "(at least 2).")] = 4096,
-    uniform_mix: Annotated[float, Option("--uniform-mix", help="The density floor: the share of uniform timesteps "
-                                         "mixed into the density, in [0, 1); keeps every timestep reachable and the "
-                                         "weights 1/pdf below 1/share. 0: none.")] = DEFAULT_UNIFORM_MIX,
-    fit_scale: Annotated[bool, Option("--fit-scale", **_BOOL, help="Also fit the logit-normal scale s.")] = False,
-    bootstrap: Annotated[int, Option("--bootstrap", help="Bootstrap replicates over sources for the 90% interval of m "
-                                     "(0: none).")] = 200,
-    check_convergence: Annotated[bool, Option("--check-convergence", **_BOOL, help="Also estimate on nested subsets "
-                                              "M/4 and M/2 (same noise) and say whether the density and m have "
-                                              "settled.")] = False,
-    min_bucket: Annotated[int, Option("--min-bucket", help="Data of several sample shapes (resolution buckets): the "
-                                      "fewest samples a bucket's curve is estimated from (at least 2).")] = MIN_BUCKET,
-    drop_small_buckets: Annotated[bool, Option("--drop-small-buckets", **_BOOL, help="Leave out buckets holding fewer "
-                                               "than --min-bucket samples (recorded in the artifact) instead of "
-                                               "stopping.")] = False,
-    overwrite: Annotated[bool, Option("--overwrite", **_BOOL, help="Replace an existing artifact.")] = False,
-    as_json: Annotated[bool, Option("--json", **_BOOL, help="Print one JSON object.")] = False,
-    quiet: Annotated[bool, Option("--quiet", "-q", **_BOOL, help="Print nothing on success; no progress "
-                                  "bar.")] = False,
+    data: Annotated[str, typer.Option(
+        "--data", "-d", help="Samples: a .npy, .npz, HDF5 or safetensors file; a folder or glob of safetensors "
+        "shards, per-sample .npy files, latent caches (kohya .npz, .pt) or images (png/jpg/webp); or 'demo'.")],
+    out_path: Annotated[str, typer.Option("--out", "-o", help="Artifact to write.")] = "vr.safetensors",
+    key: Annotated[Optional[str], typer.Option(
+        "--key", help="Array, dataset or tensor name in .npz, HDF5, safetensors or .pt files (HDF5 per-sample "
+        "layouts: 'group/*' or '*/name'); detected when unambiguous.")] = None,
+    scheduler: Annotated[str, typer.Option(
+        "--scheduler", "-s", help="linear, cosine, diffusion, scaled_linear (SD 1.x/2.x/SDXL), ddpm_linear, custom, "
+        "or module:object (imports and runs that code).")] = "linear",
+    shift: Annotated[Optional[float], typer.Option(
+        "--shift", help="Timestep shift of the linear scheduler (SD3/Flux).")] = None,
+    beta_min: Annotated[Optional[float], typer.Option(
+        "--beta-min", help="diffusion (VP): beta_min, default 0.1; scaled_linear/ddpm_linear: beta_start, default "
+        "0.00085/0.0001.")] = None,
+    beta_max: Annotated[Optional[float], typer.Option(
+        "--beta-max", help="diffusion (VP): beta_max, default 20; scaled_linear/ddpm_linear: beta_end, default "
+        "0.012/0.02.")] = None,
+    custom: Annotated[Optional[str], typer.Option(
+        "--custom", help="module:object of a custom scheduler (imports and runs that module's code).")] = None,
+    samples: Annotated[str, typer.Option(
+        "--samples", "-M", help="M, samples drawn from the data (at least 1, or 'all').")] = "200",
+    noise: Annotated[int, typer.Option("--noise", "-K", help="K, noises per sample (at least 1).")] = 500,
+    timesteps: Annotated[int, typer.Option("--timesteps", "-T", help="T, timestep bins (at least 2).")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sample choice and of every noise (0 or more).")] = 0,
+    likelihood: Annotated[Likelihood, typer.Option(
+        "--likelihood", help="mean: tau = d (default); sum: exact posterior.")] = Likelihood.mean,
+    form: Annotated[Form, typer.Option(
+        "--form", help="covariance: h^2 trCov/d (default); paper: h^2 (1 - S).")] = Form.covariance,
+    normalize: Annotated[Normalize, typer.Option("--normalize", help="global, channel or none.")] = Normalize.global_,
+    moments: Annotated[Optional[Moments], typer.Option(
+        "--moments", help="The data holds VAE moments (mean and std/logvar concatenated on the channel axis): use the "
+        "mean, or sample z = mean + std * eps.")] = None,
+    moments_kind: Annotated[MomentsKind, typer.Option(
+        "--moments-kind", help="Second half of the moments: std, logvar, or auto (logvar if any value is "
+        "negative).")] = MomentsKind.auto,
+    scaling_factor: Annotated[Optional[float], typer.Option(
+        "--scaling-factor", help="The trainer's latent rescaling (z - shift_factor) * scaling_factor, e.g. 0.18215 "
+        "for SD 1.x/2.x. Default 1, or the VAE config's with --vae.")] = None,
+    shift_factor: Annotated[Optional[float], typer.Option(
+        "--shift-factor", help="The trainer's latent offset (diffusers' shift_factor; not the timestep --shift). "
+        "Default 0, or the VAE config's with --vae.")] = None,
+    vae: Annotated[Optional[str], typer.Option(
+        "--vae", help="Encode the image folder with this diffusers AutoencoderKL: a folder (or pipeline folder with "
+        "vae/), or a repo id in the local Hugging Face cache; never downloads. Needs the extra: pip install "
+        "vrcurve\\[vae].")] = None,
+    vae_sample: Annotated[Moments, typer.Option(
+        "--vae-sample", help="With --vae: sample z = mean + std * eps (latent_dist.sample(), seeded per image; "
+        "default) or the posterior mean.")] = Moments.sample,
+    vae_dtype: Annotated[VAEDtype, typer.Option("--vae-dtype", help="With --vae: the VAE's dtype.")] = VAEDtype.float32,
+    vae_batch_size: Annotated[int, typer.Option(
+        "--vae-batch-size", help="With --vae: images per encoder call (at least 1).")] = 4,
+    resolution: Annotated[Optional[int], typer.Option(
+        "--resolution", help="Image folders: center-crop and resize to R x R (default: the images' own size, which "
+        "must then be the same for all; at least 1).")] = None,
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", metavar="", help="Skip chosen images, .npy files or latent caches that cannot be decoded, draw "
+        "others instead, and record how many.")] = False,
+    device: Annotated[str, typer.Option(
+        "--device", help="cpu, cuda:N, a list (cuda:0,cuda:1) to split the work over, or cuda for every visible GPU "
+        "(under torchrun: cuda:LOCAL_RANK).")] = "cpu",
+    chunk_size: Annotated[Optional[int], typer.Option(
+        "--chunk-size", help="Queries per chunk, at least 1 (default: from free memory).")] = None,
+    precision: Annotated[Precision, typer.Option(
+        "--precision", help="Of the heavy products: auto (bf16 on CPUs with bf16 dot products, TF32 on recent GPUs, "
+        "else float32), float32, bf16, tf32 (CUDA).")] = Precision.auto,
+    table_size: Annotated[int, typer.Option(
+        "--table-size", help="U, entries of the inverse-CDF table minus one (at least 2).")] = 4096,
+    uniform_mix: Annotated[float, typer.Option(
+        "--uniform-mix", help="The density floor: the share of uniform timesteps mixed into the density, in [0, 1); "
+        "keeps every timestep reachable and the weights 1/pdf below 1/share. 0: none.")] = DEFAULT_UNIFORM_MIX,
+    fit_scale: Annotated[bool, typer.Option(
+        "--fit-scale", metavar="", help="Also fit the logit-normal scale s.")] = False,
+    bootstrap: Annotated[int, typer.Option(
+        "--bootstrap", help="Bootstrap replicates over sources for the 90% interval of m (0: none).")] = 200,
+    check_convergence: Annotated[bool, typer.Option(
+        "--check-convergence", metavar="", help="Also estimate on nested subsets M/4 and M/2 (same noise) and say "
+        "whether the density and m have settled.")] = False,
+    min_bucket: Annotated[int, typer.Option(
+        "--min-bucket", help="Data of several sample shapes (resolution buckets): the fewest samples a bucket's curve "
+        "is estimated from (at least 2).")] = MIN_BUCKET,
+    drop_small_buckets: Annotated[bool, typer.Option(
+        "--drop-small-buckets", metavar="", help="Leave out buckets holding fewer than --min-bucket samples (recorded "
+        "in the artifact) instead of stopping.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing artifact.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", metavar="", help="Print nothing on success; no progress bar.")] = False,
 ):
     """Estimate the variance curve on a sample of DATA and write the artifact.
 
@@ -277,10 +283,10 @@ def estimate(
         writer = ranks is None or ranks.rank == 0
         if writer and data_options.normalization != "none" and data_options.factors_given:
             # Warnings go to stderr even with -q: they are about the result, not progress.
-            err.print(f"warning: --normalize {data_options.normalization} divides by the chosen samples' own mean and "
-                      "std, which undoes --scaling-factor and --shift-factor exactly, so they cannot change the result; "
-                      "pass --normalize none to estimate at the scale your trainer feeds the model (docs/data.md).",
-                      markup=False)
+            err.print(f"warning: --normalize {data_options.normalization} divides by the chosen samples' own mean "
+                      "and std, which undoes --scaling-factor and --shift-factor exactly, so they cannot change the "
+                      "result; pass --normalize none to estimate at the scale your trainer feeds the model "
+                      "(docs/data.md).", markup=False)
         bar, report = _progress_reporter(writer and not quiet and not as_json)
         try:
             if bar is not None:
@@ -408,13 +414,16 @@ def _fmt(value: Any) -> str:
 @app.command("fit-logitnormal")
 @_user_errors
 def fit_logitnormal_cmd(
-    artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="A vrcurve artifact."),
-    convention: Convention = typer.Option(Convention.t0_noise, "--convention", help="t0-noise (vrcurve, SiT, flow_matching) or t1-noise (kohya, OneTrainer, SimpleTuner): m is negated."),
-    fit_scale: bool = typer.Option(False, "--fit-scale", metavar="", help="Also fit the scale s."),
-    bucket: Optional[str] = typer.Option(None, "--bucket", help="Fit one resolution bucket's density instead of the pooled "
-                                         "one: its sample shape, e.g. 16x64x64 (the nearest bucket by size if absent)."),
-    as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="Print only the best m."),
+    artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="A vrcurve artifact.")],
+    convention: Annotated[Convention, typer.Option(
+        "--convention", help="t0-noise (vrcurve, SiT, flow_matching) or t1-noise (kohya, OneTrainer, SimpleTuner): m "
+        "is negated.")] = Convention.t0_noise,
+    fit_scale: Annotated[bool, typer.Option("--fit-scale", metavar="", help="Also fit the scale s.")] = False,
+    bucket: Annotated[Optional[str], typer.Option(
+        "--bucket", help="Fit one resolution bucket's density instead of the pooled one: its sample shape, e.g. "
+        "16x64x64 (the nearest bucket by size if absent).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="Print only the best m.")] = False,
 ):
     """Fit a logit-normal to the artifact's density by KS distance and print its location m (and each
     resolution bucket's, for an artifact of several)."""
@@ -505,8 +514,8 @@ def _pick_bucket(buckets, shape) -> int:
 @app.command()
 @_user_errors
 def show(
-    artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="A vrcurve artifact."),
-    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the metadata as one JSON object."),
+    artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="A vrcurve artifact.")],
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the metadata as one JSON object.")] = False,
 ):
     """Print an artifact's metadata and a terminal picture of its density pdf(t)."""
     import numpy as np
@@ -585,7 +594,7 @@ def density_picture(pdf, width: int = 64, height: int = 8, upper=None) -> List[s
 
 @app.command()
 @_user_errors
-def schedulers(as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object.")):
+def schedulers(as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object.")] = False):
     """List the noise schedulers (t = 0 is noise)."""
     from .schedulers import SCHEDULERS
 
@@ -612,25 +621,31 @@ class Target(str, Enum):
 @app.command("export")
 @_user_errors
 def export_cmd(
-    artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="A vrcurve artifact."),
-    to: Target = typer.Option(..., "--to", help="The trainer: diffusers (SD3/Flux scripts), kohya (FLUX.1 scripts), "
-                              "kohya-sd3 (SD3 scripts), simpletuner, onetrainer, sit, or json (everything, with the pdf "
-                              "and icdf tables)."),
-    shift: Optional[float] = typer.Option(None, "--shift", help="diffusers: the shift of the trainer's scheduler (SD3: "
-                                          "3; Flux, whose config sets use_dynamic_shifting: 1), required for an artifact "
-                                          "estimated with --shift; kohya-sd3: the --training_shift to print (default: "
-                                          "the artifact's)."),
-    fit_scale: bool = typer.Option(False, "--fit-scale", metavar="", help="Refit the logit-normal with its scale s instead of using "
-                                   "the artifact's fit."),
-    patch_size: int = typer.Option(2, "--patch-size", min=1, help="dynamic-shift: the transformer's patch side p; a "
-                                   "latent of H x W has (H/p)(W/p) tokens (2 for Flux and SD3)."),
-    base_seq_len: Optional[int] = typer.Option(None, "--base-seq-len", min=1, help="dynamic-shift: base_image_seq_len "
-                                               "(default: the shortest bucket's tokens)."),
-    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", min=1, help="dynamic-shift: max_image_seq_len "
-                                              "(default: the longest bucket's tokens)."),
-    bucket: Optional[str] = typer.Option(None, "--bucket", help="Export one resolution bucket's fit instead of the "
-                                         "pooled one: its sample shape, e.g. 16x128x128 (the nearest bucket by size)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="Print only the flags or config lines, no comment lines."),
+    artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="A vrcurve artifact.")],
+    to: Annotated[Target, typer.Option(
+        "--to", help="The trainer: diffusers (SD3/Flux scripts), kohya (FLUX.1 scripts), kohya-sd3 (SD3 scripts), "
+        "simpletuner, onetrainer, sit, or json (everything, with the pdf and icdf tables).")],
+    shift: Annotated[Optional[float], typer.Option(
+        "--shift", help="diffusers: the shift of the trainer's scheduler (SD3: 3; Flux, whose config sets "
+        "use_dynamic_shifting: 1), required for an artifact estimated with --shift; kohya-sd3: the --training_shift "
+        "to print (default: the artifact's).")] = None,
+    fit_scale: Annotated[bool, typer.Option(
+        "--fit-scale", metavar="", help="Refit the logit-normal with its scale s instead of using the artifact's "
+        "fit.")] = False,
+    patch_size: Annotated[int, typer.Option(
+        "--patch-size", min=1, help="dynamic-shift: the transformer's patch side p; a latent of H x W has (H/p)(W/p) "
+        "tokens (2 for Flux and SD3).")] = 2,
+    base_seq_len: Annotated[Optional[int], typer.Option(
+        "--base-seq-len", min=1, help="dynamic-shift: base_image_seq_len (default: the shortest bucket's "
+        "tokens).")] = None,
+    max_seq_len: Annotated[Optional[int], typer.Option(
+        "--max-seq-len", min=1, help="dynamic-shift: max_image_seq_len (default: the longest bucket's "
+        "tokens).")] = None,
+    bucket: Annotated[Optional[str], typer.Option(
+        "--bucket", help="Export one resolution bucket's fit instead of the pooled one: its sample shape, e.g. "
+        "16x128x128 (the nearest bucket by size).")] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", metavar="", help="Print only the flags or config lines, no comment lines.")] = False,
 ):
     """Print the flags or config lines that make a trainer sample the artifact's logit-normal fit.
 
@@ -705,16 +720,18 @@ def export_cmd(
 @app.command("plot")
 @_user_errors
 def plot_cmd(
-    artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="A vrcurve artifact."),
-    out_path: Optional[str] = typer.Option(None, "--out", "-o", help="Image to write (.png, .pdf, .svg); default: "
-                                            "the artifact's name with .png."),
-    log: bool = typer.Option(False, "--log", metavar="", help="Draw V(t) on a log scale."),
-    width: int = typer.Option(900, "--width", min=100, max=10_000, help="Image width in pixels."),
-    height: int = typer.Option(1000, "--height", min=100, max=10_000, help="Image height in pixels."),
-    dpi: int = typer.Option(100, "--dpi", min=10, max=1_000, help="Pixels per inch (text size scales with it)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="Print nothing on success."),
+    artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="A vrcurve artifact.")],
+    out_path: Annotated[Optional[str], typer.Option(
+        "--out", "-o", help="Image to write (.png, .pdf, .svg); default: the artifact's name with .png.")] = None,
+    log: Annotated[bool, typer.Option("--log", metavar="", help="Draw V(t) on a log scale.")] = False,
+    width: Annotated[int, typer.Option("--width", min=100, max=10_000, help="Image width in pixels.")] = 900,
+    height: Annotated[int, typer.Option("--height", min=100, max=10_000, help="Image height in pixels.")] = 1000,
+    dpi: Annotated[int, typer.Option(
+        "--dpi", min=10, max=1_000, help="Pixels per inch (text size scales with it).")] = 100,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="Print nothing on success.")] = False,
 ):
-    """Draw S_t, V(t) and pdf(t) with its logit-normal fit in one figure (needs matplotlib: pip install 'vrcurve\\[plot]')."""
+    """Draw S_t, V(t) and pdf(t) with its logit-normal fit in one figure (needs matplotlib: pip install
+    'vrcurve\\[plot]')."""
     from .artifact import read_artifact
     from .plot import plot_artifact
 
@@ -728,10 +745,12 @@ def plot_cmd(
 @app.command("compare")
 @_user_errors
 def compare_cmd(
-    artifacts: List[Path] = typer.Argument(..., metavar="ARTIFACT", help="Two or more artifacts; each is compared with the first."),
-    fail_above: Optional[float] = typer.Option(None, "--fail-above", min=0.0, help="Exit with status 1 when the KS "
-                                               "distance of any artifact to the first exceeds this."),
-    as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object."),
+    artifacts: Annotated[List[Path], typer.Argument(
+        metavar="ARTIFACT", help="Two or more artifacts; each is compared with the first.")],
+    fail_above: Annotated[Optional[float], typer.Option(
+        "--fail-above", min=0.0, help="Exit with status 1 when the KS distance of any artifact to the first exceeds "
+        "this.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object.")] = False,
 ):
     """KS distance between the artifacts' densities and the difference of their m, side by side."""
     from .artifact import read_artifact
