@@ -320,6 +320,7 @@ def test_progress_shows_encoding_then_estimating(monkeypatch):
     from rich.console import Console
 
     from vrcurve import cli
+    from vrcurve.progress import Update
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -330,10 +331,10 @@ def test_progress_shows_encoding_then_estimating(monkeypatch):
     monkeypatch.setattr(cli, "err", Console(file=stream, force_terminal=True, width=120))
     bar, report = cli._progress_reporter(True)
     with bar:
-        report(4, 12, unit="images")
+        report(Update("encoding", 4, 12, "images"))
         bar.refresh()
         encoding = stream.getvalue()
-        report(250.0, 1000)
+        report(Update("estimating", 250.0, 1000, "timesteps"))
         bar.refresh()
     assert "encoding" in encoding and "4/12 images" in encoding
     assert "estimating" in stream.getvalue()[len(encoding):] and "250/1,000 timesteps" in stream.getvalue()

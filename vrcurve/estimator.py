@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,8 +38,9 @@ from .engine.blocks import gram
 from .engine.noise import NOISE_SPACES, source_noise, source_seed
 from .engine.plan import free_memory, share
 from .engine.precision import PRECISIONS, resolve_precision, work_dtype
-from .engine.run import Job, Progress, device_sums
+from .engine.run import Job, device_sums
 from .errors import VRCurveError
+from .progress import Counter, Reporter
 from .schedulers import Scheduler
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ def estimate(
     device: DeviceSpec = "cpu",
     dtype: torch.dtype = torch.float32,
     source_ids: Optional[Sequence[int]] = None,
-    progress: Optional[Callable[[float, int], None]] = None,
+    progress: Optional[Reporter] = None,
     precision: str = "float32",
     ranks: Optional["Ranks"] = None,
     noise_space: str = "span",
@@ -131,8 +132,9 @@ def estimate(
             "cuda:0,cuda:1"; "cuda" alone is every GPU), over which the sources are split and computed
             concurrently (``vrcurve.devices.resolve_devices``).
         dtype: working precision, float32 or float64 (accumulation over queries is float64 always).
-        progress: called as progress(done, total) after each work block, with ``done`` the timesteps'
-            worth of work finished (fractional while a chunk of queries is in flight) and ``total`` = T.
+        progress: a reporter (``vrcurve.progress``), told of the ``estimating`` phase at 0 before the Gram
+            matrix and after each work block: ``done`` is the timesteps' worth of this process's work
+            finished (fractional while a chunk of queries is in flight), ``total`` = T.
         precision: of the heavy products w @ D: "float32" (products in ``dtype``), "bf16", "tf32" (CUDA)
             or "auto" (see ``resolve_precision``; the command line's default).
         ranks: the processes of a distributed run (``vrcurve.distributed.Ranks``); this process then
@@ -183,7 +185,7 @@ def estimate(
     lo, hi = (0, M) if ranks is None else share(M, ranks.rank, ranks.world_size)
     job = Job(x=x, s=s, tau=tau, precision=prec, form=form, noise=noise, timesteps=timesteps, seed=seed, ids=ids,
               chunk_size=chunk_size, work=work_dtype(prec), noise_space=noise_space,
-              progress=Progress(progress, (hi - lo) * noise, timesteps))
+              progress=Counter(progress, "estimating", timesteps, "timesteps", per=(hi - lo) * noise))
 
     def local_sums() -> np.ndarray:
         sums = np.zeros((2, timesteps, M))

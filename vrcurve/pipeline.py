@@ -22,6 +22,7 @@ from .convergence import (
     check_convergence_pooled,
     pooled_variance,
     require_samples,
+    subset_progress,
 )
 from .convergence import check_convergence as convergence_check
 from .density import DEFAULT_UNIFORM_MIX, Density, check_uniform_mix, density_from_curve
@@ -30,6 +31,7 @@ from .distributed import Ranks
 from .errors import VRCurveError
 from .estimator import Curve, check_memory, estimate
 from .fit import LogitNormalFit, fit_logitnormal
+from .progress import Reporter, within
 from .readers import open_source
 from .samples import MOMENTS, LatentTransform, Samples, load_buckets, load_samples
 from .schedulers import Scheduler
@@ -173,7 +175,7 @@ def run_estimate(
     table_size: int = 4096,
     fit_scale: bool = False,
     overwrite: bool = False,
-    progress: Optional[Callable[[int, int], None]] = None,
+    progress: Optional[Reporter] = None,
     moments: Optional[str] = None,
     moments_kind: str = "auto",
     scaling_factor: Optional[float] = None,
@@ -182,7 +184,6 @@ def run_estimate(
     vae_sample: str = "sample",
     vae_dtype: str = "float32",
     vae_batch_size: int = 4,
-    encode_progress: Optional[Callable[[int, int], None]] = None,
     resolution: Optional[int] = None,
     skip_bad: bool = False,
     precision: str = "auto",
@@ -201,7 +202,7 @@ def run_estimate(
     factors default to 1 and 0). With ``vae`` (a diffusers AutoencoderKL folder or cached repo id) the data
     must be images, which are encoded on the first of the devices, ``vae_batch_size`` at a time in
     ``vae_dtype``; ``vae_sample`` takes the posterior mean or a seeded draw (``vrcurve.vae``), the factors
-    default to the VAE config's, and ``encode_progress(done, total)`` follows the images encoded.
+    default to the VAE config's.
     ``bootstrap`` replicates give a 90% interval for m (0: none); ``check_convergence`` also estimates the
     curve on nested subsets M/4 and M/2 of the samples with the same noise (``vrcurve.convergence``).
     ``device`` is what ``resolve_devices`` reads. With ``ranks`` (a torchrun process, ``vrcurve.distributed``)
@@ -212,6 +213,8 @@ def run_estimate(
     is refused, or left out with ``drop_small_buckets``), and the artifact's main density is their mixture.
     Data of one shape gives the same artifact as it always did.
     ``uniform_mix`` is the density floor (``density_from_curve``), recorded in the metadata.
+    ``progress`` (``vrcurve.progress``) is told of each phase with its counts: reading (or encoding), estimating
+    (per bucket), bootstrap, convergence; under torchrun, give it to the rank that writes only.
     ``notify`` receives the source's notes (``Source.notes``, e.g. that latent caches were read rather than the
     images beside them) as soon as the data is opened, on the rank that writes.
     """
@@ -246,8 +249,7 @@ def run_estimate(
         if vae is not None:
             from .vae import encode_source
 
-            source = encode_source(source, vae, devices[0], dtype=vae_dtype, batch_size=vae_batch_size,
-                                   progress=encode_progress)
+            source = encode_source(source, vae, devices[0], dtype=vae_dtype, batch_size=vae_batch_size)
             transform = replace(
                 transform, moments_kind="logvar",  # latent_dist.parameters: mean, then log-variance
                 scaling_factor=source.located.scaling_factor if scaling_factor is None else scaling_factor,
@@ -256,9 +258,10 @@ def run_estimate(
         groups = source.groups()
         if len(groups) > 1:
             plan = _plan_buckets(source, groups, samples, min_bucket, drop_small_buckets)
-            chosen_b, pooled_stats = load_buckets(source, plan.groups, plan.allocation, seed, normalization, transform)
+            chosen_b, pooled_stats = load_buckets(source, plan.groups, plan.allocation, seed, normalization, transform,
+                                                  progress=progress)
         else:
-            chosen_b = [load_samples(source, samples, seed, normalization, transform)]
+            chosen_b = [load_samples(source, samples, seed, normalization, transform, progress=progress)]
         for ch in chosen_b:
             if check_convergence:
                 require_samples(len(ch.indices))
@@ -296,13 +299,16 @@ def run_estimate(
     density = density_from_curve(curve.variance, table_size, uniform_mix=uniform_mix)
     fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)
     # the bootstrap is the same on every rank: only the one that writes computes it
-    interval = (bootstrap_m(curve, fit.m_continuous, replicates=bootstrap, seed=seed, uniform_mix=uniform_mix)
+    interval = (bootstrap_m(curve, fit.m_continuous, replicates=bootstrap, seed=seed, uniform_mix=uniform_mix,
+                            progress=progress)
                 if bootstrap and writer else None)
     convergence = None
     if check_convergence:
         convergence = convergence_check(
             curve, density.cdf, fit.m_continuous,
-            lambda pos: estimate(x[pos], source_ids=chosen.indices[pos], **settings), seed, uniform_mix=uniform_mix,
+            lambda pos: estimate(x[pos], source_ids=chosen.indices[pos], **settings,
+                                 progress=subset_progress(progress, len(pos), len(x))),
+            seed, uniform_mix=uniform_mix,
         )
     metadata = _metadata(
         curve, fit, interval, convergence, settings, shape=chosen.x.shape[1:], normalization=chosen.normalization,
@@ -367,11 +373,9 @@ def _plan_buckets(source, groups, samples: Optional[int], min_bucket: int, drop_
                       min_bucket=min_bucket)
 
 
-def _bucket_progress(progress, b: int, B: int):
-    """The progress of bucket b of B, as a share of the whole bar (each bucket counts as T timesteps)."""
-    if progress is None:
-        return None
-    return lambda done, total: progress(b * total + done, B * total)
+def _bucket_progress(progress: Optional[Reporter], b: int, B: int, shape) -> Optional[Reporter]:
+    """``progress`` for the work on bucket b of B (from 0), of latents of ``shape``: it names the bucket."""
+    return within(progress, f"bucket {b + 1}/{B} {shape_text(shape)}")
 
 
 def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: Dict[str, Any], out: Path,
@@ -385,11 +389,12 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
     results: List[BucketResult] = []
     for b, ch in enumerate(chosen):
         shape = tuple(ch.x.shape[1:])  # the latents' shape (after --moments or --vae), as the trainer sees it
-        curve = estimate(torch.from_numpy(ch.x), source_ids=ch.indices, progress=_bucket_progress(progress, b, B),
-                         **settings)
+        report = _bucket_progress(progress, b, B, shape)
+        curve = estimate(torch.from_numpy(ch.x), source_ids=ch.indices, progress=report, **settings)
         density = density_from_curve(curve.variance, table_size, uniform_mix=uniform_mix)
         fit = fit_logitnormal(density.cdf, fit_scale=fit_scale)
-        interval = (bootstrap_m(curve, fit.m_continuous, replicates=bootstrap, seed=seed, uniform_mix=uniform_mix)
+        interval = (bootstrap_m(curve, fit.m_continuous, replicates=bootstrap, seed=seed, uniform_mix=uniform_mix,
+                                progress=report)
                     if bootstrap and writer else None)
         meta = {
             "shape": list(shape), "dim": curve.dim, "samples_total": int(counts[b]), "share": float(shares[b]),
@@ -413,13 +418,15 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
     S_se = np.sqrt(sum((w * c.S_stderr) ** 2 for w, c in zip(shares, curves)))
     V_se = np.sqrt(sum((w / z * c.variance_stderr) ** 2 for w, z, c in zip(shares, Z, curves)))
     interval = (bootstrap_m_pooled(curves, shares, fit.m_continuous, replicates=bootstrap, seed=seed,
-                                   uniform_mix=uniform_mix)
+                                   uniform_mix=uniform_mix, progress=within(progress, "all buckets"))
                 if bootstrap and writer else None)
     convergence = None
     if check_convergence:
         def estimate_subsets(positions):
-            sub = [estimate(torch.from_numpy(ch.x[pos]), source_ids=ch.indices[pos], **settings).variance
-                   for ch, pos in zip(chosen, positions)]
+            report = subset_progress(progress, sum(len(p) for p in positions), sum(len(ch.x) for ch in chosen))
+            sub = [estimate(torch.from_numpy(ch.x[pos]), source_ids=ch.indices[pos], **settings,
+                            progress=_bucket_progress(report, b, B, ch.x.shape[1:])).variance
+                   for b, (ch, pos) in enumerate(zip(chosen, positions))]
             return pooled_variance(sub, shares)
 
         convergence = check_convergence_pooled([c.samples for c in curves], density.cdf, fit.m_continuous,
