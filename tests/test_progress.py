@@ -212,13 +212,13 @@ def test_the_bar_starts_afresh_for_each_phase(monkeypatch):
     bar, report = cli._progress_reporter(True)
     shown = []
     with bar:
-        for update in (Update("reading", 120, 200, "images"),
+        for update in (Update("encoding", 4, 12, "images"),
                        Update("estimating", 250.0, 1000, "timesteps", "bucket 1/2 4x64x64"),
                        Update("bootstrap", 20, 200, "replicates")):
             start = len(stream.getvalue())
             report(update)
             bar.refresh()
             shown.append(stream.getvalue()[start:])
-    assert "reading" in shown[0] and "120/200 images" in shown[0]
+    assert "encoding" in shown[0] and "4/12 images" in shown[0]
     assert "estimating bucket 1/2 4x64x64" in shown[1] and "250/1,000 timesteps" in shown[1]
     assert "bootstrap" in shown[2] and "20/200 replicates" in shown[2] and "eta" in shown[2]
