@@ -373,7 +373,7 @@ def _plan_buckets(source, groups, samples: Optional[int], min_bucket: int, drop_
                       min_bucket=min_bucket)
 
 
-def _bucket_progress(progress: Optional[Reporter], b: int, B: int, shape) -> Optional[Reporter]:
+def _bucket_progress(progress: Optional[Reporter], b: int, B: int, shape: Tuple[int, ...]) -> Optional[Reporter]:
     """``progress`` for the work on bucket b of B (from 0), of latents of ``shape``: it names the bucket."""
     return within(progress, f"bucket {b + 1}/{B} {shape_text(shape)}")
 

@@ -4,9 +4,10 @@ A run of ``vrcurve estimate`` goes through these phases, in this order:
 
 - ``reading``: the chosen samples (or files, or images), N of M, replacements of skipped files included;
 - ``encoding``: with a VAE, reading is encoding: images read and encoded, N of M;
-- ``estimating``: timesteps' worth of the estimate's work, fractional while a chunk of queries is in flight
-  (per resolution bucket where the data has several; the Gram matrix and the noise's factor are computed
-  inside this phase, before its first count: well under 1% of it);
+- ``estimating``: timesteps' worth of the estimate's work, fractional while a chunk of queries is in flight,
+  per resolution bucket where the data has several. The Gram matrix and the noise's factor are computed
+  inside this phase, before its first count: O(M^2 d) once, against O(K M^2) per timestep, too little to
+  be a phase of its own (README.md, "The command line");
 - ``bootstrap``: the replicates refitted for the interval of m (per bucket, then for the pooled density);
 - ``convergence``: the re-estimates on nested subsets of the samples, in timesteps, each saying which subset.
 
