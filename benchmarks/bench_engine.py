@@ -347,8 +347,8 @@ def child(args) -> None:
     marks = []
     started = time.perf_counter()
     curve = est.estimate(x, LinearScheduler(), noise=args.noise, timesteps=args.timesteps, seed=0,
-                         precision=args.precision, progress=lambda done, total: marks.append((time.perf_counter(),
-                                                                                                done / total)))
+                         precision=args.precision,
+                         progress=lambda u: marks.append((time.perf_counter(), u.done / u.total)))
     wall = time.perf_counter() - started
     # seconds per fortieth of the work, from the progress reports: how steady the machine was
     edges = [started] + [next(tm for tm, f in marks if f >= (j + 1) / 40 - 1e-9) for j in range(40)]

@@ -21,7 +21,7 @@ def valid_meta(**entries):
 
 
 def estimate_with(data, out, scheduler, *, overwrite=False, device="cpu", ranks=None, progress=None,
-                  encode_progress=None, notify=None, vae=None, vae_sample="sample", vae_dtype="float32",
+                  notify=None, vae=None, vae_sample="sample", vae_dtype="float32",
                   vae_batch_size=4, **options):
     """``pipeline.run_estimate`` with its option groups built from flat keywords, one per field of
     ``DataOptions``, ``CurveOptions`` and ``EstimateOptions`` (as the flags are), and the VAE's as ``vae_*``."""
@@ -40,4 +40,4 @@ def estimate_with(data, out, scheduler, *, overwrite=False, device="cpu", ranks=
     if options:
         raise TypeError(f"no option named {sorted(options)}")
     return run_estimate(data_options, estimate_options, OutputOptions(out, overwrite), device=device, ranks=ranks,
-                        progress=progress, encode_progress=encode_progress, notify=notify)
+                        progress=progress, notify=notify)

@@ -247,6 +247,7 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     from rich.console import Console
 
     from vrcurve import cli
+    from vrcurve.progress import Update
 
     class Stream(io.StringIO):
         tty = False
@@ -262,7 +263,7 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     monkeypatch.setattr(cli, "err", Console(file=stream, force_terminal=True, width=120))
     bar, report = cli._progress_reporter(True)
     with bar:
-        report(250.0, 1000)
+        report(Update("estimating", 250.0, 1000, "timesteps"))
         bar.refresh()
     shown = stream.getvalue()
     assert "250/1,000 timesteps" in shown and "estimating" in shown and "eta" in shown

@@ -177,13 +177,12 @@ def test_bf16_does_not_depend_on_chunk_size(demo, monkeypatch):
 
 
 def test_progress_counts_timesteps():
-    calls = []
-    estimate(torch.randn(10, 6), LinearScheduler(), noise=7, timesteps=25, chunk_size=20,
-             progress=lambda done, total: calls.append((done, total)))
-    done = [c[0] for c in calls]
-    assert all(total == 25 for _, total in calls)
-    assert done == sorted(done) and done[-1] == pytest.approx(25.0)
-    assert len(calls) > 1
+    updates = []
+    estimate(torch.randn(10, 6), LinearScheduler(), noise=7, timesteps=25, chunk_size=20, progress=updates.append)
+    done = [u.done for u in updates]
+    assert all(u.total == 25 and u.phase == "estimating" and u.unit == "timesteps" for u in updates)
+    assert done[0] == 0 and done == sorted(done) and done[-1] == pytest.approx(25.0)
+    assert len(updates) > 2
 
 
 @pytest.mark.parametrize("M", [10, 40])

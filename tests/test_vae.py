@@ -314,31 +314,6 @@ def test_diffusers_is_imported_only_for_vae(tiny_npy, tmp_path):
     assert (tmp_path / "a.safetensors").exists()
 
 
-def test_progress_shows_encoding_then_estimating(monkeypatch):
-    import io
-
-    from rich.console import Console
-
-    from vrcurve import cli
-
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    stream = Terminal()
-    monkeypatch.setattr(sys, "stderr", stream)
-    monkeypatch.setattr(cli, "err", Console(file=stream, force_terminal=True, width=120))
-    bar, report = cli._progress_reporter(True)
-    with bar:
-        report(4, 12, unit="images")
-        bar.refresh()
-        encoding = stream.getvalue()
-        report(250.0, 1000)
-        bar.refresh()
-    assert "encoding" in encoding and "4/12 images" in encoding
-    assert "estimating" in stream.getvalue()[len(encoding):] and "250/1,000 timesteps" in stream.getvalue()
-
-
 def test_images_of_two_sizes_become_two_latent_buckets(tmp_path, vae_dir):
     """Without --resolution, images of two sizes are encoded per bucket: latents at half the image size
     (f = 2), one curve per bucket, and the VAE recorded as for one bucket."""

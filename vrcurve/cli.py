@@ -132,10 +132,19 @@ def _parse_samples(value: str) -> Optional[int]:
     return number
 
 
+def _progress_description(update) -> str:
+    """What the bar says it is doing (``vrcurve.progress.Update``): the phase, then which part of the run, e.g.
+    ``estimating bucket 2/3 4x64x64`` or ``convergence 50 of 200 samples``."""
+    return f"{update.phase} {update.where}" if update.where else update.phase
+
+
 def _progress_reporter(enabled: bool):
-    """A Rich progress bar on stderr (done / total, rate, elapsed, ETA), or None when quiet or stderr is not a
-    terminal. ``report(done, total, unit="timesteps")`` follows the estimate, which reports fractional
-    timesteps while a chunk of queries is in flight; with ``unit="images"`` it follows the VAE encoding first."""
+    """A Rich progress bar on stderr, or (None, None) when quiet or stderr is not a terminal.
+
+    The reporter (``vrcurve.progress``) shows one line per phase, started afresh when the phase (or the bucket
+    or subset) changes: what it is doing (``_progress_description``), a bar, done/total in the phase's unit
+    (timesteps come in fractions while a chunk of queries is in flight), the rate, the time elapsed in the
+    phase and its ETA."""
     if not enabled or not sys.stderr.isatty():
         return None, None
     from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -153,15 +162,15 @@ def _progress_reporter(enabled: bool):
         TextColumn("{task.description}"), BarColumn(), Count(), Rate(), TimeElapsedColumn(), TextColumn("eta"),
         TimeRemainingColumn(), console=err, transient=True,
     )
-    task = bar.add_task("estimating", total=None, unit="timesteps")
-    verbs = {"images": "encoding", "timesteps": "estimating"}
-    shown = ["timesteps"]
+    task = bar.add_task("starting", total=None, unit="")
+    shown = [None]
 
-    def report(done: float, total: int, unit: str = "timesteps"):
-        if unit != shown[0]:  # one line: encoding, then estimating, each with its own rate and ETA
-            shown[0] = unit
-            bar.reset(task, total=total, description=verbs.get(unit, unit), unit=unit)
-        bar.update(task, completed=done, total=total)
+    def report(update):
+        key = (update.phase, update.where, update.unit)
+        if key != shown[0]:  # a new phase: its own count, rate and ETA from its start
+            shown[0] = key
+            bar.reset(task, total=update.total, description=_progress_description(update), unit=update.unit)
+        bar.update(task, completed=update.done, total=update.total)
 
     return bar, report
 
@@ -293,7 +302,6 @@ def estimate(
                 bar.start()
             result = run_estimate(
                 data_options, options, output, device=device, ranks=ranks, progress=report,
-                encode_progress=None if report is None else functools.partial(report, unit="images"),
                 notify=None if quiet else lambda note: err.print(f"note: {note}", markup=False),
             )
         finally:

@@ -26,7 +26,7 @@ measures (it resamples sources with their queries): ``noise_advice`` turns its w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from .density import DEFAULT_UNIFORM_MIX, curve_cdf, density_from_curve, ks_betw
 from .errors import VRCurveError
 from .estimator import Curve
 from .fit import ks_objective
+from .progress import Counter, Reporter, within
 
 KS_SETTLED = 0.02
 M_SETTLED = 0.05
@@ -75,7 +76,8 @@ class BootstrapInterval:
 
 
 def bootstrap_m(curve: Curve, m_hat: float, *, replicates: int = 200, seed: int = 0,
-                level: float = BOOTSTRAP_LEVEL, uniform_mix: float = DEFAULT_UNIFORM_MIX) -> BootstrapInterval:
+                level: float = BOOTSTRAP_LEVEL, uniform_mix: float = DEFAULT_UNIFORM_MIX,
+                progress: Optional[Reporter] = None) -> BootstrapInterval:
     """Bootstrap over sources for the logit-normal location m (percentile interval).
 
     Args:
@@ -84,16 +86,32 @@ def bootstrap_m(curve: Curve, m_hat: float, *, replicates: int = 200, seed: int 
         replicates: number of bootstrap resamples.
         seed: seeds the resampling (a generator of its own; nothing global).
         uniform_mix: the density floor of the estimate (``density_from_curve``), applied to every replicate.
+        progress: a reporter (``vrcurve.progress``), told of the ``bootstrap`` phase after each refit.
     """
     rng = np.random.default_rng([int(seed), 0x626F6F74])  # "boot": a stream apart from the data choice
+    V = _resampled_variance(curve, rng, replicates)
+    return _interval(V, m_hat, level, uniform_mix, progress)
+
+
+def _resampled_variance(curve: Curve, rng: np.random.Generator, replicates: int) -> np.ndarray:
+    """V(t) of ``replicates`` resamplings of the curve's M sources with replacement: (T, replicates)."""
     M = curve.samples
     counts = np.stack([np.bincount(rng.integers(0, M, size=M), minlength=M) for _ in range(replicates)], 1)
-    V = variance_from_sources(curve.per_source_S, curve.per_source_trcov, curve.h2, curve.form, counts / M)
+    return variance_from_sources(curve.per_source_S, curve.per_source_trcov, curve.h2, curve.form, counts / M)
+
+
+def _interval(V: np.ndarray, m_hat: float, level: float, uniform_mix: float,
+              progress: Optional[Reporter]) -> BootstrapInterval:
+    """Refit m (s = 1) on each replicate's curve, V (T, replicates), and take the central ``level`` interval."""
     # KS at the bin edges and 2,001 equally spaced points (not the 20,001 of the reported fit): the spread of
     # m over replicates is far wider than the difference this makes
-    T = V.shape[0]
+    T, replicates = V.shape
     t = np.union1d(np.linspace(0.0, 1.0, 2001), np.arange(T + 1) / T)[1:-1]
-    ms = np.array([_fit_m_near(ks_objective(curve_cdf(V[:, b], uniform_mix=uniform_mix), t), m_hat) for b in range(replicates)])
+    counter = Counter(progress, "bootstrap", replicates, "replicates")
+    ms = np.empty(replicates)
+    for b in range(replicates):
+        ms[b] = _fit_m_near(ks_objective(curve_cdf(V[:, b], uniform_mix=uniform_mix), t), m_hat)
+        counter.add()
     alpha = (1.0 - level) / 2
     low, high = np.quantile(ms, [alpha, 1.0 - alpha])
     return BootstrapInterval(low=float(low), high=float(high), std=float(ms.std(ddof=1)), level=level,
@@ -178,6 +196,12 @@ def nested_subsets(M: int, seed: int, fractions: Sequence[float] = (0.25, 0.5)) 
     return [np.sort(order[: max(2, int(round(f * M)))]) for f in fractions]
 
 
+def subset_progress(progress: Optional[Reporter], samples: int, total: int) -> Optional[Reporter]:
+    """``progress`` for the re-estimate on a nested subset of ``samples`` of the ``total`` samples (summed over
+    the buckets): the estimate's timesteps, reported as the ``convergence`` phase, saying which subset."""
+    return within(progress, f"{samples} of {total} samples", phase="convergence")
+
+
 def require_samples(M: int) -> None:
     """Refuse a convergence check on fewer than CONVERGENCE_MIN_SAMPLES samples (before any work is done)."""
     if M < CONVERGENCE_MIN_SAMPLES:
@@ -216,26 +240,15 @@ def pooled_variance(variances: Sequence[np.ndarray], shares: Sequence[float]) ->
 
 
 def bootstrap_m_pooled(curves: Sequence[Curve], shares: Sequence[float], m_hat: float, *, replicates: int = 200,
-                       seed: int = 0, level: float = BOOTSTRAP_LEVEL,
-                       uniform_mix: float = DEFAULT_UNIFORM_MIX) -> BootstrapInterval:
+                       seed: int = 0, level: float = BOOTSTRAP_LEVEL, uniform_mix: float = DEFAULT_UNIFORM_MIX,
+                       progress: Optional[Reporter] = None) -> BootstrapInterval:
     """``bootstrap_m`` for the pooled density of resolution buckets: sources are resampled within each bucket
     (a stratified bootstrap: a bucket's share of the data is fixed, not drawn), the buckets' curves rebuilt and
-    pooled (``pooled_variance``), mixed with the density floor ``uniform_mix``, and m refitted."""
+    pooled (``pooled_variance``), mixed with the density floor ``uniform_mix``, and m refitted; ``progress``
+    as for ``bootstrap_m``."""
     rng = np.random.default_rng([int(seed), 0x626F6F74])
-    Vs = []
-    for curve in curves:
-        M = curve.samples
-        counts = np.stack([np.bincount(rng.integers(0, M, size=M), minlength=M) for _ in range(replicates)], 1)
-        Vs.append(variance_from_sources(curve.per_source_S, curve.per_source_trcov, curve.h2, curve.form, counts / M))
-    V = pooled_variance(Vs, shares)
-    T = V.shape[0]
-    t = np.union1d(np.linspace(0.0, 1.0, 2001), np.arange(T + 1) / T)[1:-1]
-    ms = np.array([_fit_m_near(ks_objective(curve_cdf(V[:, b], uniform_mix=uniform_mix), t), m_hat)
-                   for b in range(replicates)])
-    alpha = (1.0 - level) / 2
-    low, high = np.quantile(ms, [alpha, 1.0 - alpha])
-    return BootstrapInterval(low=float(low), high=float(high), std=float(ms.std(ddof=1)), level=level,
-                             replicates=replicates)
+    V = pooled_variance([_resampled_variance(curve, rng, replicates) for curve in curves], shares)
+    return _interval(V, m_hat, level, uniform_mix, progress)
 
 
 def check_convergence_pooled(sizes: Sequence[int], full_cdf: np.ndarray, full_m: float,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,9 +38,10 @@ from .engine.blocks import gram
 from .engine.noise import source_noise, source_seed
 from .engine.plan import free_memory, share
 from .engine.precision import resolve_precision, work_dtype
-from .engine.run import Job, Progress, device_sums
+from .engine.run import Job, device_sums
 from .errors import VRCurveError
 from .options import CurveOptions
+from .progress import Counter, Reporter
 from .schedulers import Scheduler
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def estimate(
     device: DeviceSpec = "cpu",
     dtype: torch.dtype = torch.float32,
     source_ids: Optional[Sequence[int]] = None,
-    progress: Optional[Callable[[float, int], None]] = None,
+    progress: Optional[Reporter] = None,
     precision: str = "float32",
     ranks: Optional["Ranks"] = None,
     noise_space: str = "span",
@@ -129,8 +130,9 @@ def estimate(
             "cuda:0,cuda:1"; "cuda" alone is every GPU), over which the sources are split and computed
             concurrently (``vrcurve.devices.resolve_devices``).
         dtype: working precision, float32 or float64 (accumulation over queries is float64 always).
-        progress: called as progress(done, total) after each work block, with ``done`` the timesteps'
-            worth of work finished (fractional while a chunk of queries is in flight) and ``total`` = T.
+        progress: a reporter (``vrcurve.progress``), told of the ``estimating`` phase at 0 before the Gram
+            matrix and after each work block: ``done`` is the timesteps' worth of this process's work
+            finished (fractional while a chunk of queries is in flight), ``total`` = T.
         precision: of the heavy products w @ D: "float32" (products in ``dtype``), "bf16", "tf32" (CUDA)
             or "auto" (see ``resolve_precision``; the command line's default).
         ranks: the processes of a distributed run (``vrcurve.distributed.Ranks``); this process then
@@ -157,7 +159,7 @@ def estimate_curve(
     device: DeviceSpec = "cpu",
     dtype: torch.dtype = torch.float32,
     source_ids: Optional[Sequence[int]] = None,
-    progress: Optional[Callable[[float, int], None]] = None,
+    progress: Optional[Reporter] = None,
     ranks: Optional["Ranks"] = None,
 ) -> Curve:
     """``estimate`` with its settings in one checked ``CurveOptions`` (what the pipeline passes); the other
@@ -189,7 +191,7 @@ def estimate_curve(
 
     lo, hi = (0, M) if ranks is None else share(M, ranks.rank, ranks.world_size)
     job = Job(x=x, s=s, tau=tau, precision=prec, options=options, ids=ids, work=work_dtype(prec),
-              progress=Progress(progress, (hi - lo) * noise, timesteps))
+              progress=Counter(progress, "estimating", timesteps, "timesteps", per=(hi - lo) * noise))
 
     def local_sums() -> np.ndarray:
         sums = np.zeros((2, timesteps, M))

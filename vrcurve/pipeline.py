@@ -22,6 +22,7 @@ from .convergence import (
     check_convergence_pooled,
     pooled_variance,
     require_samples,
+    subset_progress,
 )
 from .convergence import check_convergence as convergence_check
 from .density import Density, density_from_curve
@@ -32,6 +33,7 @@ from .estimator import Curve, check_memory, estimate_curve
 from .fit import LogitNormalFit, fit_logitnormal
 from .meta import T0_NOISE, ArtifactMeta, BucketMeta, DroppedBucket
 from .options import DataOptions, EstimateOptions, OutputOptions, flags
+from .progress import Reporter, within
 from .readers import open_source
 from .samples import Samples, load_buckets, load_samples
 
@@ -166,23 +168,23 @@ def run_estimate(
     *,
     device: DeviceSpec = "cpu",
     ranks: Optional[Ranks] = None,
-    progress: Optional[Callable[[int, int], None]] = None,
-    encode_progress: Optional[Callable[[int, int], None]] = None,
+    progress: Optional[Reporter] = None,
     notify: Optional[Callable[[str], None]] = None,
 ) -> EstimateResult:
     """Run the whole estimate and write the artifact to ``output.path`` (atomically; nothing on failure).
 
     What to read and how it becomes latents is ``data``; how to estimate, ``options``; each group was checked
     when it was made (``vrcurve.options``). With a VAE (``data.vae``) the data must be images, encoded on the
-    first of the devices, and the rescaling factors default to the VAE config's; ``encode_progress(done,
-    total)`` follows the images encoded. ``options.bootstrap`` replicates give a 90% interval for m;
-    ``options.check_convergence`` also estimates the curve on nested subsets M/4 and M/2 of the samples with
-    the same noise (``vrcurve.convergence``). ``progress(done, total)`` follows the estimate's timesteps.
+    first of the devices, and the rescaling factors default to the VAE config's. ``options.bootstrap``
+    replicates give a 90% interval for m; ``options.check_convergence`` also estimates the curve on nested
+    subsets M/4 and M/2 of the samples with the same noise (``vrcurve.convergence``).
 
-    Where it runs: ``device`` is what ``resolve_devices`` reads. With ``ranks`` (a torchrun process,
-    ``vrcurve.distributed``) every rank reads the same sample and estimates its share of the sources; only
-    rank 0 writes. ``notify`` receives the source's notes (``Source.notes``, e.g. that latent caches were read
-    rather than the images beside them) as soon as the data is opened, on the rank that writes.
+    Where it runs and who listens: ``device`` is what ``resolve_devices`` reads. With ``ranks`` (a torchrun
+    process, ``vrcurve.distributed``) every rank reads the same sample and estimates its share of the sources;
+    only rank 0 writes. ``progress`` (``vrcurve.progress``) is told of each phase with its counts: reading (or
+    encoding), estimating (per bucket), bootstrap, convergence; under torchrun, give it to the rank that writes
+    only. ``notify`` receives the source's notes (``Source.notes``, e.g. that latent caches were read rather
+    than the images beside them) as soon as the data is opened, on the rank that writes.
 
     Data of several sample shapes (``Source.groups``) is estimated per resolution bucket (``_run_buckets``):
     M is split over the buckets (``vrcurve.buckets.allocate``, at least ``data.min_bucket`` each; a smaller
@@ -206,15 +208,15 @@ def run_estimate(
             from .vae import encode_source
 
             source = encode_source(source, data.vae.path, devices[0], dtype=data.vae.dtype,
-                                   batch_size=data.vae.batch_size, progress=encode_progress)
+                                   batch_size=data.vae.batch_size)
             transform = data.transform(source.located.scaling_factor, source.located.shift_factor)
         groups = source.groups()
         plan = _plan_buckets(source, groups, data) if len(groups) > 1 else None
         if plan is not None:
             chosen, pooled_stats = load_buckets(source, plan.groups, plan.allocation, seed, data.normalization,
-                                                transform)
+                                                transform, progress=progress)
         else:
-            chosen = [load_samples(source, data.samples, seed, data.normalization, transform)]
+            chosen = [load_samples(source, data.samples, seed, data.normalization, transform, progress=progress)]
         for ch in chosen:
             if options.check_convergence:
                 require_samples(len(ch.indices))
@@ -236,11 +238,12 @@ def run_estimate(
     density, fit = run.density_and_fit(curve.variance)
     # the bootstrap is the same on every rank: only the one that writes computes it
     interval = (bootstrap_m(curve, fit.m_continuous, replicates=options.bootstrap, seed=seed,
-                            uniform_mix=options.uniform_mix) if run.bootstraps else None)
+                            uniform_mix=options.uniform_mix, progress=progress) if run.bootstraps else None)
     convergence = None
     if options.check_convergence:
         convergence = convergence_check(
-            curve, density.cdf, fit.m_continuous, lambda pos: run.estimate(x[pos], ch.indices[pos]), seed,
+            curve, density.cdf, fit.m_continuous,
+            lambda pos: run.estimate(x[pos], ch.indices[pos], subset_progress(progress, len(pos), len(x))), seed,
             uniform_mix=options.uniform_mix,
         )
     metadata = _metadata(
@@ -275,7 +278,7 @@ class _Run:
     devices: List[torch.device]
     ranks: Optional[Ranks]
     writer: bool
-    progress: Optional[Callable[[int, int], None]]
+    progress: Optional[Reporter]
 
     @property
     def bootstraps(self) -> bool:
@@ -348,11 +351,9 @@ def _plan_buckets(source, groups, data: DataOptions) -> BucketPlan:
                       min_bucket=min_bucket)
 
 
-def _bucket_progress(progress, b: int, B: int):
-    """The progress of bucket b of B, as a share of the whole bar (each bucket counts as T timesteps)."""
-    if progress is None:
-        return None
-    return lambda done, total: progress(b * total + done, B * total)
+def _bucket_progress(progress: Optional[Reporter], b: int, B: int, shape: Tuple[int, ...]) -> Optional[Reporter]:
+    """``progress`` for the work on bucket b of B (from 0), of latents of ``shape``: it names the bucket."""
+    return within(progress, f"bucket {b + 1}/{B} {shape_text(shape)}")
 
 
 def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: Dict[str, Any], output: OutputOptions,
@@ -365,9 +366,11 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
     results: List[BucketResult] = []
     for b, ch in enumerate(chosen):
         shape = tuple(ch.x.shape[1:])  # the latents' shape (after --moments or --vae), as the trainer sees it
-        curve = run.estimate(torch.from_numpy(ch.x), ch.indices, _bucket_progress(run.progress, b, B))
+        report = _bucket_progress(run.progress, b, B, shape)
+        curve = run.estimate(torch.from_numpy(ch.x), ch.indices, report)
         density, fit = run.density_and_fit(curve.variance)
-        interval = (bootstrap_m(curve, fit.m_continuous, replicates=replicates, seed=seed, uniform_mix=uniform_mix)
+        interval = (bootstrap_m(curve, fit.m_continuous, replicates=replicates, seed=seed, uniform_mix=uniform_mix,
+                                progress=report)
                     if run.bootstraps else None)
         meta = BucketMeta(
             shape=shape, dim=curve.dim, samples_total=int(counts[b]), share=float(shares[b]), samples=curve.samples,
@@ -389,13 +392,15 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
     S_se = np.sqrt(sum((w * c.S_stderr) ** 2 for w, c in zip(shares, curves)))
     V_se = np.sqrt(sum((w / z * c.variance_stderr) ** 2 for w, z, c in zip(shares, Z, curves)))
     interval = (bootstrap_m_pooled(curves, shares, fit.m_continuous, replicates=replicates, seed=seed,
-                                   uniform_mix=uniform_mix)
+                                   uniform_mix=uniform_mix, progress=within(run.progress, "all buckets"))
                 if run.bootstraps else None)
     convergence = None
     if run.options.check_convergence:
         def estimate_subsets(positions):
-            sub = [run.estimate(torch.from_numpy(ch.x[pos]), ch.indices[pos]).variance
-                   for ch, pos in zip(chosen, positions)]
+            report = subset_progress(run.progress, sum(len(p) for p in positions), sum(len(ch.x) for ch in chosen))
+            sub = [run.estimate(torch.from_numpy(ch.x[pos]), ch.indices[pos],
+                                _bucket_progress(report, b, B, ch.x.shape[1:])).variance
+                   for b, (ch, pos) in enumerate(zip(chosen, positions))]
             return pooled_variance(sub, shares)
 
         convergence = check_convergence_pooled([c.samples for c in curves], density.cdf, fit.m_continuous,

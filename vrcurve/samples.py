@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import VRCurveError
 from .options import Moments, MomentsKind, Normalize, choice
+from .progress import Counter, Reporter
 from .readers import Source
 from .readers.base import Subset
 
@@ -206,13 +207,41 @@ def normalize(x: np.ndarray, mode: str, name: str = "the data") -> tuple:
     return ((x64 - mean) / std).astype(np.float32), stats
 
 
-def _read(source: Source, idx: np.ndarray, samples: Optional[int], seed: int) -> Tuple[np.ndarray, np.ndarray, List[int]]:
+def _read_counted(source: Source, idx: np.ndarray, counter: Counter) -> Tuple[np.ndarray, List[int]]:
+    """``source.read_good(idx)``, in parts of ``source.read_batch`` samples, each counted once read.
+
+    The parts are copied into one array as they come (not concatenated at the end), so that reading in parts
+    does not hold the samples twice.
+    """
+    step = source.read_batch
+    out, filled, bad = None, 0, []
+    for start in range(0, max(len(idx), 1), step):
+        part = idx[start:start + step]
+        x, part_bad = source.read_good(part)
+        counter.add(len(part))
+        if len(part) == len(idx):
+            return x, part_bad
+        if out is None:
+            out = np.empty((len(idx), *x.shape[1:]), dtype=np.float32)
+        if len(x) and x.shape[1:] != out.shape[1:]:  # a source read whole, though its files form several buckets
+            raise VRCurveError(f"samples differ in shape: {source.sample_name(int(np.delete(part, part_bad)[0]))} "
+                               f"holds {x.shape[1:]}, not {out.shape[1:]} like the samples read before it; read the "
+                               "samples of one shape at a time (Source.groups), or if the files changed while vrcurve "
+                               "ran, run it again.")
+        out[filled:filled + len(x)] = x
+        filled += len(x)
+        bad += [start + b for b in part_bad]
+    return out[:filled], bad
+
+
+def _read(source: Source, idx: np.ndarray, samples: Optional[int], seed: int,
+          counter: Counter) -> Tuple[np.ndarray, np.ndarray, List[int]]:
     """Read the rows at ``idx``; replace the ones a ``skip_bad`` source skips by further seeded draws.
 
     Returns:
         (indices, sorted; their rows; indices of skipped samples).
     """
-    x, bad = source.read_good(idx)
+    x, bad = _read_counted(source, idx, counter)
     if not bad:
         return idx, x, []
     skipped = [int(i) for i in idx[bad]]
@@ -227,7 +256,8 @@ def _read(source: Source, idx: np.ndarray, samples: Optional[int], seed: int) ->
         while need and pos < len(order):
             cand = np.sort(order[pos:pos + need])
             pos += len(cand)
-            xc, badc = source.read_good(cand)
+            counter.add(0, more=len(cand))
+            xc, badc = _read_counted(source, cand, counter)
             skipped += [int(i) for i in cand[badc]]
             got_idx.append(np.delete(cand, badc))
             got_x.append(xc)
@@ -244,7 +274,7 @@ def _read(source: Source, idx: np.ndarray, samples: Optional[int], seed: int) ->
 
 
 def load_samples(source: Source, samples: Optional[int], seed: int, normalization: str = "global",
-                 transform: Optional[LatentTransform] = None) -> Samples:
+                 transform: Optional[LatentTransform] = None, progress: Optional[Reporter] = None) -> Samples:
     """Choose, read, check, transform and normalise M samples of ``source`` (the steps in the module docstring).
 
     Args:
@@ -253,15 +283,24 @@ def load_samples(source: Source, samples: Optional[int], seed: int, normalizatio
         seed: the sample choice, replacements of skipped files and the moments' noise all derive from it.
         normalization: a ``Normalize`` value (global, channel or none).
         transform: moments and rescaling; None for neither.
+        progress: a reporter (``vrcurve.progress``), told of the source's ``read_phase`` (``reading``, or
+            ``encoding`` through a VAE) as the samples are read: N of M, replacements of skipped files added.
 
     Raises:
         VRCurveError: fewer than M samples; a chosen sample unreadable, of another shape, or holding NaN or
             Inf (named); moments that do not fit; data that cannot be normalised.
     """
+    counter = Counter(progress, source.read_phase, source.n if samples is None else samples, source.read_unit)
+    return _load(source, samples, seed, normalization, transform, counter)
+
+
+def _load(source: Source, samples: Optional[int], seed: int, normalization: str,
+          transform: Optional[LatentTransform], counter: Counter) -> Samples:
+    """``load_samples``, counting the samples read on ``counter`` (which buckets share)."""
     transform = transform or LatentTransform()
     normalization = choice("--normalize", normalization, Normalize, "normalisation")
     idx = choose_indices(source.n, samples, seed)
-    idx, x, skipped = _read(source, idx, samples, seed)
+    idx, x, skipped = _read(source, idx, samples, seed, counter)
     bad = ~np.isfinite(x.reshape(len(idx), -1)).all(axis=1)
     if bad.any():
         raise VRCurveError(f"{source.sample_name(int(idx[np.flatnonzero(bad)[0]]))} contains NaN or Inf; clean the "
@@ -288,8 +327,8 @@ def load_samples(source: Source, samples: Optional[int], seed: int, normalizatio
 
 
 def load_buckets(source: Source, groups: Dict[Tuple[int, ...], np.ndarray], allocation: List[Optional[int]],
-                 seed: int, normalization: str = "global",
-                 transform: Optional[LatentTransform] = None) -> Tuple[List[Samples], Dict[str, Any]]:
+                 seed: int, normalization: str = "global", transform: Optional[LatentTransform] = None,
+                 progress: Optional[Reporter] = None) -> Tuple[List[Samples], Dict[str, Any]]:
     """Choose, read, check and transform each bucket's samples, and normalise them with pooled statistics.
 
     Each bucket is a ``Subset`` of ``source``; its M_b samples are chosen with ``seed`` among its own
@@ -307,6 +346,7 @@ def load_buckets(source: Source, groups: Dict[Tuple[int, ...], np.ndarray], allo
         allocation: (B,) samples per bucket, in the order of ``groups`` (``vrcurve.buckets.allocate``), or
             None for every sample of the bucket (--samples all).
         seed, normalization, transform: as for ``load_samples``.
+        progress: as for ``load_samples``: one count over the samples of all the buckets.
 
     Returns:
         (one Samples per bucket, normalised; the pooled normalisation statistics recorded in the artifact).
@@ -320,8 +360,9 @@ def load_buckets(source: Source, groups: Dict[Tuple[int, ...], np.ndarray], allo
         raise VRCurveError(f"{source.name} mixes samples of shape {'x'.join(map(str, first))} and "
                            f"{'x'.join(map(str, other[0]))}, whose channel counts (or number of axes) differ; one model "
                            "cannot train on both: read the latents of one model at a time.")
-    loaded = [load_samples(source.subset(idx), m, seed, "none", transform)
-              for idx, m in zip(groups.values(), allocation)]
+    counter = Counter(progress, source.read_phase,
+                      sum(len(idx) if m is None else m for idx, m in zip(groups.values(), allocation)), source.read_unit)
+    loaded = [_load(source.subset(idx), m, seed, "none", transform, counter) for idx, m in zip(groups.values(), allocation)]
     counts = np.array([len(idx) for idx in groups.values()], dtype=np.float64)
     w = counts / counts.sum()
     rescale = {"scaling_factor": (transform or LatentTransform()).scaling_factor,

@@ -23,7 +23,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -252,21 +252,27 @@ class EncodedSource(Source):
 
     A sample is float32 (2C, H/f, W/f): the posterior mean then the log-variance (diffusers'
     ``latent_dist.parameters``, unclamped). Images are read and encoded ``batch_size`` at a time, so memory
-    holds one batch of images, not M of them. Messages name the parent's image files.
+    holds one batch of images, not M of them; reading it is the ``encoding`` phase of the progress (counted
+    in images, a batch at a time). Messages name the parent's image files.
 
     Attributes:
         located: the VAE on disk.
         dtype: the dtype it runs in (``float32``, ``float16``, ``bfloat16``).
     """
 
+    read_phase = "encoding"
+    read_unit = "images"
+
     def __init__(self, parent: Source, located: VAEFolder, model, device: torch.device, dtype: str,
-                 batch_size: int, progress: Optional[Callable[[int, int], None]] = None):
+                 batch_size: int):
         self.parent, self.located, self.model = parent, located, model
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
-        self.progress = progress
         self.name, self.format, self.n = parent.name, parent.format, parent.n
         self.shape = latent_shape(located, parent.shape, parent.name)
-        self._done = self._asked = 0
+
+    @property
+    def read_batch(self) -> int:
+        return self.batch_size  # whole batches: parts of another size would change what the VAE is given
 
     def groups(self) -> Dict[Tuple[int, ...], np.ndarray]:
         return {latent_shape(self.located, shape, self.name): idx for shape, idx in self.parent.groups().items()}
@@ -280,7 +286,6 @@ class EncodedSource(Source):
 
     def _read(self, indices: np.ndarray, skip: bool) -> Tuple[np.ndarray, List[int]]:
         indices = np.asarray(indices, dtype=np.int64)
-        self._asked += len(indices)
         rows, skipped = [], []
         for start in range(0, len(indices), self.batch_size):
             batch = indices[start:start + self.batch_size]
@@ -299,9 +304,6 @@ class EncodedSource(Source):
                     raise VRCurveError(f"the VAE gives NaN or Inf for {self.parent.sample_name(i)} in {self.dtype}; "
                                        f"{hint}.")
                 rows.append(moments)
-            self._done += len(batch)
-            if self.progress is not None:
-                self.progress(self._done, self._asked)
         x = np.concatenate(rows) if rows else np.zeros((0, *self.shape), dtype=np.float32)
         return x, skipped
 
@@ -328,8 +330,8 @@ class EncodedSource(Source):
         }}
 
 
-def encode_source(source: Source, spec: str, device: torch.device, *, dtype: str = "float32", batch_size: int = 4,
-                  progress: Optional[Callable[[int, int], None]] = None) -> EncodedSource:
+def encode_source(source: Source, spec: str, device: torch.device, *, dtype: str = "float32",
+                  batch_size: int = 4) -> EncodedSource:
     """Check that ``source`` holds images and ``spec`` names an AutoencoderKL that fits them, then load it.
 
     Args:
@@ -338,7 +340,6 @@ def encode_source(source: Source, spec: str, device: torch.device, *, dtype: str
         device: where the VAE runs.
         dtype: ``float32`` (default), ``float16`` or ``bfloat16``.
         batch_size: images per ``encode`` call.
-        progress: called as ``progress(images encoded, images asked for)`` after each batch.
 
     Raises:
         VRCurveError: the data is not images; the VAE folder is not an AutoencoderKL or does not load; the
@@ -356,4 +357,4 @@ def encode_source(source: Source, spec: str, device: torch.device, *, dtype: str
         raise VRCurveError(f"unknown --vae-dtype {dtype!r}; choose one of {', '.join(VAE_DTYPES)}.")
     located = locate_vae(spec)
     latent_shape(located, source.shape, source.name)  # before the slow load
-    return EncodedSource(source, located, load_vae(located, device, dtype), device, dtype, batch_size, progress)
+    return EncodedSource(source, located, load_vae(located, device, dtype), device, dtype, batch_size)

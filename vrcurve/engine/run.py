@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from ..progress import Counter
 from .backends import Selector
 from .blocks import Constants, block_sums, gram, make_chunk
 from .noise import Projector, ambient_basis, span_factor
@@ -17,22 +17,6 @@ from .precision import matmul_precision
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..options import CurveOptions
-
-
-class Progress:
-    """Adds up the queries x timesteps done by the device threads and reports timesteps' worth of work."""
-
-    def __init__(self, report: Optional[Callable[[float, int], None]], queries: int, timesteps: int):
-        self.report, self.queries, self.timesteps = report, max(1, queries), timesteps
-        self.done = 0
-        self.lock = threading.Lock()
-
-    def add(self, rows: int):
-        if self.report is None:
-            return
-        with self.lock:
-            self.done += rows
-            self.report(self.done / self.queries, self.timesteps)
 
 
 @dataclass(frozen=True)
@@ -46,7 +30,7 @@ class Job:
     options: "CurveOptions"
     ids: np.ndarray
     work: torch.dtype
-    progress: Progress
+    progress: Counter  # timesteps: queries x timesteps, per = this process's queries
     selector: Selector = field(default_factory=Selector)
 
 

@@ -14,6 +14,8 @@ from ..errors import VRCurveError
 
 # Paths and member names recorded in the artifact: a few shards are worth listing, a million files are not.
 MAX_LISTED_SOURCES = 32
+# Bytes of float32 samples read per call where the progress is counted (``Source.read_batch``).
+READ_BATCH_BYTES = 64 << 20
 
 
 class Source(ABC):
@@ -26,6 +28,8 @@ class Source(ABC):
         shape: shape of one sample (everything after the sample axis), e.g. (C, H, W).
         notes: what the user should know about how PATH was read (e.g. the latent caches in a folder were read
             rather than the images beside them), one sentence each; the CLI prints them on stderr.
+        read_phase, read_unit: how the progress of reading it is reported (``vrcurve.progress``): ``reading``
+            samples, files or images, or ``encoding`` images through a VAE.
     """
 
     name: str
@@ -33,6 +37,14 @@ class Source(ABC):
     n: int
     shape: Tuple[int, ...]
     notes: Tuple[str, ...] = ()
+    read_phase: str = "reading"
+    read_unit: str = "samples"
+
+    @property
+    def read_batch(self) -> int:
+        """How many samples ``vrcurve.samples`` asks ``read_good`` for at a time, counting each part read: rows
+        of 64 MiB of float32 in all (a part, not a row, so that a large array is read in few calls)."""
+        return max(1, READ_BATCH_BYTES // (4 * int(np.prod(self.shape, dtype=np.int64))))
 
     @abstractmethod
     def read(self, indices: np.ndarray) -> np.ndarray:
@@ -145,6 +157,18 @@ class Subset(Source):
         self.shape = shapes[0]
         self.name = f"{parent.name} [{'x'.join(str(s) for s in self.shape)}]"
 
+    @property
+    def read_phase(self) -> str:
+        return self.parent.read_phase
+
+    @property
+    def read_unit(self) -> str:
+        return self.parent.read_unit
+
+    @property
+    def read_batch(self) -> int:
+        return self.parent.read_batch
+
     def read(self, indices):
         return self.parent.read(self.indices[np.asarray(indices, dtype=np.int64)])
 
@@ -179,6 +203,7 @@ class PerFileSource(Source):
     files: Sequence[Path]
     skip_bad: bool = False
     what: str = "file"  # "image", "file": how messages call one sample
+    read_batch = 1  # decoding a file takes far longer than a call: each file read is counted
     _file_shapes: Optional[List[Optional[Tuple[int, ...]]]] = None  # per file, after groups(); None: unreadable
 
     def __init__(self, name: str, files: Sequence[Path], skip_bad: bool = False):
@@ -186,6 +211,10 @@ class PerFileSource(Source):
         self.files = list(files)
         self.skip_bad = skip_bad
         self.n = len(self.files)
+
+    @property
+    def read_unit(self) -> str:
+        return f"{self.what}s"
 
     def _shape_of(self, path: Path) -> Tuple[int, ...]:
         """The shape of the sample in ``path`` from its header alone (raises BadSample when unreadable)."""
