@@ -436,13 +436,14 @@ def fit_logitnormal_cmd(
     """Fit a logit-normal to the artifact's density by KS distance and print its location m (and each
     resolution bucket's, for an artifact of several)."""
     from .artifact import bucket_arrays, read_artifact
+    from .buckets import nearest_bucket
     from .fit import fit_logitnormal
 
     arrays, meta = read_artifact(artifact)
     buckets = meta.buckets or ()
     what = "pooled density" if buckets else "density"
     if bucket is not None and buckets:  # an artifact of one shape is its one bucket
-        b = _pick_bucket(buckets, _parse_shape(bucket, "--bucket"))
+        b = nearest_bucket([info.shape for info in buckets], _parse_shape(bucket, "--bucket"))
         arrays, what = bucket_arrays(arrays, b), f"bucket {_shape_text(buckets[b].shape)}"
         buckets = ()
     elif bucket is not None:
@@ -503,20 +504,6 @@ def _parse_shape(text: str, option: str):
     if not shape or min(shape) < 1:
         raise typer.BadParameter(f"{text!r} is not a sample shape such as 16x64x64.", param_hint=option)
     return shape
-
-
-def _pick_bucket(buckets, shape) -> int:
-    """The position of the bucket of ``shape`` in the artifact's ``buckets`` (``BucketMeta``; the nearest by
-    number of elements when absent, as ``VRDistribution.bucket`` picks it); 0 for an artifact of one shape."""
-    import numpy as np
-
-    if not buckets:
-        return 0
-    shapes = [b.shape for b in buckets]
-    if shape in shapes:
-        return shapes.index(shape)
-    n = int(np.prod(shape))
-    return min(range(len(shapes)), key=lambda b: abs(int(np.prod(shapes[b])) - n))
 
 
 @app.command()
@@ -662,6 +649,7 @@ def export_cmd(
     import math
 
     from .artifact import read_artifact
+    from .buckets import nearest_bucket
     from .export import (
         SHIFT_TARGETS,
         bucket_shift_line,
@@ -685,7 +673,7 @@ def export_cmd(
                                      param_hint="--bucket")
         shape = _parse_shape(bucket, "--bucket")
         if read.meta.buckets:
-            b = _pick_bucket(read.meta.buckets, shape)
+            b = nearest_bucket([info.shape for info in read.meta.buckets], shape)
             chosen = read.meta.buckets[b]
             # the bucket's own fit and density, under the artifact's scheduler and settings
             read = read.bucket(b)
