@@ -175,6 +175,13 @@ def _progress_reporter(enabled: bool):
     return bar, report
 
 
+def _beta_help(end: str, vp_default: str, linear_defaults: str) -> str:
+    """The help of ``--beta-min``/``--beta-max``: one flag names a different beta in each scheduler family."""
+    linear_name = "beta_start" if end == "min" else "beta_end"
+    return (f"diffusion (VP): beta_{end}, default {vp_default}; scaled_linear/ddpm_linear: {linear_name}, default "
+            f"{linear_defaults}.")
+
+
 @app.command()
 @_user_errors
 def estimate(
@@ -191,11 +198,9 @@ def estimate(
     shift: Annotated[Optional[float], typer.Option(
         "--shift", help="Timestep shift of the linear scheduler (SD3/Flux).")] = None,
     beta_min: Annotated[Optional[float], typer.Option(
-        "--beta-min", help="diffusion (VP): beta_min, default 0.1; scaled_linear/ddpm_linear: beta_start, default "
-        "0.00085/0.0001.")] = None,
+        "--beta-min", help=_beta_help("min", "0.1", "0.00085/0.0001"))] = None,
     beta_max: Annotated[Optional[float], typer.Option(
-        "--beta-max", help="diffusion (VP): beta_max, default 20; scaled_linear/ddpm_linear: beta_end, default "
-        "0.012/0.02.")] = None,
+        "--beta-max", help=_beta_help("max", "20", "0.012/0.02"))] = None,
     custom: Annotated[Optional[str], typer.Option(
         "--custom", help="module:object of a custom scheduler (imports and runs that module's code).")] = None,
     samples: Annotated[str, typer.Option(
