@@ -113,7 +113,7 @@ def _version(value: bool):
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option(
-        "--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+        "--version", callback=_version, is_eager=True, metavar="", help="Print the version.")] = False,
 ):
     pass
 
