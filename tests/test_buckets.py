@@ -527,3 +527,12 @@ def test_samples_all_uses_every_sample_of_every_bucket(mixed, tmp_path):
                           timesteps=16, seed=0, precision="float32", bootstrap=0)
     assert [b["samples"] for b in result.metadata["buckets"]] == [30, 18]
     assert result.metadata["samples"] == 48
+
+
+def test_nearest_bucket_is_the_exact_shape_else_the_nearest_size_and_the_first_on_ties():
+    from vrcurve.buckets import nearest_bucket
+
+    shapes = [(4, 8, 8), (4, 8, 12), (4, 4, 4)]  # 256, 384 and 64 elements
+    assert nearest_bucket(shapes, (4, 8, 12)) == 1
+    assert nearest_bucket(shapes, [4, 8, 11]) == 1  # 352: 32 from 384, 96 from 256
+    assert nearest_bucket(shapes, (4, 4, 10)) == 0  # 160: 96 from 256 and from 64, the first wins

@@ -155,3 +155,23 @@ def test_the_docs_run_estimate_snippet_writes_what_the_command_line_writes(tmp_p
     for name in ("pdf", "cdf", "variance"):
         np.testing.assert_array_equal(a[name], b[name])
     assert meta_a["logitnormal_m"] == meta_b["logitnormal_m"] and meta_a["data"] == meta_b["data"]
+
+
+def test_every_string_choice_is_stored_as_a_plain_string():
+    from vrcurve.options import Moments, MomentsKind, NoiseSpace, Normalize, Precision, VAEDtype
+
+    data = DataOptions("d.npy", normalization=Normalize.channel, moments=Moments.mean, moments_kind=MomentsKind.std)
+    vae = VAEOptions("vae", sample=Moments.mean, dtype=VAEDtype.float16)
+    curve = CurveOptions(LinearScheduler(), precision=Precision.bf16, noise_space=NoiseSpace.ambient)
+    values = (data.normalization, data.moments, data.moments_kind, vae.sample, vae.dtype, curve.precision,
+              curve.noise_space)
+    assert values == ("channel", "mean", "std", "mean", "float16", "bf16", "ambient")
+    assert all(type(v) is str for v in values)
+    assert Normalize.global_.value == "global" and Normalize("global") is Normalize.global_
+
+
+def test_the_vae_encodes_in_exactly_the_dtypes_offered():
+    from vrcurve.options import VAEDtype, choices
+    from vrcurve.vae import VAE_DTYPES
+
+    assert tuple(VAE_DTYPES) == choices(VAEDtype)

@@ -42,6 +42,23 @@ def shape_text(shape: Sequence[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
+def nearest_bucket(shapes: Sequence[Sequence[int]], shape: Sequence[int]) -> int:
+    """The position in ``shapes`` of the bucket for samples of ``shape``: that exact shape, else the one whose
+    samples have the nearest number of elements (ties: the first, i.e. the larger bucket, as artifacts list
+    their buckets largest first).
+
+    Args:
+        shapes: (B,) the buckets' sample shapes, without the batch axis; at least one.
+        shape: the samples' shape, without the batch axis (``latents.shape[1:]``).
+    """
+    shapes = [tuple(int(v) for v in s) for s in shapes]
+    key = tuple(int(v) for v in shape)
+    if key in shapes:
+        return shapes.index(key)
+    n = math.prod(key)
+    return min(range(len(shapes)), key=lambda b: abs(math.prod(shapes[b]) - n))
+
+
 def allocate(counts: Sequence[int], samples: Optional[int], minimum: int = MIN_BUCKET) -> List[int]:
     """Split M samples over buckets in proportion to their counts, each within [minimum, count].
 

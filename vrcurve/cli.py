@@ -113,7 +113,7 @@ def _version(value: bool):
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option(
-        "--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+        "--version", callback=_version, is_eager=True, metavar="", help="Print the version.")] = False,
 ):
     pass
 
@@ -175,6 +175,13 @@ def _progress_reporter(enabled: bool):
     return bar, report
 
 
+def _beta_help(end: str, vp_default: str, linear_defaults: str) -> str:
+    """The help of ``--beta-min``/``--beta-max``: one flag names a different beta in each scheduler family."""
+    linear_name = "beta_start" if end == "min" else "beta_end"
+    return (f"diffusion (VP): beta_{end}, default {vp_default}; scaled_linear/ddpm_linear: {linear_name}, default "
+            f"{linear_defaults}.")
+
+
 @app.command()
 @_user_errors
 def estimate(
@@ -191,11 +198,9 @@ def estimate(
     shift: Annotated[Optional[float], typer.Option(
         "--shift", help="Timestep shift of the linear scheduler (SD3/Flux).")] = None,
     beta_min: Annotated[Optional[float], typer.Option(
-        "--beta-min", help="diffusion (VP): beta_min, default 0.1; scaled_linear/ddpm_linear: beta_start, default "
-        "0.00085/0.0001.")] = None,
+        "--beta-min", help=_beta_help("min", "0.1", "0.00085/0.0001"))] = None,
     beta_max: Annotated[Optional[float], typer.Option(
-        "--beta-max", help="diffusion (VP): beta_max, default 20; scaled_linear/ddpm_linear: beta_end, default "
-        "0.012/0.02.")] = None,
+        "--beta-max", help=_beta_help("max", "20", "0.012/0.02"))] = None,
     custom: Annotated[Optional[str], typer.Option(
         "--custom", help="module:object of a custom scheduler (imports and runs that module's code).")] = None,
     samples: Annotated[str, typer.Option(
@@ -436,13 +441,14 @@ def fit_logitnormal_cmd(
     """Fit a logit-normal to the artifact's density by KS distance and print its location m (and each
     resolution bucket's, for an artifact of several)."""
     from .artifact import bucket_arrays, read_artifact
+    from .buckets import nearest_bucket
     from .fit import fit_logitnormal
 
     arrays, meta = read_artifact(artifact)
     buckets = meta.buckets or ()
     what = "pooled density" if buckets else "density"
     if bucket is not None and buckets:  # an artifact of one shape is its one bucket
-        b = _pick_bucket(buckets, _parse_shape(bucket, "--bucket"))
+        b = nearest_bucket([info.shape for info in buckets], _parse_shape(bucket, "--bucket"))
         arrays, what = bucket_arrays(arrays, b), f"bucket {_shape_text(buckets[b].shape)}"
         buckets = ()
     elif bucket is not None:
@@ -503,20 +509,6 @@ def _parse_shape(text: str, option: str):
     if not shape or min(shape) < 1:
         raise typer.BadParameter(f"{text!r} is not a sample shape such as 16x64x64.", param_hint=option)
     return shape
-
-
-def _pick_bucket(buckets, shape) -> int:
-    """The position of the bucket of ``shape`` in the artifact's ``buckets`` (``BucketMeta``; the nearest by
-    number of elements when absent, as ``VRDistribution.bucket`` picks it); 0 for an artifact of one shape."""
-    import numpy as np
-
-    if not buckets:
-        return 0
-    shapes = [b.shape for b in buckets]
-    if shape in shapes:
-        return shapes.index(shape)
-    n = int(np.prod(shape))
-    return min(range(len(shapes)), key=lambda b: abs(int(np.prod(shapes[b])) - n))
 
 
 @app.command()
@@ -662,6 +654,7 @@ def export_cmd(
     import math
 
     from .artifact import read_artifact
+    from .buckets import nearest_bucket
     from .export import (
         SHIFT_TARGETS,
         bucket_shift_line,
@@ -685,7 +678,7 @@ def export_cmd(
                                      param_hint="--bucket")
         shape = _parse_shape(bucket, "--bucket")
         if read.meta.buckets:
-            b = _pick_bucket(read.meta.buckets, shape)
+            b = nearest_bucket([info.shape for info in read.meta.buckets], shape)
             chosen = read.meta.buckets[b]
             # the bucket's own fit and density, under the artifact's scheduler and settings
             read = read.bucket(b)

@@ -154,15 +154,20 @@ class _Step:
 
 
 @contextmanager
-def launch(device: str, report: Callable[[RankFailed], None]) -> Iterator[Optional[Ranks]]:
+def launch(device: str, report: Optional[Callable[[RankFailed], None]] = None) -> Iterator[Optional[Ranks]]:
     """Initialise torch.distributed when this process was started by torchrun and yield its ``Ranks``
     (None otherwise); the process group is destroyed on the way out, whatever happens.
 
     The backend is NCCL when this rank computes on CUDA, gloo on the CPU. A failed run is settled here:
-    when the block raises ``RankFailed`` (on every rank at once), the rank whose message it is passes it to
-    ``report``, then every rank waits for the others, so that the message is out before torchrun stops the
-    processes (it does when the first one exits); the error is then raised again with ``show`` False, as
-    reported.
+    when the block raises ``RankFailed`` (on every rank at once), every rank waits for the others before it
+    leaves, so that the failing rank's message is out before torchrun stops the processes (it does when the
+    first one exits).
+
+    Args:
+        device: ``--device`` as given (``cuda`` is this rank's GPU, cuda:LOCAL_RANK).
+        report: given, the failing rank passes the ``RankFailed`` to it before the wait, and every rank raises
+            it again with ``show`` False (reported); None: every rank raises it as it came, after the wait, for
+            the caller to print where ``show`` is True.
     """
     if not under_torchrun():
         yield None
@@ -193,6 +198,9 @@ def launch(device: str, report: Callable[[RankFailed], None]) -> Iterator[Option
     try:
         yield ranks
     except RankFailed as exc:
+        if report is None:
+            ranks.settle()
+            raise
         if exc.show:
             report(exc)
         ranks.settle()

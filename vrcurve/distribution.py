@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .artifact import PathLike, read_artifact
+from .buckets import nearest_bucket
 from .density import invert_cdf
 from .errors import VRCurveError
 from .meta import T0_NOISE, T1_NOISE, ArtifactMeta
@@ -96,12 +97,8 @@ class VRDistribution:
         except (TypeError, ValueError):
             raise VRCurveError(f"shape= must be a sequence of whole numbers such as latents.shape[1:], "
                                f"got {shape!r}.") from None
-        if key in self._buckets:
-            return self._buckets[key][1]
-        n = int(np.prod(key)) if key else 1
-        # dicts keep the largest bucket first, and min() keeps the first of equal distances
-        nearest = min(self._buckets, key=lambda s: abs(int(np.prod(s)) - n))
-        return self._buckets[nearest][1]
+        shapes = list(self._buckets)  # largest bucket first, as stored
+        return self._buckets[shapes[nearest_bucket(shapes, key)]][1]
 
     def _tables(self, device: torch.device):
         if device not in self._on:

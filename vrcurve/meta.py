@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 from ._version import __version__
 from .errors import VRCurveError
+from .options import Form, Likelihood, NoiseSpace, Normalize, choices
 
 FORMAT = "vrcurve"
 FORMAT_VERSION = 2
@@ -108,7 +109,7 @@ def _scheduler(value: Any) -> bool:
 
 
 def _normalization(value: Any) -> bool:
-    return isinstance(value, dict) and value.get("mode") in ("global", "channel", "none")
+    return isinstance(value, dict) and value.get("mode") in choices(Normalize)
 
 
 def _dropped(value: Any) -> bool:
@@ -283,8 +284,8 @@ class ArtifactMeta(_Record, Mapping):
     """
 
     scheduler: Optional[Dict[str, Any]] = _entry(_scheduler)
-    likelihood: Optional[str] = _entry(_one_of("mean", "sum"))
-    form: Optional[str] = _entry(_one_of("covariance", "paper"))
+    likelihood: Optional[str] = _entry(_one_of(*choices(Likelihood)))
+    form: Optional[str] = _entry(_one_of(*choices(Form)))
     uniform_mix: float = _entry(lambda v: _number(v) and 0 <= v < 1, absent=0.0)
     samples: Optional[int] = _entry(_count)
     noise: Optional[int] = _entry(_count)
@@ -309,7 +310,7 @@ class ArtifactMeta(_Record, Mapping):
     precision: Optional[str] = _entry(_text)
     kernel: Optional[str] = _entry(_text)
     kernel_choice: Optional[str] = _entry(_text)
-    noise_space: Optional[str] = _entry(_one_of("span", "ambient"))
+    noise_space: Optional[str] = _entry(_one_of(*choices(NoiseSpace)))
     elapsed_s: Optional[float] = _entry(lambda v: _number(v) and v >= 0)
     created: Optional[str] = _entry(_text)
     format: Optional[str] = _entry()  # checked by stored_version

@@ -21,6 +21,7 @@ This module imports nothing heavy, so the command line can read its choices befo
 
 from __future__ import annotations
 
+import keyword
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
@@ -41,65 +42,34 @@ class OptionError(VRCurveError):
         self.option = option
 
 
-class Likelihood(str, Enum):
-    """How sharp the posterior over sources is: tau = d (``mean``, the default) or tau = 1 (``sum``, exact)."""
-
-    mean = "mean"
-    sum = "sum"
-
-
-class Form(str, Enum):
-    """V(t) = h^2 tr Cov / d (``covariance``, the default) or h^2 (1 - S) (``paper``)."""
-
-    covariance = "covariance"
-    paper = "paper"
+def _string_enum(name: str, doc: str, *values: str) -> Type[Enum]:
+    """A ``str`` enum whose members are ``values``, each named as itself (``global`` as ``global_``: a keyword
+    cannot be an attribute), so that a member is its own plain string wherever a str is expected."""
+    members = [(value + "_" if keyword.iskeyword(value) else value, value) for value in values]
+    enum = Enum(name, members, type=str, module=__name__, qualname=name)
+    enum.__doc__ = doc
+    return enum
 
 
-class Precision(str, Enum):
-    """Of the heavy products (``vrcurve.engine.precision``)."""
-
-    auto = "auto"
-    float32 = "float32"
-    bf16 = "bf16"
-    tf32 = "tf32"
-
-
-class NoiseSpace(str, Enum):
-    """Where the queries' noise is drawn: the samples' span (default) or R^d (the direct reference's draw)."""
-
-    span = "span"
-    ambient = "ambient"
-
-
-class Normalize(str, Enum):
-    """How the chosen latents are normalised before the estimate (docs/data.md)."""
-
-    global_ = "global"
-    channel = "channel"
-    none = "none"
-
-
-class Moments(str, Enum):
-    """From VAE moments: keep the posterior mean, or draw z = mean + std * eps."""
-
-    mean = "mean"
-    sample = "sample"
-
-
-class MomentsKind(str, Enum):
-    """The second half of stored VAE moments: std, log-variance, or ``auto`` (logvar if any value is negative)."""
-
-    auto = "auto"
-    std = "std"
-    logvar = "logvar"
-
-
-class VAEDtype(str, Enum):
-    """The dtype ``--vae`` encodes in."""
-
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
+# The choices of the string options, one enum each: the command line offers exactly these values.
+Likelihood = _string_enum(
+    "Likelihood", "How sharp the posterior over sources is: tau = d (``mean``, the default) or tau = 1 (``sum``, "
+    "exact).", "mean", "sum")
+Form = _string_enum("Form", "V(t) = h^2 tr Cov / d (``covariance``, the default) or h^2 (1 - S) (``paper``).",
+                    "covariance", "paper")
+Precision = _string_enum("Precision", "Of the heavy products (``vrcurve.engine.precision``).",
+                         "auto", "float32", "bf16", "tf32")
+NoiseSpace = _string_enum(
+    "NoiseSpace", "Where the queries' noise is drawn: the samples' span (default) or R^d (the direct reference's "
+    "draw).", "span", "ambient")
+Normalize = _string_enum("Normalize", "How the chosen latents are normalised before the estimate (docs/data.md).",
+                         "global", "channel", "none")
+Moments = _string_enum("Moments", "From VAE moments: keep the posterior mean, or draw z = mean + std * eps.",
+                       "mean", "sample")
+MomentsKind = _string_enum(
+    "MomentsKind", "The second half of stored VAE moments: std, log-variance, or ``auto`` (logvar if any value is "
+    "negative).", "auto", "std", "logvar")
+VAEDtype = _string_enum("VAEDtype", "The dtype ``--vae`` encodes in.", "float32", "float16", "bfloat16")
 
 
 def choices(enum: Type[Enum]) -> Tuple[str, ...]:

@@ -192,37 +192,15 @@ def run_estimate(
     their mixture. Data of one shape gives the same artifact as it always did.
     """
     started = time.perf_counter()
-    seed, curve_options = options.curve.seed, options.curve
     writer = ranks is None or ranks.rank == 0
     with _step(ranks):  # every rank reads the data: a path missing on one node fails the whole run
         if writer:  # before the work: a path that cannot take the artifact fails now, not in an hour
             check_destination(output.path, overwrite=output.overwrite)
         # under torchrun, --device cuda is this rank's GPU
         devices = resolve_devices(device if ranks is None else local_device(device, ranks.local_rank))
-        source = open_source(data.path, key=data.key, resolution=data.resolution, skip_bad=data.skip_bad)
-        if notify is not None and writer:
-            for note in source.notes:
-                notify(note)
-        transform = data.transform()
-        if data.vae is not None:
-            from .vae import encode_source
-
-            source = encode_source(source, data.vae.path, devices[0], dtype=data.vae.dtype,
-                                   batch_size=data.vae.batch_size)
-            transform = data.transform(source.located.scaling_factor, source.located.shift_factor)
-        groups = source.groups()
-        plan = _plan_buckets(source, groups, data) if len(groups) > 1 else None
-        if plan is not None:
-            chosen, pooled_stats = load_buckets(source, plan.groups, plan.allocation, seed, data.normalization,
-                                                transform, progress=progress)
-        else:
-            chosen = [load_samples(source, data.samples, seed, data.normalization, transform, progress=progress)]
-        for ch in chosen:
-            if options.check_convergence:
-                require_samples(len(ch.indices))
-            # the bootstrap's (T, replicates) tables come on top of the estimate's own
-            check_memory(ch.x.shape[0], int(np.prod(ch.x.shape[1:])), curve_options.noise, curve_options.timesteps,
-                         devices, per_timestep_extra=32 * options.bootstrap)
+        source, plan, chosen, pooled_stats = _read(data, options.curve.seed, devices[0], progress,
+                                                   notify if writer else None)
+        _check_work(chosen, options, devices)
     if ranks is not None:  # every rank must estimate the same thing from the same data
         ranks.same_everywhere(_agreement(data, options, source, chosen))
     run = _Run(options=options, devices=devices, ranks=ranks, writer=writer, progress=progress)
@@ -232,24 +210,68 @@ def run_estimate(
         "shift_factor_from": "config" if data.shift_factor is None else "--shift-factor"}
     if plan is not None:
         return _run_buckets(source, plan, chosen, pooled_stats, output, run, vae_info, started=started)
-    ch = chosen[0]
+    return _run_single(source, chosen[0], output, run, vae_info, started=started)
+
+
+def _read(data: DataOptions, seed: int, encode_on: torch.device, progress: Optional[Reporter],
+          notify: Optional[Callable[[str], None]]):
+    """Open the data (encoding it with ``data.vae`` on ``encode_on``), plan its resolution buckets if it has
+    several, and read the samples chosen with ``seed`` as latents; ``notify`` receives the source's notes.
+
+    Returns:
+        (the source; the ``BucketPlan``, or None for data of one shape; one ``Samples`` per bucket, or the one;
+        the buckets' pooled normalisation statistics, or None).
+    """
+    source = open_source(data.path, key=data.key, resolution=data.resolution, skip_bad=data.skip_bad)
+    for note in source.notes if notify is not None else ():
+        notify(note)
+    transform = data.transform()
+    if data.vae is not None:
+        from .vae import encode_source
+
+        source = encode_source(source, data.vae.path, encode_on, dtype=data.vae.dtype, batch_size=data.vae.batch_size)
+        transform = data.transform(source.located.scaling_factor, source.located.shift_factor)
+    groups = source.groups()
+    if len(groups) == 1:
+        return source, None, [load_samples(source, data.samples, seed, data.normalization, transform,
+                                           progress=progress)], None
+    plan = _plan_buckets(source, groups, data)
+    chosen, pooled_stats = load_buckets(source, plan.groups, plan.allocation, seed, data.normalization, transform,
+                                        progress=progress)
+    return source, plan, chosen, pooled_stats
+
+
+def _check_work(chosen: List[Samples], options: EstimateOptions, devices: List[torch.device]) -> None:
+    """Refuse, before any work, a convergence check on too few samples or an estimate that cannot fit in memory."""
+    for ch in chosen:
+        if options.check_convergence:
+            require_samples(len(ch.indices))
+        # the bootstrap's (T, replicates) tables come on top of the estimate's own
+        check_memory(ch.x.shape[0], int(np.prod(ch.x.shape[1:])), options.curve.noise, options.curve.timesteps,
+                     devices, per_timestep_extra=32 * options.bootstrap)
+
+
+def _run_single(source, ch: Samples, output: OutputOptions, run: "_Run", vae_info: Optional[Dict[str, Any]], *,
+                started: float) -> EstimateResult:
+    """Estimate data of one sample shape: the curve, its density and fit, their uncertainty; write."""
+    options, seed = run.options, run.options.curve.seed
     x = torch.from_numpy(ch.x)
-    curve = run.estimate(x, ch.indices, progress)
+    curve = run.estimate(x, ch.indices, run.progress)
     density, fit = run.density_and_fit(curve.variance)
     # the bootstrap is the same on every rank: only the one that writes computes it
     interval = (bootstrap_m(curve, fit.m_continuous, replicates=options.bootstrap, seed=seed,
-                            uniform_mix=options.uniform_mix, progress=progress) if run.bootstraps else None)
+                            uniform_mix=options.uniform_mix, progress=run.progress) if run.bootstraps else None)
     convergence = None
     if options.check_convergence:
         convergence = convergence_check(
             curve, density.cdf, fit.m_continuous,
-            lambda pos: run.estimate(x[pos], ch.indices[pos], subset_progress(progress, len(pos), len(x))), seed,
+            lambda pos: run.estimate(x[pos], ch.indices[pos], subset_progress(run.progress, len(pos), len(x))), seed,
             uniform_mix=options.uniform_mix,
         )
     metadata = _metadata(
         curve, fit, interval, convergence, run, shape=ch.x.shape[1:], normalization=ch.normalization,
         data=_data_metadata(source, [ch], vae_info), started=started, bootstrap_over="sources")
-    if writer:
+    if run.writer:
         write_artifact(output.path, _tensors(curve, density, fit), metadata, overwrite=output.overwrite)
     return EstimateResult(path=output.path, curve=curve, density=density, fit=fit, metadata=metadata,
                           convergence=convergence)

@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 from .errors import VRCurveError
+from .options import VAEDtype, choice
 from .readers.base import Source
 
 CLASS_NAME = "AutoencoderKL"
-VAE_SAMPLES = ("mean", "sample")
+# The torch dtype of each choice of --vae-dtype (``options.VAEDtype``).
 VAE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 _CONFIG = "config.json"
@@ -212,8 +213,7 @@ def load_vae(located: VAEFolder, device: torch.device, dtype: str = "float32"):
     Raises:
         VRCurveError: diffusers is missing, or the weights do not load into the configured model.
     """
-    if dtype not in VAE_DTYPES:
-        raise VRCurveError(f"unknown --vae-dtype {dtype!r}; choose one of {', '.join(VAE_DTYPES)}.")
+    dtype = choice("--vae-dtype", dtype, VAEDtype)
     diffusers = import_diffusers()
     try:
         model, info = diffusers.AutoencoderKL.from_pretrained(
@@ -353,8 +353,7 @@ def encode_source(source: Source, spec: str, device: torch.device, *, dtype: str
                            "as latents already; drop --vae.")
     if batch_size < 1:
         raise VRCurveError(f"--vae-batch-size must be at least 1, got {batch_size}.")
-    if dtype not in VAE_DTYPES:
-        raise VRCurveError(f"unknown --vae-dtype {dtype!r}; choose one of {', '.join(VAE_DTYPES)}.")
+    dtype = choice("--vae-dtype", dtype, VAEDtype)
     located = locate_vae(spec)
     latent_shape(located, source.shape, source.name)  # before the slow load
     return EncodedSource(source, located, load_vae(located, device, dtype), device, dtype, batch_size)
