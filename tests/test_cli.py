@@ -363,3 +363,13 @@ def test_the_table_says_what_was_read_and_a_json_name_gets_a_note(tiny_npy, tmp_
     assert vrcurve.load(out).meta["data"]["samples_chosen"] == 12
     quiet = run("estimate", "--data", tiny_npy, "-o", tmp_path / "q.json", *SMALL, "-q")
     assert quiet.exit_code == 0 and quiet.output == ""
+
+
+@pytest.mark.parametrize("command", [[], ["estimate"], ["fit-logitnormal"], ["show"], ["schedulers"], ["export"],
+                                     ["plot"], ["compare"]])
+def test_help_shows_no_value_after_a_flag(command):
+    """A flag (--overwrite, --json, --help, --version) takes no value, so the help shows none: `--overwrite true`
+    is not accepted, and a `<bool>` after it would say it is."""
+    res = run(*command, "--help")
+    assert res.exit_code == 0 and "--help" in res.stdout
+    assert "<bool>" not in res.stdout and "BOOLEAN" not in res.stdout

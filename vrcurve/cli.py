@@ -42,8 +42,29 @@ from .options import (
     VAEDtype,
 )
 
+
+class _NoValueHelp:
+    """``--help`` takes no value: no ``<bool>`` after it in the help pages (typer shows a flag's type unless its
+    metavar is set, as every flag here sets it)."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Command(_NoValueHelp, typer.core.TyperCommand):
+    pass
+
+
+class _Group(_NoValueHelp, typer.core.TyperGroup):
+    pass
+
+
 app = typer.Typer(
     name="vrcurve",
+    cls=_Group,
     help="Estimate a variance-reduction timestep density for flow-matching and diffusion training "
     "(t = 0 is noise, t = 1 is data), and read it back.",
     add_completion=False,
@@ -182,7 +203,7 @@ def _beta_help(end: str, vp_default: str, linear_defaults: str) -> str:
             f"{linear_defaults}.")
 
 
-@app.command()
+@app.command(cls=_Command)
 @_user_errors
 def estimate(
     data: Annotated[str, typer.Option(
@@ -424,7 +445,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-@app.command("fit-logitnormal")
+@app.command("fit-logitnormal", cls=_Command)
 @_user_errors
 def fit_logitnormal_cmd(
     artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="A vrcurve artifact.")],
@@ -511,7 +532,7 @@ def _parse_shape(text: str, option: str):
     return shape
 
 
-@app.command()
+@app.command(cls=_Command)
 @_user_errors
 def show(
     artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="A vrcurve artifact.")],
@@ -592,7 +613,7 @@ def density_picture(pdf, width: int = 64, height: int = 8, upper=None) -> List[s
     return lines
 
 
-@app.command()
+@app.command(cls=_Command)
 @_user_errors
 def schedulers(as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object.")] = False):
     """List the noise schedulers (t = 0 is noise)."""
@@ -618,7 +639,7 @@ class Target(str, Enum):
     json = "json"
 
 
-@app.command("export")
+@app.command("export", cls=_Command)
 @_user_errors
 def export_cmd(
     artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="A vrcurve artifact.")],
@@ -718,7 +739,7 @@ def export_cmd(
     print(result.text(source, comments=not quiet))
 
 
-@app.command("plot")
+@app.command("plot", cls=_Command)
 @_user_errors
 def plot_cmd(
     artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="A vrcurve artifact.")],
@@ -743,7 +764,7 @@ def plot_cmd(
         print(target)
 
 
-@app.command("compare")
+@app.command("compare", cls=_Command)
 @_user_errors
 def compare_cmd(
     artifacts: Annotated[List[Path], typer.Argument(
