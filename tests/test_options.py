@@ -19,6 +19,7 @@ from vrcurve.options import (
     OptionError,
     OutputOptions,
     VAEOptions,
+    choices,
     flags,
 )
 from vrcurve.schedulers import LinearScheduler
@@ -171,7 +172,26 @@ def test_every_string_choice_is_stored_as_a_plain_string():
 
 
 def test_the_vae_encodes_in_exactly_the_dtypes_offered():
-    from vrcurve.options import VAEDtype, choices
+    from vrcurve.options import VAEDtype
     from vrcurve.vae import VAE_DTYPES
 
     assert tuple(VAE_DTYPES) == choices(VAEDtype)
+
+
+def test_every_choice_on_the_command_line_is_an_enum_of_the_library():
+    """Every option of every command that offers choices takes one of vrcurve.options' enums: the command line
+    defines none of its own."""
+    import enum
+    import typing
+
+    import vrcurve.options as opts
+
+    seen = 0
+    for command in typer.main.get_command(app).commands.values():
+        for param in command.params:
+            annotation = param.type_descriptor.annotation
+            kinds = [a for a in (annotation, *typing.get_args(annotation)) if isinstance(a, type)]
+            for kind in (k for k in kinds if issubclass(k, enum.Enum)):
+                seen += 1
+                assert getattr(opts, kind.__name__, None) is kind, (command.name, param.name)
+    assert seen >= 9  # estimate's seven, fit-logitnormal's --convention, export's --to

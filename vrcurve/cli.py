@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import warnings
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -32,6 +31,8 @@ from .meta import BucketMeta, DroppedBucket
 from .options import (
     DEFAULT_UNIFORM_MIX,
     MIN_BUCKET,
+    Convention,
+    ExportTarget,
     Form,
     Likelihood,
     Moments,
@@ -73,11 +74,6 @@ app = typer.Typer(
 )
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class Convention(str, Enum):
-    t0_noise = "t0-noise"
-    t1_noise = "t1-noise"
 
 
 def _user_errors(fn):
@@ -628,22 +624,11 @@ def schedulers(as_json: Annotated[bool, typer.Option("--json", metavar="", help=
     out.print(table)
 
 
-class Target(str, Enum):
-    diffusers = "diffusers"
-    kohya = "kohya"
-    kohya_sd3 = "kohya-sd3"
-    simpletuner = "simpletuner"
-    onetrainer = "onetrainer"
-    sit = "sit"
-    dynamic_shift = "dynamic-shift"
-    json = "json"
-
-
 @app.command("export", cls=_Command)
 @_user_errors
 def export_cmd(
     artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="A vrcurve artifact.")],
-    to: Annotated[Target, typer.Option(
+    to: Annotated[ExportTarget, typer.Option(
         "--to", help="The trainer: diffusers (SD3/Flux scripts), kohya (FLUX.1 scripts), kohya-sd3 (SD3 scripts), "
         "simpletuner, onetrainer, sit, or json (everything, with the pdf and icdf tables).")],
     shift: Annotated[Optional[float], typer.Option(
@@ -694,7 +679,7 @@ def export_cmd(
     read = read_artifact(artifact)
     chosen = None
     if bucket is not None:
-        if to in (Target.dynamic_shift, Target.json):
+        if to in (ExportTarget.dynamic_shift, ExportTarget.json):
             raise typer.BadParameter("applies to one trainer's flags; dynamic-shift and json cover every bucket.",
                                      param_hint="--bucket")
         shape = _parse_shape(bucket, "--bucket")
@@ -710,11 +695,11 @@ def export_cmd(
 
         fit = fit_logitnormal(arrays["cdf"].astype("float64"), fit_scale=True)
         m, s = fit.m, fit.s
-    if to is Target.json:
+    if to is ExportTarget.json:
         print(json.dumps(export_json(arrays, meta, m, s)))
         return
     buckets = meta.buckets or ()
-    if to is Target.dynamic_shift:
+    if to is ExportTarget.dynamic_shift:
         line = bucket_shift_line(meta, patch_size, where=str(artifact))
         result = to_dynamic_shift(line, base_seq_len, max_seq_len, s=s)
         notes = shift_line_comments(line, patch_size, [b.shape for b in buckets])
@@ -728,7 +713,7 @@ def export_cmd(
     elif buckets:
         source += (" (the pooled density of its resolution buckets; vrcurve fit-logitnormal lists each bucket's m, "
                    "--bucket exports one)")
-    if to is Target.kohya and len(buckets) > 1:
+    if to is ExportTarget.kohya and len(buckets) > 1:
         from .errors import VRCurveError as _E
 
         try:

@@ -42,9 +42,10 @@ from .buckets import (
 )
 from .errors import VRCurveError
 from .meta import ArtifactMeta
+from .options import ExportTarget, choices
 
 FLOW_TARGETS = ("diffusers", "kohya", "kohya-sd3", "simpletuner", "onetrainer")
-TARGETS = FLOW_TARGETS + ("sit", "json")
+TARGETS = tuple(t for t in choices(ExportTarget) if t != "dynamic-shift")  # dynamic-shift: to_dynamic_shift
 # Where the trainer's shift is part of the printed flags, the export sets it; diffusers takes it from the
 # scheduler config, which the flags cannot change.
 SHIFT_TARGETS = ("diffusers", "kohya-sd3")

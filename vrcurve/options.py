@@ -43,9 +43,11 @@ class OptionError(VRCurveError):
 
 
 def _string_enum(name: str, doc: str, *values: str) -> Type[Enum]:
-    """A ``str`` enum whose members are ``values``, each named as itself (``global`` as ``global_``: a keyword
-    cannot be an attribute), so that a member is its own plain string wherever a str is expected."""
-    members = [(value + "_" if keyword.iskeyword(value) else value, value) for value in values]
+    """A ``str`` enum whose members are ``values``, each named as itself with dashes as underscores (and
+    ``global`` as ``global_``: a keyword cannot be an attribute), so that a member is its own plain string
+    wherever a str is expected."""
+    names = [value.replace("-", "_") for value in values]
+    members = [(name + "_" if keyword.iskeyword(name) else name, value) for name, value in zip(names, values)]
     enum = Enum(name, members, type=str, module=__name__, qualname=name)
     enum.__doc__ = doc
     return enum
@@ -70,6 +72,14 @@ MomentsKind = _string_enum(
     "MomentsKind", "The second half of stored VAE moments: std, log-variance, or ``auto`` (logvar if any value is "
     "negative).", "auto", "std", "logvar")
 VAEDtype = _string_enum("VAEDtype", "The dtype ``--vae`` encodes in.", "float32", "float16", "bfloat16")
+# The other commands' choices.
+Convention = _string_enum(
+    "Convention", "The time convention a location is printed in: t = 0 is noise (vrcurve, SiT, flow_matching) or "
+    "t = 1 is noise (kohya, OneTrainer, SimpleTuner).", "t0-noise", "t1-noise")
+ExportTarget = _string_enum(
+    "ExportTarget", "What ``vrcurve export`` writes for (``vrcurve.export``): a trainer's flags or config lines, "
+    "the resolution-dependent shift, or everything as JSON.", "diffusers", "kohya", "kohya-sd3", "simpletuner",
+    "onetrainer", "sit", "dynamic-shift", "json")
 
 
 def choices(enum: Type[Enum]) -> Tuple[str, ...]:
@@ -299,5 +309,5 @@ def flags(options: Any) -> Dict[str, Any]:
 
 
 __all__ = ["OptionError", "Likelihood", "Form", "Precision", "NoiseSpace", "Normalize", "Moments", "MomentsKind",
-           "VAEDtype", "choices", "choice", "check_uniform_mix", "MIN_BUCKET", "DEFAULT_UNIFORM_MIX", "VAEOptions", "DataOptions", "CurveOptions",
+           "VAEDtype", "Convention", "ExportTarget", "choices", "choice", "check_uniform_mix", "MIN_BUCKET", "DEFAULT_UNIFORM_MIX", "VAEOptions", "DataOptions", "CurveOptions",
            "EstimateOptions", "OutputOptions", "flags"]
