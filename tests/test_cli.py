@@ -373,3 +373,12 @@ def test_help_shows_no_value_after_a_flag(command):
     res = run(*command, "--help")
     assert res.exit_code == 0 and "--help" in res.stdout
     assert "<bool>" not in res.stdout and "BOOLEAN" not in res.stdout
+
+
+def test_show_prints_the_interval_of_m_to_four_decimals(tmp_path):
+    out = tmp_path / "k.safetensors"
+    assert run("estimate", "--data", "demo", "-M", "16", "-K", "4", "-T", "40", "--bootstrap", "20", "-o", out,
+               "-q").exit_code == 0
+    lo, hi = read_artifact(out).meta.logitnormal_m_ci90
+    row = next(line for line in run("show", out).stdout.splitlines() if line.startswith("logitnormal_m_ci90"))
+    assert row.split(None, 1)[1].strip() == f"[{lo:.4f}, {hi:.4f}]"

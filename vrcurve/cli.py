@@ -375,7 +375,7 @@ def _print_estimate(result, *, quiet: bool, as_json: bool) -> None:
               "kernel", "kernel_choice"):
         if k in summary:
             value = summary[k]
-            table.add_row(k, f"[{value[0]:.4f}, {value[1]:.4f}]" if k == "logitnormal_m_ci90" else _fmt(value))
+            table.add_row(k, _fmt(value))
     out.print(table, markup=False)
     if "buckets" in summary:
         out.print(bucket_table(summary["buckets"], summary.get("buckets_dropped")))
@@ -438,6 +438,8 @@ def _fmt(value: Any) -> str:
         return f"{value:.4g}" if 0 < abs(value) < 0.01 else f"{value:.4f}"
     if isinstance(value, dict):
         return " ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)) and any(isinstance(v, float) for v in value):
+        return "[" + ", ".join(map(_fmt, value)) + "]"  # an interval: [0.2349, 0.2484]
     return str(value)
 
 
