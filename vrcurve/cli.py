@@ -438,7 +438,7 @@ def _fmt(value: Any) -> str:
         return f"{value:.4g}" if 0 < abs(value) < 0.01 else f"{value:.4f}"
     if isinstance(value, dict):
         return " ".join(f"{k}={_fmt(v)}" for k, v in value.items())
-    if isinstance(value, (list, tuple)) and any(isinstance(v, float) for v in value):
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, float) for v in value):
         return "[" + ", ".join(map(_fmt, value)) + "]"  # an interval: [0.2349, 0.2484]
     return str(value)
 
