@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import time
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -53,7 +53,7 @@ class EstimateResult:
 
     @property
     def peak_t(self) -> float:
-        return float(self.curve.t[int(np.argmax(self.density.pdf))])
+        return _peak_t(self.curve, self.density)
 
     def summary(self) -> Dict[str, Any]:
         """What ``vrcurve estimate --json`` prints."""
@@ -75,6 +75,11 @@ class EstimateResult:
         d = self.metadata.data or {}
         return {k: d[k] for k in ("path", "key", "format", "samples_total", "samples_chosen", "skipped",
                                   "skipped_files") if k in d}
+
+
+def _peak_t(curve: Curve, density: Density) -> float:
+    """The timestep where the density is highest (the midpoint of its first highest bin)."""
+    return float(curve.t[int(np.argmax(density.pdf))])
 
 
 def _describe(devices: List[torch.device], ranks: Optional[Ranks]) -> str:
@@ -151,16 +156,6 @@ def _pooled_fingerprint(chosen: List[Samples]) -> str:
     return hashlib.sha256("".join(ch.fingerprint for ch in chosen).encode()).hexdigest()[:16]
 
 
-@contextmanager
-def _step(ranks: Optional[Ranks]):
-    """Local work that every rank of a distributed run must agree succeeded (nothing to agree on alone)."""
-    if ranks is None:
-        yield
-    else:
-        with ranks.step():
-            yield
-
-
 def run_estimate(
     data: DataOptions,
     options: EstimateOptions,
@@ -193,7 +188,8 @@ def run_estimate(
     """
     started = time.perf_counter()
     writer = ranks is None or ranks.rank == 0
-    with _step(ranks):  # every rank reads the data: a path missing on one node fails the whole run
+    # every rank reads the data, and all agree that it went well: a path missing on one node fails the whole run
+    with nullcontext() if ranks is None else ranks.step():
         if writer:  # before the work: a path that cannot take the artifact fails now, not in an hour
             check_destination(output.path, overwrite=output.overwrite)
         # under torchrun, --device cuda is this rank's GPU
@@ -335,16 +331,25 @@ class BucketPlan:
 
 @dataclass(frozen=True)
 class BucketResult:
-    """One resolution bucket's estimate: its shape, count and share of the data, its own curve and fit, and
-    its entry in the artifact's ``buckets``."""
+    """One resolution bucket's estimate: its own curve, density and fit, and its entry in the artifact's
+    ``buckets`` (which holds its shape, count and share of the data)."""
 
-    shape: Tuple[int, ...]
-    count: int
-    share: float
     curve: Curve
     density: Density
     fit: LogitNormalFit
     metadata: BucketMeta
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return tuple(self.metadata.shape)
+
+    @property
+    def count(self) -> int:
+        return self.metadata.samples_total
+
+    @property
+    def share(self) -> float:
+        return self.metadata.share
 
 
 def _plan_buckets(source, groups, data: DataOptions) -> BucketPlan:
@@ -397,11 +402,10 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
         meta = BucketMeta(
             shape=shape, dim=curve.dim, samples_total=int(counts[b]), share=float(shares[b]), samples=curve.samples,
             fingerprint=ch.fingerprint, skipped=len(ch.skipped), logitnormal_m=fit.m, logitnormal_m_grid=fit.m_grid,
-            logitnormal_s=fit.s, ks=fit.ks, peak_t=float(curve.t[int(np.argmax(density.pdf))]),
+            logitnormal_s=fit.s, ks=fit.ks, peak_t=_peak_t(curve, density),
             logitnormal_m_ci90=None if interval is None else (interval.low, interval.high),
         )
-        results.append(BucketResult(shape=tuple(shape), count=int(counts[b]), share=float(shares[b]), curve=curve,
-                                    density=density, fit=fit, metadata=meta))
+        results.append(BucketResult(curve=curve, density=density, fit=fit, metadata=meta))
     curves = [r.curve for r in results]
     first = curves[0]
     pooled_V = pooled_variance([c.variance for c in curves], shares)
