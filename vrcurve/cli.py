@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Annotated, Any, Dict, List, Optional, Sequence
 
 try:
     import typer
@@ -136,17 +136,15 @@ def _root(
 
 
 def _parse_samples(value: str) -> Optional[int]:
-    """-M: a whole number of at least 1, or ``all``; anything else is a usage error (exit 2), like -K 0."""
+    """-M: a whole number or ``all`` (None); anything else is a usage error (exit 2). ``DataOptions`` checks the
+    number's range."""
     if value == "all":
         return None
     try:
-        number = int(value)
+        return int(value)
     except ValueError:
         raise typer.BadParameter(f"{value!r} is neither a whole number nor 'all'.",
                                  param_hint="'--samples' / '-M'") from None
-    if number < 1:
-        raise typer.BadParameter(f"{number} is not in the range x>=1 (or 'all').", param_hint="'--samples' / '-M'")
-    return number
 
 
 def _progress_description(update) -> str:
@@ -378,14 +376,11 @@ def _print_estimate(result, *, quiet: bool, as_json: bool) -> None:
             table.add_row(k, _fmt(value))
     out.print(table, markup=False)
     if "buckets" in summary:
-        out.print(bucket_table(summary["buckets"], summary.get("buckets_dropped")))
-    if "logitnormal_m_ci90" in summary:
-        from .convergence import BootstrapInterval, noise_advice
+        out.print(bucket_table(result.metadata.buckets, result.metadata.buckets_dropped))
+    if result.interval is not None:
+        from .convergence import noise_advice
 
-        low, high = summary["logitnormal_m_ci90"]
-        boot = result.metadata.bootstrap
-        out.print(noise_advice(BootstrapInterval(low, high, boot["m_std"], boot["level"], boot["replicates"]),
-                               summary["noise"]), markup=False)
+        out.print(noise_advice(result.interval, result.curve.noise), markup=False)
     if conv is not None:
         out.print(convergence_table(conv))
         out.print(f"m moves by {conv.m_drift_per_doubling:+.3f} per doubling of M; "
@@ -393,22 +388,21 @@ def _print_estimate(result, *, quiet: bool, as_json: bool) -> None:
                   markup=False)
 
 
-def bucket_table(buckets: Sequence[Union[BucketMeta, Mapping[str, Any]]],
-                 dropped: Optional[Sequence[Union[DroppedBucket, Mapping[str, Any]]]] = None,
+def bucket_table(buckets: Sequence[BucketMeta], dropped: Optional[Sequence[DroppedBucket]] = None,
                  title: str = "resolution buckets") -> Table:
     """One row per resolution bucket: shape, samples in the data, share, samples used and the fit.
 
     Args:
-        buckets: the artifact's ``buckets`` (``BucketMeta``, or their entries as dicts).
-        dropped: its ``buckets_dropped`` (``DroppedBucket``, or dicts), or None.
+        buckets: the artifact's ``buckets``.
+        dropped: its ``buckets_dropped``, or None.
         title: the table's title.
     """
     table = Table("shape", "samples", "share", "M", "m", "m 90%", "KS", box=None, title=title, title_justify="left")
-    for b in map(BucketMeta.coerce, buckets):
+    for b in buckets:
         ci = b.logitnormal_m_ci90
         table.add_row(_shape_text(b.shape), str(b.samples_total), f"{b.share:.3f}", str(b.samples),
                       f"{b.logitnormal_m:+.4f}", f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "", f"{b.ks:.4f}")
-    for d in map(DroppedBucket.coerce, dropped or ()):
+    for d in dropped or ():
         table.add_row(_shape_text(d.shape), str(d.samples_total), "", "dropped", "", "", "")
     return table
 

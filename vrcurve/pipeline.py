@@ -16,6 +16,7 @@ import torch
 from .artifact import bucket_tensors, check_destination, write_artifact
 from .buckets import allocate, shape_text, small_buckets
 from .convergence import (
+    BootstrapInterval,
     ConvergenceReport,
     bootstrap_m,
     bootstrap_m_pooled,
@@ -41,13 +42,15 @@ from .samples import Samples, load_buckets, load_samples
 @dataclass(frozen=True)
 class EstimateResult:
     """What ``run_estimate`` made: the artifact's path, the (pooled) curve, density and fit, the metadata
-    written, and the convergence check and the resolution buckets when there are any."""
+    written, and the bootstrap interval of m, the convergence check and the resolution buckets when there are
+    any."""
 
     path: Path
     curve: Curve
     density: Density
     fit: LogitNormalFit
     metadata: ArtifactMeta
+    interval: Optional[BootstrapInterval] = None
     convergence: Optional[ConvergenceReport] = None
     buckets: Tuple["BucketResult", ...] = ()
 
@@ -270,7 +273,7 @@ def _run_single(source, ch: Samples, output: OutputOptions, run: "_Run", vae_inf
     if run.writer:
         write_artifact(output.path, _tensors(curve, density, fit), metadata, overwrite=output.overwrite)
     return EstimateResult(path=output.path, curve=curve, density=density, fit=fit, metadata=metadata,
-                          convergence=convergence)
+                          interval=interval, convergence=convergence)
 
 
 # Options that leave the result unchanged, which ranks may differ in: where the data is (nodes mount it in
@@ -451,4 +454,4 @@ def _run_buckets(source, plan: BucketPlan, chosen: List[Samples], pooled_stats: 
     if run.writer:
         write_artifact(output.path, tensors, metadata, overwrite=output.overwrite)
     return EstimateResult(path=output.path, curve=pooled_curve, density=density, fit=fit, metadata=metadata,
-                          convergence=convergence, buckets=tuple(results))
+                          interval=interval, convergence=convergence, buckets=tuple(results))
