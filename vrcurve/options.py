@@ -118,8 +118,8 @@ DEFAULT_UNIFORM_MIX = 0.02
 def check_uniform_mix(uniform_mix: float) -> float:
     """``uniform_mix`` as a float if it is a share in [0, 1), else an OptionError."""
     if not (isinstance(uniform_mix, (int, float)) and not isinstance(uniform_mix, bool) and 0.0 <= uniform_mix < 1.0):
-        raise OptionError("--uniform-mix", f"--uniform-mix must be a share in [0, 1), got {uniform_mix}; 0 turns the floor off, "
-                          f"the default is {DEFAULT_UNIFORM_MIX}.")
+        raise OptionError("--uniform-mix", f"--uniform-mix must be a share in [0, 1), got {uniform_mix}; 0 turns the "
+                          f"floor off, the default is {DEFAULT_UNIFORM_MIX}.")
     return float(uniform_mix)
 
 
@@ -195,7 +195,8 @@ class DataOptions:
                                "images; drop --moments (--vae-sample mean|sample chooses the mean or a draw).")
         self.transform()  # the factors' checks live with the transform
 
-    def transform(self, scaling_factor: Optional[float] = None, shift_factor: Optional[float] = None) -> "LatentTransform":
+    def transform(self, scaling_factor: Optional[float] = None,
+                  shift_factor: Optional[float] = None) -> "LatentTransform":
         """How stored rows become latents; ``scaling_factor``/``shift_factor`` are the defaults of the factors
         not given (the VAE config's with ``vae``; else 1 and 0)."""
         from .samples import LatentTransform
@@ -309,5 +310,6 @@ def flags(options: Any) -> Dict[str, Any]:
 
 
 __all__ = ["OptionError", "Likelihood", "Form", "Precision", "NoiseSpace", "Normalize", "Moments", "MomentsKind",
-           "VAEDtype", "Convention", "ExportTarget", "choices", "choice", "check_uniform_mix", "MIN_BUCKET", "DEFAULT_UNIFORM_MIX", "VAEOptions", "DataOptions", "CurveOptions",
-           "EstimateOptions", "OutputOptions", "flags"]
+           "VAEDtype", "Convention", "ExportTarget", "choices", "choice", "check_uniform_mix", "MIN_BUCKET",
+           "DEFAULT_UNIFORM_MIX", "VAEOptions", "DataOptions", "CurveOptions", "EstimateOptions", "OutputOptions",
+           "flags"]
