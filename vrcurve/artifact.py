@@ -288,8 +288,6 @@ def _check_tensors(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
             raise bad(f"tensor {name} has {tensors[name].shape[0]} values but pdf has {T}")
     if T < 1 or tensors["cdf"].shape[0] != T + 1:
         raise bad(f"cdf has {tensors['cdf'].shape[0]} values for {T} timestep bins (needs T + 1)")
-    if tensors["icdf"].shape[0] < 2:
-        raise bad("the inverse-CDF table has fewer than 2 entries")
     if tensors["ks_m"].shape != tensors["ks"].shape:
         raise bad(f"the KS grid has {tensors['ks_m'].shape[0]} locations but {tensors['ks'].shape[0]} distances")
     t = tensors["t"].astype(np.float64)
@@ -315,6 +313,8 @@ def _density_problem(pdf: np.ndarray, cdf: np.ndarray, icdf: np.ndarray) -> str:
     """What is wrong with a density's finite pdf (T,), cdf (T + 1,) and inverse-CDF table, or "" (float32
     round-off allowed). ``sample()`` draws from these, so a crafted file must not get past them."""
     pdf, cdf, icdf = (np.asarray(a, dtype=np.float64) for a in (pdf, cdf, icdf))
+    if icdf.shape[0] < 2:
+        return "the inverse-CDF table has fewer than 2 entries"
     if (pdf < 0).any():
         return "the density pdf is negative somewhere"
     if cdf[0] != 0 or abs(cdf[-1] - 1) > _DENSITY_TOL or (np.diff(cdf) < 0).any():
