@@ -354,7 +354,6 @@ def export_json(arrays: Mapping[str, np.ndarray], meta: ArtifactMeta, m: float, 
     """Everything, for tools with their own densities: the fit, every applicable target's values, the
     pdf/cdf/icdf tables (in the artifact's time u, t = 0 noise) and the artifact's metadata (its entries as
     stored, ``ArtifactMeta`` as a mapping)."""
-    meta = ArtifactMeta.coerce(meta)
     shift = artifact_shift(meta)
     m_p = path_location(m, shift)
     targets: Dict[str, Any] = {}
@@ -416,7 +415,6 @@ def export_artifact(arrays: Mapping[str, np.ndarray], meta: ArtifactMeta, target
     Raises:
         VRCurveError: a scheduler that the target does not train, or an unstated trainer shift (above).
     """
-    meta = ArtifactMeta.coerce(meta)
     m = float(meta.logitnormal_m if m is None else m)
     s = float(meta.logitnormal_s if s is None else s)
     shift_a = artifact_shift(meta)
@@ -463,7 +461,6 @@ def bucket_shift_line(meta: ArtifactMeta, patch_size: int = 2, where: str = "the
     Raises:
         VRCurveError: no buckets, a non-linear scheduler, or fewer than two sequence lengths.
     """
-    meta = ArtifactMeta.coerce(meta)
     _require_linear(meta, "Flux-style dynamic shifting", where)
     buckets = meta.buckets or ()
     if len(buckets) < 2:

@@ -45,7 +45,6 @@ def logitnormal_pdf(t: np.ndarray, m: float, s: float = 1.0) -> np.ndarray:
 
 def caption(meta: ArtifactMeta) -> str:
     """One line: scheduler, M, K, d and the logit-normal fit."""
-    meta = ArtifactMeta.coerce(meta)
     sched = meta.scheduler
     if isinstance(sched, dict):
         params = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
@@ -121,7 +120,6 @@ def draw(arrays: Mapping[str, np.ndarray], meta: ArtifactMeta, *, log_variance: 
          width: int = 900, height: int = 1000, dpi: int = 100, title: Optional[str] = None):
     """The figure of ``plot_artifact`` (a matplotlib Figure, three panels: S_t, V(t), pdf(t)), not written."""
     Figure = _matplotlib()
-    meta = ArtifactMeta.coerce(meta)
     check_size(width, height, dpi)
 
     t = np.asarray(arrays["t"], dtype=np.float64)
