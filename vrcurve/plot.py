@@ -13,7 +13,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from .artifact import atomic_path, bucket_tensor_name, write_error
+from .artifact import atomic_path, bucket_tensor_name, check_destination, write_error
 from .errors import VRCurveError
 from .meta import ArtifactMeta
 
@@ -102,9 +102,7 @@ def plot_artifact(arrays: Mapping[str, np.ndarray], meta: ArtifactMeta, out: Pat
     resolution buckets also shows each bucket's density (the largest ``MAX_DRAWN_BUCKETS``) beside the pooled one.
     """
     out = Path(out)
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise VRCurveError(f"cannot write {out}: folder {folder} does not exist; create it or choose another -o.")
+    check_destination(out, overwrite=True)  # before the drawing, which takes a while; atomic_path checks again
     fig = draw(arrays, meta, log_variance=log_variance, width=width, height=height, dpi=dpi, title=title)
     try:
         with atomic_path(out) as tmp:
