@@ -201,3 +201,22 @@ def test_every_flipped_byte_is_refused_or_changes_nothing(small_artifact, tmp_pa
           f"{refused} refused at load, {unchanged} loaded with every result unchanged")
     assert refused + unchanged == 8 * len(positions)
     assert refused > 0.95 * (refused + unchanged)
+
+
+def test_a_bucket_inverse_cdf_table_of_fewer_than_2_entries_is_refused(tmp_path):
+    """A bucket's icdf table may have any length but needs two entries, as the pooled one does."""
+    from types import SimpleNamespace
+
+    from artifacts import valid_meta, valid_tensors
+
+    from vrcurve.artifact import bucket_tensors, write_artifact
+
+    tensors = valid_tensors()
+    curve = SimpleNamespace(**{k: tensors[k] for k in ("S", "variance", "S_stderr", "variance_stderr")})
+    empty_icdf = SimpleNamespace(pdf=tensors["pdf"], cdf=tensors["cdf"], icdf=np.zeros(0))
+    tensors.update(bucket_tensors(0, curve, empty_icdf))
+    bucket = {"shape": [4, 8, 8], "dim": 256, "samples_total": 5, "share": 1.0, "samples": 5, "logitnormal_m": 0.1,
+              "logitnormal_m_grid": 0.1, "logitnormal_s": 1.0, "ks": 0.1}
+    out = write_artifact(tmp_path / "x.safetensors", tensors, valid_meta(buckets=[bucket]))
+    with pytest.raises(VRCurveError, match="bucket 0: the inverse-CDF table has fewer than 2 entries"):
+        read_artifact(out)

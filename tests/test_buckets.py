@@ -463,10 +463,11 @@ def test_dynamic_shift_export_reproduces_each_buckets_location(bucketed):
 
 def test_dynamic_shift_of_a_shifted_artifact_uses_the_path_location(tmp_path):
     from vrcurve.export import bucket_shift_line
+    from vrcurve.meta import ArtifactMeta
 
     meta = {"scheduler": {"name": "linear", "shift": 3.0},
             "buckets": [{"shape": [16, 64, 64], "logitnormal_m": 0.2}, {"shape": [16, 128, 128], "logitnormal_m": -0.1}]}
-    line = bucket_shift_line(meta)
+    line = bucket_shift_line(ArtifactMeta.from_values(meta))
     assert line.lengths == (1024, 4096)
     assert line.mus == pytest.approx((-(0.2 - math.log(3)), -(-0.1 - math.log(3))))
 

@@ -95,10 +95,11 @@ def test_logitnormal_pdf_is_the_derivative_of_its_cdf():
 
 
 def test_caption_names_scheduler_m_k_d_and_m():
+    from vrcurve.meta import ArtifactMeta
     from vrcurve.plot import caption
 
-    text = caption({"scheduler": {"name": "linear", "shift": 3.0}, "samples": 200, "noise": 500, "dim": 4096,
-                    "logitnormal_m": 0.2418, "logitnormal_s": 1.0})
+    text = caption(ArtifactMeta(scheduler={"name": "linear", "shift": 3.0}, samples=200, noise=500, dim=4096,
+                                logitnormal_m=0.2418, logitnormal_s=1.0))
     assert text.startswith("scheduler linear (shift 3)")
     for part in ("M = 200", "K = 500", "d = 4096", "m = +0.2418"):
         assert part in text

@@ -279,25 +279,17 @@ def _check_tensors(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
         return VRCurveError(f"{path} is not a valid vrcurve artifact: {what}; re-create it with `vrcurve estimate`.")
 
     for name in TENSORS:
-        arr = tensors[name]
-        if arr.dtype != np.float32 or arr.ndim != 1:
-            raise bad(f"tensor {name} is {arr.dtype} of shape {tuple(arr.shape)}, not a float32 vector")
+        problem = _vector_problem(name, tensors[name])
+        if problem:
+            raise bad(f"tensor {name} {problem}")
     T = tensors["pdf"].shape[0]
     for name in _PER_TIMESTEP:
         if tensors[name].shape[0] != T:
             raise bad(f"tensor {name} has {tensors[name].shape[0]} values but pdf has {T}")
     if T < 1 or tensors["cdf"].shape[0] != T + 1:
         raise bad(f"cdf has {tensors['cdf'].shape[0]} values for {T} timestep bins (needs T + 1)")
-    if tensors["icdf"].shape[0] < 2:
-        raise bad("the inverse-CDF table has fewer than 2 entries")
     if tensors["ks_m"].shape != tensors["ks"].shape:
         raise bad(f"the KS grid has {tensors['ks_m'].shape[0]} locations but {tensors['ks'].shape[0]} distances")
-    for name in TENSORS:
-        values = tensors[name]
-        # A standard error over a single source is undefined (NaN); nothing else may be NaN or infinite.
-        finite = np.isfinite(values) | (np.isnan(values) if name.endswith("_stderr") else False)
-        if not finite.all():
-            raise bad(f"tensor {name} holds NaN or infinite values")
     t = tensors["t"].astype(np.float64)
     if not ((t > 0) & (t < 1)).all() or (np.diff(t) <= 0).any():
         raise bad("the timesteps t are not increasing inside (0, 1)")
@@ -308,12 +300,21 @@ def _check_tensors(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
         raise bad("a KS distance lies outside [0, 1]")
 
 
+def _vector_problem(name: str, values: np.ndarray) -> str:
+    """What is wrong with the stored tensor ``name`` (pooled or a bucket's) as a float32 vector of finite
+    values, or "". A standard error over a single source is undefined (NaN); nothing else may be NaN."""
+    if values.dtype != np.float32 or values.ndim != 1:
+        return f"is {values.dtype} of shape {tuple(values.shape)}, not a float32 vector"
+    finite = np.isfinite(values) | (np.isnan(values) if name.endswith("_stderr") else False)
+    return "" if finite.all() else "holds NaN or infinite values"
+
+
 def _density_problem(pdf: np.ndarray, cdf: np.ndarray, icdf: np.ndarray) -> str:
-    """What is wrong with a density's pdf (T,), cdf (T + 1,) and inverse-CDF table, or "" (float32 round-off
-    allowed). ``sample()`` draws from these, so a crafted file must not get past them."""
+    """What is wrong with a density's finite pdf (T,), cdf (T + 1,) and inverse-CDF table, or "" (float32
+    round-off allowed). ``sample()`` draws from these, so a crafted file must not get past them."""
     pdf, cdf, icdf = (np.asarray(a, dtype=np.float64) for a in (pdf, cdf, icdf))
-    if not (np.isfinite(pdf).all() and np.isfinite(cdf).all() and np.isfinite(icdf).all()):
-        return "the density holds NaN or infinite values"
+    if icdf.shape[0] < 2:
+        return "the inverse-CDF table has fewer than 2 entries"
     if (pdf < 0).any():
         return "the density pdf is negative somewhere"
     if cdf[0] != 0 or abs(cdf[-1] - 1) > _DENSITY_TOL or (np.diff(cdf) < 0).any():
@@ -351,38 +352,32 @@ def bucket_arrays(tensors: Mapping[str, np.ndarray], bucket: int) -> Dict[str, n
 
 def check_buckets(path: PathLike, tensors: Mapping[str, np.ndarray], meta: ArtifactMeta) -> None:
     """Refuse an artifact whose ``bucket.*`` tensors do not fit its ``buckets`` metadata (which
-    ``ArtifactMeta.from_strings`` has checked): for each bucket every tensor of ``BUCKET_TENSORS`` with the
-    pooled tensor's length, float32, finite and a density; no bucket tensor without buckets metadata (a
-    version-1 artifact has neither)."""
+    ``ArtifactMeta.from_strings`` has checked), once ``_check_tensors`` has passed the pooled ones: for each
+    bucket every tensor of ``BUCKET_TENSORS``, a float32 vector as the pooled ones are (``_vector_problem``),
+    of the pooled tensor's length (the icdf table excepted), and a density; no bucket tensor without buckets
+    metadata (a version-1 artifact has neither)."""
     names = [n for n in tensors if n.startswith("bucket.")]
     if meta.buckets is None:
         if names:
             raise (buckets_in_version_1(path) if meta.format_version == 1 else
                    VRCurveError(f"{path} holds bucket tensors ({names[0]}) but no buckets metadata; re-create it."))
         return
-    buckets = meta.buckets
     bad = f"{path} has invalid resolution buckets"
-    T = tensors["pdf"].shape
-    expected = {"S": T, "variance": T, "S_stderr": T, "variance_stderr": T, "pdf": T, "cdf": tensors["cdf"].shape,
-                "icdf": None}
-    for i in range(len(buckets)):
+    again = "re-create it with `vrcurve estimate`."
+    for i in range(len(meta.buckets)):
         for name in BUCKET_TENSORS:
             key = bucket_tensor_name(i, name)
             if key not in tensors:
-                raise VRCurveError(f"{bad}: bucket {i} lacks its tensor {key}; re-create it with `vrcurve estimate`.")
-            if tensors[key].ndim != 1 or (expected[name] is not None and tensors[key].shape != expected[name]):
+                raise VRCurveError(f"{bad}: bucket {i} lacks its tensor {key}; {again}")
+            problem = _vector_problem(name, tensors[key])
+            if problem:
+                raise VRCurveError(f"{bad}: {key} {problem}; {again}")
+            if name != "icdf" and tensors[key].shape != tensors[name].shape:
                 raise VRCurveError(f"{bad}: {key} has shape {tuple(tensors[key].shape)}, not that of the pooled "
-                                   f"{name}; re-create it with `vrcurve estimate`.")
-    extra = sorted(set(names) - {bucket_tensor_name(i, n) for i in range(len(buckets)) for n in BUCKET_TENSORS})
-    if extra:
-        raise VRCurveError(f"{bad}: the tensor {extra[0]} belongs to no bucket; re-create it with `vrcurve estimate`.")
-    for i in range(len(buckets)):
-        for name in BUCKET_TENSORS:
-            values = tensors[bucket_tensor_name(i, name)]
-            if values.dtype != np.float32 or not (np.isfinite(values) | (np.isnan(values) if name.endswith("_stderr")
-                                                                          else False)).all():
-                raise VRCurveError(f"{bad}: {bucket_tensor_name(i, name)} is not float32 or holds NaN or infinite "
-                                   "values; re-create it with `vrcurve estimate`.")
+                                   f"{name}; {again}")
         problem = _density_problem(*(tensors[bucket_tensor_name(i, k)] for k in ("pdf", "cdf", "icdf")))
         if problem:
-            raise VRCurveError(f"{bad}: bucket {i}: {problem}; re-create it with `vrcurve estimate`.")
+            raise VRCurveError(f"{bad}: bucket {i}: {problem}; {again}")
+    extra = sorted(set(names) - {bucket_tensor_name(i, n) for i in range(len(meta.buckets)) for n in BUCKET_TENSORS})
+    if extra:
+        raise VRCurveError(f"{bad}: the tensor {extra[0]} belongs to no bucket; {again}")

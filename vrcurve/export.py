@@ -144,6 +144,7 @@ def to_diffusers(m_p: float, s: float, shift: float = 1.0) -> Export:
     """
     s = _check_scale(s)
     mean = float(m_p) + math.log(_check_shift(shift))
+    flags = {"weighting_scheme": "logit_normal", "logit_mean": mean, "logit_std": s}
     return Export(
         target="diffusers",
         convention="u runs with t = 0 noise, like vrcurve (u = 1 - sigma before the scheduler's shift) in the SD3, "
@@ -151,8 +152,8 @@ def to_diffusers(m_p: float, s: float, shift: float = 1.0) -> Export:
         "feeds the model run the other way (1000 = noise)",
         definition=f"u = sigmoid(N(logit_mean, logit_std^2)), sigma = shift*(1-u)/(1+(shift-1)*(1-u)) with the "
         f"trainer scheduler's shift = {num(shift)}",
-        lines=(f"--weighting_scheme logit_normal --logit_mean {num(mean)} --logit_std {num(s)}",),
-        values={"weighting_scheme": "logit_normal", "logit_mean": mean, "logit_std": s, "shift": float(shift)},
+        lines=(_flags(flags),),
+        values={**flags, "shift": float(shift)},
     )
 
 
@@ -180,7 +181,7 @@ def to_kohya_sd3(m_p: float, s: float, training_shift: float = 1.0) -> Export:
         convention="t = 1 is noise (u is the noise level sigma), the opposite of vrcurve: logit_mean = -m_p - ln(shift)",
         definition="u = sigmoid(N(logit_mean, logit_std^2)), sigma = shift*u/(1+(shift-1)*u) with shift = "
         "training_shift; leave --min_timestep/--max_timestep unset",
-        lines=(" ".join(f"--{k} {v if isinstance(v, str) else num(v)}" for k, v in values.items()),),
+        lines=(_flags(values),),
         values=values,
     )
 
@@ -220,12 +221,26 @@ def _sigmoid_then_shift(target: str, flags: Mapping[str, str], scale: str, shift
     """Trainers that draw sigma = sigmoid(scale z) and then shift it (t = 1 is noise): the location -m_p
     becomes the shift exp(-m_p), the scale is s. ``flags`` come first on the command line."""
     values = {**flags, scale: _check_scale(s), shift: math.exp(-float(m_p))}
-    line = " ".join(f"--{k} {v if isinstance(v, str) else num(v)}" for k, v in values.items())
     return Export(
         target=target,
         convention="t = 1 is noise (sigma), the opposite of vrcurve: the location -m_p becomes the shift exp(-m_p)",
-        definition=definition, lines=(line,), values=values,
+        definition=definition, lines=(_flags(values),), values=values,
     )
+
+
+def _flags(values: Mapping[str, Any]) -> str:
+    """``values`` as one command line of flags, ``--name value``, numbers as ``num`` writes them."""
+    return " ".join(f"--{k} {v if isinstance(v, str) else num(v)}" for k, v in values.items())
+
+
+def _config_lines(values: Mapping[str, Any]) -> Tuple[str, ...]:
+    """``values`` as lines to paste into a JSON config, ``"name": value,``, floats as ``num`` writes them."""
+    return tuple(f'"{k}": {_json_value(v)},' for k, v in values.items())
+
+
+def _json_value(v: Any) -> str:
+    """A config value as JSON, floats as ``num`` writes them."""
+    return num(v) if isinstance(v, float) else json.dumps(v)
 
 
 def to_onetrainer(m_p: float, s: float, discrete: bool = False) -> Export:
@@ -241,28 +256,17 @@ def to_onetrainer(m_p: float, s: float, discrete: bool = False) -> Export:
     and rewrites noising_bias.
     """
     s = _check_scale(s)
-    bias, weight = -float(m_p), s - 1.0
     definition = ("timestep = 1000*sigmoid(N(noising_bias, (noising_weight+1)^2)), " +
                   ("the index into the model's DDPM alphas_cumprod (0 = almost clean)" if discrete else
                    "sigma = timestep/1000") +
                   f"; keys for a config saved by OneTrainer with \"__version\": {ONETRAINER_CONFIG_VERSION}")
+    values = {"__version": ONETRAINER_CONFIG_VERSION, "timestep_distribution": "LOGIT_NORMAL", "noising_bias": -float(m_p),
+              "noising_weight": s - 1.0, "timestep_shift": 1.0, "dynamic_timestep_shifting": False,
+              "min_noising_strength": 0.0, "max_noising_strength": 1.0}
     return Export(
         target="onetrainer",
         convention="t = 1 is noise (timestep / 1000 is the noise level), the opposite of vrcurve: the location is -m_p",
-        definition=definition,
-        lines=(
-            f'"__version": {ONETRAINER_CONFIG_VERSION},',
-            '"timestep_distribution": "LOGIT_NORMAL",',
-            f'"noising_bias": {num(bias)},',
-            f'"noising_weight": {num(weight)},',
-            '"timestep_shift": 1.0,',
-            '"dynamic_timestep_shifting": false,',
-            '"min_noising_strength": 0.0,',
-            '"max_noising_strength": 1.0,',
-        ),
-        values={"__version": ONETRAINER_CONFIG_VERSION, "timestep_distribution": "LOGIT_NORMAL", "noising_bias": bias,
-                "noising_weight": weight, "timestep_shift": 1.0, "dynamic_timestep_shifting": False, "min_noising_strength": 0.0,
-                "max_noising_strength": 1.0},
+        definition=definition, lines=_config_lines(values), values=values,
     )
 
 
@@ -350,7 +354,6 @@ def export_json(arrays: Mapping[str, np.ndarray], meta: ArtifactMeta, m: float, 
     """Everything, for tools with their own densities: the fit, every applicable target's values, the
     pdf/cdf/icdf tables (in the artifact's time u, t = 0 noise) and the artifact's metadata (its entries as
     stored, ``ArtifactMeta`` as a mapping)."""
-    meta = ArtifactMeta.coerce(meta)
     shift = artifact_shift(meta)
     m_p = path_location(m, shift)
     targets: Dict[str, Any] = {}
@@ -412,7 +415,6 @@ def export_artifact(arrays: Mapping[str, np.ndarray], meta: ArtifactMeta, target
     Raises:
         VRCurveError: a scheduler that the target does not train, or an unstated trainer shift (above).
     """
-    meta = ArtifactMeta.coerce(meta)
     m = float(meta.logitnormal_m if m is None else m)
     s = float(meta.logitnormal_s if s is None else s)
     shift_a = artifact_shift(meta)
@@ -459,7 +461,6 @@ def bucket_shift_line(meta: ArtifactMeta, patch_size: int = 2, where: str = "the
     Raises:
         VRCurveError: no buckets, a non-linear scheduler, or fewer than two sequence lengths.
     """
-    meta = ArtifactMeta.coerce(meta)
     _require_linear(meta, "Flux-style dynamic shifting", where)
     buckets = meta.buckets or ()
     if len(buckets) < 2:
@@ -489,19 +490,13 @@ def to_dynamic_shift(line: ShiftLine, base_len: Optional[int] = None, max_len: O
     base_shift, max_shift = line.endpoints(base_len, max_len)
     values = {"use_dynamic_shifting": True, "time_shift_type": "exponential", "base_shift": base_shift,
               "max_shift": max_shift, "base_image_seq_len": int(base_len), "max_image_seq_len": int(max_len)}
-    lines = tuple(f'"{k}": {_json_value(v)},' for k, v in values.items())
     return Export(
         target="dynamic-shift",
         convention="t = 1 is noise (sigma): the shift mu moves logit(sigma) by +mu, i.e. vrcurve's location by -mu",
         definition=f"mu(L) = base_shift + (max_shift - base_shift)*(L - base_image_seq_len)/(max_image_seq_len - "
         f"base_image_seq_len), sigma' = exp(mu)*sigma/(exp(mu)*sigma + 1 - sigma), sigma = sigmoid({num(s)}*z)",
-        lines=lines, values={**values, "logit_std": float(s)},
+        lines=_config_lines(values), values={**values, "logit_std": float(s)},
     )
-
-
-def _json_value(v: Any) -> str:
-    """A config value as JSON, floats as ``num`` writes them."""
-    return num(v) if isinstance(v, float) else json.dumps(v)
 
 
 def shift_line_comments(line: ShiftLine, patch_size: int, shapes) -> Tuple[str, ...]:

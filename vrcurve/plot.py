@@ -13,7 +13,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from .artifact import atomic_path, bucket_tensor_name, write_error
+from .artifact import atomic_path, bucket_tensor_name, check_destination, write_error
 from .errors import VRCurveError
 from .meta import ArtifactMeta
 
@@ -45,7 +45,6 @@ def logitnormal_pdf(t: np.ndarray, m: float, s: float = 1.0) -> np.ndarray:
 
 def caption(meta: ArtifactMeta) -> str:
     """One line: scheduler, M, K, d and the logit-normal fit."""
-    meta = ArtifactMeta.coerce(meta)
     sched = meta.scheduler
     if isinstance(sched, dict):
         params = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
@@ -103,9 +102,7 @@ def plot_artifact(arrays: Mapping[str, np.ndarray], meta: ArtifactMeta, out: Pat
     resolution buckets also shows each bucket's density (the largest ``MAX_DRAWN_BUCKETS``) beside the pooled one.
     """
     out = Path(out)
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise VRCurveError(f"cannot write {out}: folder {folder} does not exist; create it or choose another -o.")
+    check_destination(out, overwrite=True)  # before the drawing, which takes a while; atomic_path checks again
     fig = draw(arrays, meta, log_variance=log_variance, width=width, height=height, dpi=dpi, title=title)
     try:
         with atomic_path(out) as tmp:
@@ -121,7 +118,6 @@ def draw(arrays: Mapping[str, np.ndarray], meta: ArtifactMeta, *, log_variance: 
          width: int = 900, height: int = 1000, dpi: int = 100, title: Optional[str] = None):
     """The figure of ``plot_artifact`` (a matplotlib Figure, three panels: S_t, V(t), pdf(t)), not written."""
     Figure = _matplotlib()
-    meta = ArtifactMeta.coerce(meta)
     check_size(width, height, dpi)
 
     t = np.asarray(arrays["t"], dtype=np.float64)
