@@ -710,12 +710,10 @@ def export_cmd(
         source += (" (the pooled density of its resolution buckets; vrcurve fit-logitnormal lists each bucket's m, "
                    "--bucket exports one)")
     if to is ExportTarget.kohya and len(buckets) > 1:
-        from .errors import VRCurveError as _E
-
         try:
             line = bucket_shift_line(meta, patch_size, where=str(artifact))
             source += "\n# " + "\n# ".join(shift_line_comments(line, patch_size, [b.shape for b in buckets]))
-        except _E:
+        except VRCurveError:
             pass  # buckets of one sequence length, or without (C, H, W) axes: nothing to say about flux_shift
     print(result.text(source, comments=not quiet))
 
