@@ -236,7 +236,7 @@ def engine_for(x, sched, T, K, tau, precision, noise_space="span"):
         basis, span = f.root.float().contiguous(), f.span
     else:
         basis, span = ambient_basis(x), None
-    p = plan(M, K, d, None, x.device, torch.float32, consts.gemm, timesteps=T, noise_dim=basis.shape[0])
+    p = plan(M, K, None, x.device, torch.float32, consts.gemm)
     return consts, p, p.timesteps(p.sources * p.noise, T), prec, basis, span
 
 

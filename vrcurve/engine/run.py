@@ -44,7 +44,7 @@ def device_sums(job: Job, device: torch.device, lo: int, hi: int) -> np.ndarray:
     if hi <= lo:
         return np.zeros((2, T, 0))
     xd = job.x.to(device=device, dtype=job.work)
-    M, d = xd.shape
+    M = xd.shape[0]
     G64, n64, D64 = gram(xd)
     consts = Constants(D64, n64, job.s, job.tau, job.precision, job.options.form)
     if job.options.noise_space == "span":
@@ -53,7 +53,7 @@ def device_sums(job: Job, device: torch.device, lo: int, hi: int) -> np.ndarray:
     else:
         basis, span = ambient_basis(xd), None
     del G64, xd  # nothing after this needs the samples themselves: only the basis, D and n
-    p = plan(M, K, d, job.options.chunk_size, device, job.work, consts.gemm, timesteps=T, noise_dim=basis.shape[0])
+    p = plan(M, K, job.options.chunk_size, device, job.work, consts.gemm)
     sums = torch.zeros((2, T, hi - lo), dtype=torch.float64, device=device)  # tr Cov, ||E[x1|q]||^2
     fp32_products = "tf32" if job.precision == "tf32" else "ieee"
     backend = None
