@@ -35,6 +35,9 @@ import torch
 
 from .precision import matmul_precision
 
+# Sources whose noise is drawn at once on CPU threads (``Projector``), each into a (K, k) buffer of its own.
+DRAW_THREADS = 8
+
 
 def source_seed(seed: int, source: int) -> int:
     """The generator seed for the noises of one source: a function of (seed, source) only."""
@@ -120,7 +123,7 @@ class Projector:
         self.basis, self.seed, self.ids, self.tau, self.noise = basis, seed, ids, tau, noise
         self.span = None if span is None else span.to(device=basis.device, dtype=torch.float32)
         cpu = basis.device.type == "cpu"
-        self.workers = max(1, min(torch.get_num_threads(), sources, 8)) if cpu else 1
+        self.workers = max(1, min(torch.get_num_threads(), sources, DRAW_THREADS)) if cpu else 1
         self._threads: Optional[ThreadPoolExecutor] = None
         self._buffers: List[torch.Tensor] = []
 
