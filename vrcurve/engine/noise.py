@@ -158,7 +158,7 @@ class Projector:
         """
         M = self.basis.shape[1]
         P = torch.empty((i1 - i0, self.noise, M), dtype=self.basis.dtype, device=self.basis.device)
-        bound = 0.0
+        norms = []  # the largest ||z_q|| of each source, kept on the device: one transfer per chunk, not per source
         for g0 in range(i0, i1, self.workers):
             group = range(g0, min(i1, g0 + self.workers))
             noises = self.draws(group)
@@ -167,6 +167,6 @@ class Projector:
                     Pi = torch.mm(z.to(self.basis.dtype), self.basis, out=P[i - i0])
                     Pi -= Pi[:, i].clone()[:, None]
                     zs = z if self.span is None else z @ self.span
-                    bound = max(bound, float(torch.linalg.vector_norm(zs, dim=-1).max()) ** 2 / (2.0 * self.tau))
-        return P, bound
+                    norms.append(torch.linalg.vector_norm(zs, dim=-1).max())
+        return P, float(torch.stack(norms).max()) ** 2 / (2.0 * self.tau)
 
