@@ -5,9 +5,10 @@ torch.compile (inductor) can fuse the element-wise ones. Measured here on blocks
 (M = 200, K = 500, d = 4096 by default, the engine's own block shape):
 
 - eager:    ``vrcurve.engine.backends.pytorch.PyTorchBackend.block``, as ``estimate`` runs it;
-- compiled: the same block as one function under ``torch.compile`` (logits, exp2, row sums, the bf16
-            weights, one product with D and its n columns, the quadratic forms and the per-source sums), its
-            time per block after compiling, and the compile time itself;
+- compiled: the opt-in backend ``vrcurve.engine.backends.compiled`` (``VRCURVE_KERNEL=compiled``): the block as
+            one function under ``torch.compile`` (logits, exp2, row sums, the bf16 weights, one product with
+            the triangle of 2 D, the quadratic forms and the per-source sums), its time per block after
+            compiling, and the compile time itself (its first block); also that function uncompiled;
 - fused:    the C kernel (vrcurve/_fused.c), where it runs;
 
 with the per-source sums of each against the eager ones. A tier pays where (eager - compiled) per block
@@ -31,29 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import OtherLoad, cpu_model, engine_for, make_data  # noqa: E402
 
 from vrcurve.engine import backends  # noqa: E402
+from vrcurve.engine.backends import compiled as compiled_module  # noqa: E402
 from vrcurve.engine.blocks import make_chunk  # noqa: E402
 from vrcurve.engine.noise import Projector  # noqa: E402
 from vrcurve.schedulers import LinearScheduler  # noqa: E402
-
-
-def compiled_block(c, dtype):
-    """The whole block as one function of (P, -cb_t D_i, ca_t): (2, nt, ns) float64 sums, as the backends
-    return them. One product with [2 D / dscale above the diagonal | n columns] in ``dtype``."""
-    Dn = c.D64 / c.dscale
-    B = torch.cat([torch.triu(2.0 * Dn, 1), c.dn64[:, None]], 1).to(dtype)
-
-    def block(P, table, ca, kk: int):
-        nt, ns, M = table.shape[0], table.shape[1], table.shape[-1]
-        logits = table + ca[:, None, None, None] * P[None]  # (nt, ns, kk, M)
-        e = torch.exp2(logits.clamp(min=-126.0)).reshape(-1, M)
-        z = e.sum(-1)
-        y = e.to(dtype) @ B  # (R, M + 1)
-        quad = (y[:, :M].float() * e).sum(-1)
-        inv = 1.0 / z.double()
-        sums = torch.stack([quad.double() * inv * inv, y[:, M].double() * inv]).view(2, nt, ns, kk).sum(-1)
-        return c.scale_sums(sums, kk)
-
-    return block
 
 
 def best(f, repeats):
@@ -94,17 +76,14 @@ def main():
         ref = eager.block(chunk, 0, kk, t0, t0 + tb)
         results["eager"] = best(lambda: eager.block(chunk, 0, kk, t0, t0 + tb), args.repeats)
 
-        fn = compiled_block(consts, torch.bfloat16 if prec == "bf16" else torch.float32)
-        table = torch.empty((tb,) + chunk.Drows4.shape[1:], dtype=torch.float32)
-        torch.mul(chunk.Drows4, consts.cb_neg4[t0 : t0 + tb], out=table)
-        ca = torch.tensor(consts.ca[t0 : t0 + tb], dtype=torch.float32)
-        Pk = chunk.P[:, :kk]
+        tier = backends.make("compiled", consts)
         started = time.perf_counter()
-        compiled = torch.compile(fn, dynamic=False)
-        got = compiled(Pk, table, ca, kk)
+        got = tier.block(chunk, 0, kk, t0, t0 + tb)
         compile_s = time.perf_counter() - started
-        results["compiled"] = best(lambda: compiled(Pk, table, ca, kk), args.repeats)
-        results["uncompiled function"] = best(lambda: fn(Pk, table, ca, kk), args.repeats)
+        results["compiled"] = best(lambda: tier.block(chunk, 0, kk, t0, t0 + tb), args.repeats)
+        # the same function without torch.compile: what the compiler's fusion is worth
+        tier.fn = compiled_module._block
+        results["uncompiled function"] = best(lambda: tier.block(chunk, 0, kk, t0, t0 + tb), args.repeats)
         try:
             fused = backends.make("fused", consts)
             fused.allocate(plan.buffer_rows)

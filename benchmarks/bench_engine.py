@@ -60,9 +60,10 @@ import torch
 
 from vrcurve import estimator as est
 from vrcurve.engine import backends
-from vrcurve.engine.blocks import Constants, block_sums, make_chunk
-from vrcurve.engine.noise import Projector, ambient_basis, span_factor
+from vrcurve.engine.blocks import block_sums, make_chunk
+from vrcurve.engine.noise import Projector
 from vrcurve.engine.plan import plan
+from vrcurve.engine.run import prepare
 from vrcurve.options import Precision, choices
 from vrcurve.schedulers import LinearScheduler
 
@@ -225,18 +226,12 @@ class _ProfiledKernels:
 def engine_for(x, sched, T, K, tau, precision, noise_space="span"):
     """The engine set up as ``estimate`` sets it up on the device of ``x``: (constants, plan, timesteps per
     block, the precision ``precision`` resolves to, the projector's basis and span)."""
-    M, d = x.shape
+    M = x.shape[0]
     t = torch.from_numpy(est.timestep_grid(T))
     s = (sched.sigma(t) / sched.alpha(t)).numpy()
     prec = est.resolve_precision(precision, x.device, torch.float32)
-    G64, n64, D64 = est.gram(x)
-    consts = Constants(D64, n64, s, tau, prec, "covariance")
-    if noise_space == "span":
-        f = span_factor(G64, np.arange(M))
-        basis, span = f.root.float().contiguous(), f.span
-    else:
-        basis, span = ambient_basis(x), None
-    p = plan(M, K, d, None, x.device, torch.float32, consts.gemm, timesteps=T, noise_dim=basis.shape[0])
+    consts, basis, span = prepare(x, s, tau, prec, "covariance", noise_space, np.arange(M))
+    p = plan(M, K, None, x.device, torch.float32, consts.gemm)
     return consts, p, p.timesteps(p.sources * p.noise, T), prec, basis, span
 
 

@@ -15,26 +15,16 @@ estimate), with images per second; the CPU model and torch's thread count first.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_engine import cpu_model  # the CPU's model and cores, as the other benchmarks print it
 
 SD = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
 SMALL = dict(block_out_channels=(32, 64, 128, 128), layers_per_block=1, norm_num_groups=32)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def write_images(folder: Path, count: int, size: int, seed: int = 0) -> None:

@@ -248,7 +248,7 @@ def test_blocks_of_a_short_last_chunk_fit_the_buffers(monkeypatch):
     for M, K, elements, chunk in [(20, 32, 2200, None), (200, 4718, 1 << 21, None), (7, 50, 700, 9),
                                   (30, 3, 3000, None), (64, 33, 64 * 130, 40)]:
         monkeypatch.setattr(plan_module, "CPU_BLOCK_ELEMENTS", elements)
-        p = plan(M, K, 100, chunk, torch.device("cpu"), torch.float32, torch.bfloat16)
+        p = plan(M, K, chunk, torch.device("cpu"), torch.float32, torch.bfloat16)
         for sources in {p.sources, M % p.sources or p.sources}:
             for noise in {p.noise, K % p.noise or p.noise}:
                 rows = sources * noise
@@ -264,7 +264,7 @@ def test_a_short_last_chunk_gives_the_same_curve(monkeypatch):
     kw = dict(noise=32, timesteps=40, seed=1, precision="bf16")
     ref = estimate(x, LinearScheduler(), **kw)
     monkeypatch.setattr(plan_module, "CPU_BLOCK_ELEMENTS", 20 * 110)
-    p = plan(20, 32, 24, None, torch.device("cpu"), torch.float32, torch.bfloat16)
+    p = plan(20, 32, None, torch.device("cpu"), torch.float32, torch.bfloat16)
     assert (p.noise, p.buffer_rows) == (27, 108)
     short = estimate(x, LinearScheduler(), **kw)
     assert short.kernel == "fused"

@@ -88,9 +88,13 @@ def bootstrap_m(curve: Curve, m_hat: float, *, replicates: int = 200, seed: int 
         uniform_mix: the density floor of the estimate (``density_from_curve``), applied to every replicate.
         progress: a reporter (``vrcurve.progress``), told of the ``bootstrap`` phase after each refit.
     """
-    rng = np.random.default_rng([int(seed), 0x626F6F74])  # "boot": a stream apart from the data choice
-    V = _resampled_variance(curve, rng, replicates)
+    V = _resampled_variance(curve, _bootstrap_rng(seed), replicates)
     return _interval(V, m_hat, level, uniform_mix, progress)
+
+
+def _bootstrap_rng(seed: int) -> np.random.Generator:
+    """The resampling's generator: a stream of its own ("boot"), apart from the choice of the data."""
+    return np.random.default_rng([int(seed), 0x626F6F74])
 
 
 def _resampled_variance(curve: Curve, rng: np.random.Generator, replicates: int) -> np.ndarray:
@@ -246,7 +250,7 @@ def bootstrap_m_pooled(curves: Sequence[Curve], shares: Sequence[float], m_hat: 
     (a stratified bootstrap: a bucket's share of the data is fixed, not drawn), the buckets' curves rebuilt and
     pooled (``pooled_variance``), mixed with the density floor ``uniform_mix``, and m refitted; ``progress``
     as for ``bootstrap_m``."""
-    rng = np.random.default_rng([int(seed), 0x626F6F74])
+    rng = _bootstrap_rng(seed)
     V = pooled_variance([_resampled_variance(curve, rng, replicates) for curve in curves], shares)
     return _interval(V, m_hat, level, uniform_mix, progress)
 

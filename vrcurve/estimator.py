@@ -35,7 +35,7 @@ from .devices import DeviceSpec, resolve_devices
 from .engine.backends import Choice
 from .engine.backends import requested as requested_kernel
 from .engine.blocks import gram
-from .engine.noise import source_noise, source_seed
+from .engine.noise import DRAW_THREADS, source_noise, source_seed
 from .engine.plan import free_memory, share
 from .engine.precision import resolve_precision, work_dtype
 from .engine.run import Job, device_sums
@@ -254,7 +254,7 @@ def memory_need(M: int, d: int, devices: Sequence[torch.device], per_timestep_ex
     noise_dim = d if noise_space == "ambient" else M
 
     def on_device(dev) -> MemoryNeed:
-        workers = min(torch.get_num_threads(), 8) if dev.type == "cpu" else 1
+        workers = min(torch.get_num_threads(), DRAW_THREADS) if dev.type == "cpu" else 1
         return MemoryNeed(fixed=8 * M * M + 4 * M * d, per_timestep=16 * M, per_noise=4 * (M + workers * noise_dim))
 
     host = MemoryNeed(fixed=0, per_timestep=64 * M + 80 + per_timestep_extra, per_noise=0)

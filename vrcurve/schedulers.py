@@ -123,11 +123,49 @@ class CosineScheduler(Scheduler):
         return -0.5 * math.pi * torch.sin(0.5 * math.pi * t)
 
 
+class VariancePreserving(Scheduler):
+    """A variance-preserving path from its log abar(t): a = sqrt(abar), m = sqrt(1 - abar), so a^2 + m^2 = 1.
+
+    Subclasses give ``log_alpha_bar`` (<= 0, increasing towards the data end) and its time derivative
+    ``d_log_alpha_bar``; a, m, their derivatives and h follow here once. m may reach 0 (abar = 1) at t = 1:
+    there m' = -inf and h = +inf, never NaN.
+    """
+
+    def log_alpha_bar(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def d_log_alpha_bar(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def alpha(self, t):
+        return torch.exp(0.5 * self.log_alpha_bar(t))
+
+    def sigma(self, t):
+        return torch.sqrt(-torch.expm1(self.log_alpha_bar(t)))
+
+    def d_alpha(self, t):
+        return 0.5 * self.d_log_alpha_bar(t) * self.alpha(t)
+
+    def d_sigma(self, t):
+        # m m' = -a a' since a^2 + m^2 = 1: m' = -abar (log abar)' / (2 m), infinite where m = 0.
+        m = self.sigma(t)
+        num = -torch.exp(self.log_alpha_bar(t)) * self.d_log_alpha_bar(t) * 0.5
+        safe_m = torch.where(m == 0, torch.ones_like(m), m)
+        return torch.where(m == 0, torch.full_like(m, -math.inf), num / safe_m)
+
+    def h(self, t):
+        # Closed form a' / m^2, as for any variance-preserving path; +inf where m = 0.
+        m2 = -torch.expm1(self.log_alpha_bar(t))
+        safe = torch.where(m2 == 0, torch.ones_like(m2), m2)
+        return torch.where(m2 == 0, torch.full_like(m2, math.inf), self.d_alpha(t) / safe)
+
+
 @dataclass(frozen=True)
-class DiffusionScheduler(Scheduler):
+class DiffusionScheduler(VariancePreserving):
     """Variance-preserving diffusion (DDPM-equivalent), in vrcurve time (t = 0 noise).
 
-    B(t) = beta_min (1 - t) + (beta_max - beta_min) (1 - t)^2 / 2,  a = exp(-B/2),  m = sqrt(1 - exp(-B)).
+    B(t) = beta_min (1 - t) + (beta_max - beta_min) (1 - t)^2 / 2,  a = exp(-B/2),  m = sqrt(1 - exp(-B)):
+    log abar = -B. m = 0 at t = 1 (m ~ sqrt(beta_min (1 - t))).
     """
 
     beta_min: float = 0.1
@@ -141,41 +179,19 @@ class DiffusionScheduler(Scheduler):
                 f"beta_max={self.beta_max}; the usual values are 0.1 and 20."
             )
 
-    def _B(self, t):
+    def log_alpha_bar(self, t):
         u = 1.0 - t
-        return self.beta_min * u + 0.5 * (self.beta_max - self.beta_min) * u**2
+        return -(self.beta_min * u + 0.5 * (self.beta_max - self.beta_min) * u**2)
 
-    def _dB(self, t):
-        return -self.beta_min - (self.beta_max - self.beta_min) * (1.0 - t)
-
-    def alpha(self, t):
-        return torch.exp(-0.5 * self._B(t))
-
-    def sigma(self, t):
-        return torch.sqrt(-torch.expm1(-self._B(t)))
-
-    def d_alpha(self, t):
-        return -0.5 * self._dB(t) * self.alpha(t)
-
-    def d_sigma(self, t):
-        # m' = exp(-B) B' / (2 m); infinite at t = 1 where m = 0 (m ~ sqrt(beta_min (1 - t))).
-        m = self.sigma(t)
-        num = torch.exp(-self._B(t)) * self._dB(t) * 0.5
-        safe_m = torch.where(m == 0, torch.ones_like(m), m)
-        return torch.where(m == 0, torch.full_like(m, -math.inf), num / safe_m)
-
-    def h(self, t):
-        # Closed form a'/m^2, finite everywhere but at t = 1, where it is +inf.
-        m2 = -torch.expm1(-self._B(t))
-        safe = torch.where(m2 == 0, torch.ones_like(m2), m2)
-        return torch.where(m2 == 0, torch.full_like(m2, math.inf), self.d_alpha(t) / safe)
+    def d_log_alpha_bar(self, t):
+        return self.beta_min + (self.beta_max - self.beta_min) * (1.0 - t)
 
     def params(self):
         return {"beta_min": float(self.beta_min), "beta_max": float(self.beta_max)}
 
 
 @dataclass(frozen=True)
-class DiscreteBetaScheduler(Scheduler):
+class DiscreteBetaScheduler(VariancePreserving):
     """DDPM's discrete beta schedules (``scaled_linear``: SD 1.x/2.x/SDXL; ``ddpm_linear``: DDPM), in vrcurve time.
 
     A discrete DDPM trainer draws an index i = 0..N-1 (0 almost clean, N - 1 noise) and trains on
@@ -194,7 +210,7 @@ class DiscreteBetaScheduler(Scheduler):
         prod_{j=0..x} (B + j d) = d^(x+1) Gamma(B/d + x + 1) / Gamma(B/d)
 
     so log abar(x) is a sum of lgamma terms: smooth in t, with exact derivatives (digamma), and equal to the
-    discrete abar_i at every t_i. Then a = sqrt(abar), m = sqrt(1 - abar) (variance preserving, like VP).
+    discrete abar_i at every t_i. Then a = sqrt(abar), m = sqrt(1 - abar) (``VariancePreserving``).
     m > 0 at t = 1 (abar = 1 only half an index beyond it): DDPM never trains on clean data.
     """
 
@@ -244,7 +260,7 @@ class DiscreteBetaScheduler(Scheduler):
                 out = out + (x + 1) * math.log(step) + torch.lgamma(r + x + 1) - math.lgamma(r)
         return out
 
-    def _d_log_alpha_bar(self, t):
+    def d_log_alpha_bar(self, t):
         """d log abar / dt (> 0: the signal grows towards the data end)."""
         x = self._x(t)
         dx = torch.zeros_like(t)
@@ -252,23 +268,6 @@ class DiscreteBetaScheduler(Scheduler):
             r = offset / step
             dx = dx + math.log(step) + (torch.digamma(r - x) if sign < 0 else torch.digamma(r + x + 1))
         return -self.num_train_timesteps * dx
-
-    def alpha(self, t):
-        return torch.exp(0.5 * self.log_alpha_bar(t))
-
-    def sigma(self, t):
-        return torch.sqrt(-torch.expm1(self.log_alpha_bar(t)))
-
-    def d_alpha(self, t):
-        return 0.5 * self._d_log_alpha_bar(t) * self.alpha(t)
-
-    def d_sigma(self, t):
-        # m m' = -a a' since a^2 + m^2 = 1; m > 0 on all of [0, 1].
-        return -torch.exp(self.log_alpha_bar(t)) * 0.5 * self._d_log_alpha_bar(t) / self.sigma(t)
-
-    def h(self, t):
-        # a' / m^2, as for any variance-preserving path
-        return self.d_alpha(t) / -torch.expm1(self.log_alpha_bar(t))
 
     def params(self):
         return {"beta_start": float(self.beta_start), "beta_end": float(self.beta_end),

@@ -94,6 +94,10 @@ class Constants:
         self.cb = [float(v) for v in torch.tensor(LOG2E / (2.0 * s * s * tau), dtype=self.work)]
         self.cb_neg4 = -torch.tensor(self.cb, dtype=self.work, device=self.device)[:, None, None, None]
         self.clamp = self.device.type == "cpu" and self.work == torch.float32
+        # Row sums of the weights: in float64 where the products are float32 too (the rounding of a float32
+        # sum would dominate that of tr Cov); next to bf16 or TF32 products a float32 sum is enough (and on
+        # CUDA a float64 sum of float32 input first copies the whole block to float64).
+        self.z_dtype = torch.float32 if precision in ("bf16", "tf32") else torch.float64
         self.scale = torch.tensor([[0.5 * self.dscale, 0.0], [-0.5 * self.dscale, self.nscale]], dtype=torch.float64,
                                   device=self.device)
         self.scale_bias = torch.tensor([[0.0], [self.nbar]], dtype=torch.float64, device=self.device)

@@ -35,6 +35,9 @@ import torch
 
 from .precision import matmul_precision
 
+# Sources whose noise is drawn at once on CPU threads (``Projector``), each into a (K, k) buffer of its own.
+DRAW_THREADS = 8
+
 
 def source_seed(seed: int, source: int) -> int:
     """The generator seed for the noises of one source: a function of (seed, source) only."""
@@ -120,7 +123,7 @@ class Projector:
         self.basis, self.seed, self.ids, self.tau, self.noise = basis, seed, ids, tau, noise
         self.span = None if span is None else span.to(device=basis.device, dtype=torch.float32)
         cpu = basis.device.type == "cpu"
-        self.workers = max(1, min(torch.get_num_threads(), sources, 8)) if cpu else 1
+        self.workers = max(1, min(torch.get_num_threads(), sources, DRAW_THREADS)) if cpu else 1
         self._threads: Optional[ThreadPoolExecutor] = None
         self._buffers: List[torch.Tensor] = []
 
@@ -155,7 +158,7 @@ class Projector:
         """
         M = self.basis.shape[1]
         P = torch.empty((i1 - i0, self.noise, M), dtype=self.basis.dtype, device=self.basis.device)
-        bound = 0.0
+        norms = []  # the largest ||z_q|| of each source, kept on the device: one transfer per chunk, not per source
         for g0 in range(i0, i1, self.workers):
             group = range(g0, min(i1, g0 + self.workers))
             noises = self.draws(group)
@@ -164,6 +167,6 @@ class Projector:
                     Pi = torch.mm(z.to(self.basis.dtype), self.basis, out=P[i - i0])
                     Pi -= Pi[:, i].clone()[:, None]
                     zs = z if self.span is None else z @ self.span
-                    bound = max(bound, float(torch.linalg.vector_norm(zs, dim=-1).max()) ** 2 / (2.0 * self.tau))
-        return P, bound
+                    norms.append(torch.linalg.vector_norm(zs, dim=-1).max())
+        return P, float(torch.stack(norms).max()) ** 2 / (2.0 * self.tau)
 

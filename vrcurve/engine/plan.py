@@ -2,8 +2,8 @@
 
 A chunk is the queries of a few sources (their projections P are made once); a block is a few consecutive
 timesteps of one chunk, R = timesteps x queries rows of M entries, sized to stay in the last-level cache on
-CPU and to fill a GPU. ``plan`` also says how much memory a device needs for it (``Plan.memory``), so that
-a caller can check a large run up front.
+CPU and to fill a GPU. (What a run needs at least, checked before any work, is
+``vrcurve.estimator.memory_need``; the blocks are sized here from the memory that is free.)
 """
 
 from __future__ import annotations
@@ -30,15 +30,12 @@ class Plan:
         noise: queries of one source per chunk (K unless the chunk size is below K).
         block_rows: (timesteps x queries) rows per work block.
         buffer_rows: rows of the block buffers.
-        memory: bytes the device holds for it at once: the samples, their Gram quantities, a chunk's
-            projections and noise, the block buffers and the sums (``plan_memory``).
     """
 
     sources: int
     noise: int
     block_rows: int
     buffer_rows: int
-    memory: int = 0
 
     def timesteps(self, rows: int, T: int) -> int:
         """Timesteps per block for a chunk of ``rows`` queries: as many as the buffers hold (a short last
@@ -46,15 +43,12 @@ class Plan:
         return max(1, min(T, self.buffer_rows // rows))
 
 
-def plan(M: int, K: int, d: int, chunk_size: Optional[int], device, work: torch.dtype, gemm: torch.dtype,
-         timesteps: int = 1, noise_dim: Optional[int] = None) -> Plan:
-    """Chunks of queries and blocks of timesteps for M samples of dimension d, K noises each, on ``device``.
+def plan(M: int, K: int, chunk_size: Optional[int], device, work: torch.dtype, gemm: torch.dtype) -> Plan:
+    """Chunks of queries and blocks of timesteps for M samples, K noises each, on ``device``.
 
     Args:
         chunk_size: queries per chunk; by default whole sources, chosen from the block size.
         work: the dtype of the logits and weights; gemm: that of the products' operands.
-        timesteps: T (only the sums' memory depends on it).
-        noise_dim: the length of one noise draw, r (span noise, at most M) or d (ambient); default M.
     """
     device = torch.device(device)
     wi = torch.empty((), dtype=work).element_size()
@@ -74,9 +68,7 @@ def plan(M: int, K: int, d: int, chunk_size: Optional[int], device, work: torch.
         sources, noise = 1, chunk_size
     rows = sources * noise
     buffer_rows = max(rows, (block_rows // rows) * rows)
-    memory = plan_memory(M, K, d, sources, buffer_rows, timesteps, work, gemm,
-                         noise_dim=M if noise_dim is None else noise_dim)
-    return Plan(sources=sources, noise=noise, block_rows=block_rows, buffer_rows=buffer_rows, memory=memory)
+    return Plan(sources=sources, noise=noise, block_rows=block_rows, buffer_rows=buffer_rows)
 
 
 def _block_bytes_per_element(work: torch.dtype, gemm: torch.dtype) -> int:
@@ -85,20 +77,6 @@ def _block_bytes_per_element(work: torch.dtype, gemm: torch.dtype) -> int:
     wi = torch.empty((), dtype=work).element_size()
     gi = torch.empty((), dtype=gemm).element_size()
     return wi + (0 if gemm == work else gi) + gi
-
-
-def plan_memory(M: int, K: int, d: int, sources: int, buffer_rows: int, timesteps: int, work: torch.dtype,
-                gemm: torch.dtype, noise_dim: int) -> int:
-    """Bytes one device holds at once for an estimate: the samples (M, d) in ``work`` and in float64 for
-    their Gram matrix, G, D and their copies (M, M), a chunk's projections (sources, K, M) and noise
-    buffers (up to 8 of (K, noise_dim)), the block buffers, and the (2, T, M) float64 sums."""
-    wi = torch.empty((), dtype=work).element_size()
-    samples = M * d * (wi + 8)
-    gram = 6 * M * M * 8
-    chunk = sources * K * M * wi + min(8, sources) * K * noise_dim * 4
-    blocks = buffer_rows * M * _block_bytes_per_element(work, gemm) + 4 * buffer_rows * 8
-    sums = 2 * timesteps * M * 8
-    return samples + gram + chunk + blocks + sums
 
 
 def free_memory(device: torch.device) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
 import torch
@@ -34,6 +34,19 @@ class Job:
     selector: Selector = field(default_factory=Selector)
 
 
+def prepare(x: torch.Tensor, s: np.ndarray, tau: float, precision: str, form: str, noise_space: str,
+            ids: np.ndarray) -> Tuple[Constants, torch.Tensor, Optional[torch.Tensor]]:
+    """What every chunk of one device shares, from the samples ``x`` (M, d), on the device in the working
+    dtype: the blocks' ``Constants`` and the ``Projector``'s basis and span (``noise_space`` "span" or
+    "ambient"). After it nothing needs the samples themselves, only the basis, D and n."""
+    G64, n64, D64 = gram(x)
+    consts = Constants(D64, n64, s, tau, precision, form)
+    if noise_space == "span":
+        factor = span_factor(G64, ids)
+        return consts, factor.root.to(x.dtype).contiguous(), factor.span
+    return consts, ambient_basis(x), None
+
+
 def device_sums(job: Job, device: torch.device, lo: int, hi: int) -> np.ndarray:
     """Sums over the K queries of each source lo..hi-1, on ``device``: (2, T, hi - lo) float64, tr Cov first.
 
@@ -43,17 +56,9 @@ def device_sums(job: Job, device: torch.device, lo: int, hi: int) -> np.ndarray:
     T, K = job.options.timesteps, job.options.noise
     if hi <= lo:
         return np.zeros((2, T, 0))
-    xd = job.x.to(device=device, dtype=job.work)
-    M, d = xd.shape
-    G64, n64, D64 = gram(xd)
-    consts = Constants(D64, n64, job.s, job.tau, job.precision, job.options.form)
-    if job.options.noise_space == "span":
-        factor = span_factor(G64, job.ids)
-        basis, span = factor.root.to(job.work).contiguous(), factor.span
-    else:
-        basis, span = ambient_basis(xd), None
-    del G64, xd  # nothing after this needs the samples themselves: only the basis, D and n
-    p = plan(M, K, d, job.options.chunk_size, device, job.work, consts.gemm, timesteps=T, noise_dim=basis.shape[0])
+    consts, basis, span = prepare(job.x.to(device=device, dtype=job.work), job.s, job.tau, job.precision,
+                                  job.options.form, job.options.noise_space, job.ids)
+    p = plan(consts.M, K, job.options.chunk_size, device, job.work, consts.gemm)
     sums = torch.zeros((2, T, hi - lo), dtype=torch.float64, device=device)  # tr Cov, ||E[x1|q]||^2
     fp32_products = "tf32" if job.precision == "tf32" else "ieee"
     backend = None

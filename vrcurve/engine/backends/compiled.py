@@ -39,7 +39,6 @@ class CompiledBackend:
         self.c = c
         self.B = torch.triu(2.0 * c.D64 / c.dscale, 1).to(c.gemm)
         self.ca = torch.tensor(c.ca, dtype=c.work, device=c.device)
-        self.z_dtype = torch.float32 if c.precision in ("bf16", "tf32") else torch.float64
         self.fn = torch.compile(_block)
 
     def allocate(self, rows: int) -> None:
@@ -49,5 +48,5 @@ class CompiledBackend:
         c = self.c
         P = chunk.P[:, k0:k1]
         table = chunk.Drows4 * c.cb_neg4[t0:t1]  # (nt, ns, 1, M): -cb_t D_i
-        sums = self.fn(P, table, self.ca[t0:t1], self.B, c.dn, chunk.shift, c.clamp, self.z_dtype)
+        sums = self.fn(P, table, self.ca[t0:t1], self.B, c.dn, chunk.shift, c.clamp, c.z_dtype)
         return c.scale_sums(sums, P.shape[1])

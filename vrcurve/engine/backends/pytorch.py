@@ -91,10 +91,6 @@ class PyTorchBackend:
         # the rounding of a bf16 product: it is then taken from the float32 weights.
         self.n_apart = c.precision == "bf16" and c.form == "paper"
         self.forms = PairForms(c, with_n=not self.n_apart)
-        # Row sums of the float32 weights in float64 where the products are float32 too (the rounding of
-        # a float32 sum would dominate that of tr Cov); next to bf16 or TF32 products a float32 sum is
-        # enough (and on CUDA a float64 sum of float32 input first copies the whole block to float64).
-        self.z_dtype = torch.float32 if c.precision in ("bf16", "tf32") else torch.float64
         self._views: Dict[Tuple[int, int, int], _Views] = {}
 
     def allocate(self, rows: int) -> None:
@@ -107,7 +103,7 @@ class PyTorchBackend:
             self.products = self.logits.view(torch.bfloat16)
         else:
             self.products = torch.empty(rows * self.forms.stride, dtype=self.forms.dtype, device=c.device)
-        self.z = torch.empty(rows, dtype=self.z_dtype, device=c.device)
+        self.z = torch.empty(rows, dtype=c.z_dtype, device=c.device)
         self.tail = torch.empty((3, rows), dtype=torch.float64, device=c.device)
         self._views = {}
 
