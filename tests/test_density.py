@@ -120,3 +120,12 @@ def test_without_floor_empty_bins_have_infinite_weight_and_are_never_drawn():
 def test_floor_out_of_range_is_refused(lam):
     with pytest.raises(VRCurveError, match="--uniform-mix must be a share in"):
         density_from_curve(_curve(), uniform_mix=lam)
+
+
+def test_u_of_one_maps_to_the_end_of_the_last_non_empty_bin_in_any_shape():
+    """Trailing empty bins are never drawn: u = 1 gives the right edge of the last bin with mass, for a scalar u
+    (shape kept) and a vector alike."""
+    cdf = torch.tensor([0.0, 0.25, 0.5, 1.0, 1.0, 1.0], dtype=torch.float64)  # bins 3 and 4 are empty
+    one = invert_cdf(cdf, torch.tensor(1.0, dtype=torch.float64))
+    assert one.shape == () and float(one) == 3 / 5
+    np.testing.assert_allclose(invert_cdf(cdf, torch.tensor([1.0, 0.5], dtype=torch.float64)).numpy(), [3 / 5, 2 / 5])

@@ -95,8 +95,10 @@ def invert_cdf(cdf, u):
     lo, width = cdf[k], cdf[k + 1] - cdf[k]
     frac = torch.where(width > 0, (u - lo) / torch.where(width > 0, width, torch.ones_like(width)), torch.zeros_like(u))
     t = (k + frac.clamp(0.0, 1.0)) / T
-    last = int(torch.nonzero(cdf[1:] > cdf[:-1])[-1])
-    return torch.where(u >= 1.0, torch.full_like(t, (last + 1) / T), t)
+    # the right edge of the last non-empty bin: the first edge where the cdf reaches its end (found on the
+    # device: no host sync on every sample() call)
+    end = torch.searchsorted(cdf, cdf[-1]).to(t.dtype) / T
+    return torch.where(u >= 1.0, end, t)
 
 
 def ks_between_cdfs(cdf_a: np.ndarray, cdf_b: np.ndarray) -> float:
