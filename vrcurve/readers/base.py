@@ -9,7 +9,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..engine.plan import runs  # noqa: F401  (the one runs helper; the readers import it from here)
 from ..errors import VRCurveError
 
 # Paths and member names recorded in the artifact: a few shards are worth listing, a million files are not.

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import Source, natural_key, runs, to_float32
+from .base import Source, natural_key, to_float32
 
 
 def _open(path: Path):
@@ -97,6 +97,8 @@ class SafetensorsSource(Source):
 
     def read(self, indices):
         import torch
+
+        from ..engine.plan import runs  # engine.plan imports torch, so only once reading needs torch
 
         idx = np.asarray(indices, dtype=np.int64)
         out = np.empty((len(idx), *self.shape), dtype=np.float32)
