@@ -95,13 +95,23 @@ def is_real_numeric(dtype: np.dtype) -> bool:
         dtype, np.complexfloating) and dtype.kind not in "mM"
 
 
+def not_real_numeric(where: str, dtype: Any, what: str = "samples") -> VRCurveError:
+    """The error for ``where`` holding ``dtype`` (a NumPy or torch dtype), which is not a real numeric type."""
+    return VRCurveError(f"{where} has dtype {dtype}, not a real numeric type; vrcurve needs float or integer {what}.")
+
+
+def check_real_numeric(where: str, dtype: np.dtype, what: str = "samples") -> None:
+    """Refuse a NumPy dtype that ``is_real_numeric`` refuses; ``what`` (samples, latents) ends the message."""
+    if not is_real_numeric(dtype):
+        raise not_real_numeric(where, dtype, what)
+
+
 def check_array_like(name: str, dtype: np.dtype, shape: Optional[Tuple[int, ...]]) -> None:
     """Refuse arrays that are not numeric, have no sample axis, or whose samples hold no numbers.
 
     ``shape`` None is an HDF5 null dataspace (a dataset that holds nothing, not even a shape).
     """
-    if not is_real_numeric(dtype):
-        raise VRCurveError(f"{name} has dtype {dtype}, not a real numeric type; vrcurve needs float or integer samples.")
+    check_real_numeric(name, dtype)
     if shape is None:
         raise VRCurveError(f"{name} is an empty dataset (HDF5 null dataspace) with no shape; it must be (N, ...).")
     if len(shape) < 1 or shape[0] == 0:

@@ -21,7 +21,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import Source, check_array_like, is_real_numeric, natural_key, to_float32
+from .base import Source, check_array_like, check_real_numeric, is_real_numeric, natural_key, to_float32
 
 # A group is read as one sample per member only with at least this many look-alike members; two or three
 # same-shaped datasets side by side (latents, latents_flipped) are more likely alternatives than samples.
@@ -232,9 +232,7 @@ class HDF5SamplesSource(Source):
         return obj
 
     def _check_dtype(self, index: int, ds) -> None:
-        if not is_real_numeric(ds.dtype):
-            raise VRCurveError(f"{self.sample_name(index)} has dtype {ds.dtype}, not a real numeric type; vrcurve "
-                               "needs float or integer samples.")
+        check_real_numeric(self.sample_name(index), ds.dtype)
 
     def read(self, indices):
         out = np.empty((len(indices), *self.shape), dtype=np.float32)

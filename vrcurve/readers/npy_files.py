@@ -8,7 +8,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import BadSample, PerFileSource, is_real_numeric, to_float32
+from .base import BadSample, PerFileSource, check_real_numeric, to_float32
 
 
 def _header(path: Path) -> Tuple[Tuple[int, ...], np.dtype]:
@@ -42,15 +42,11 @@ class NpyFilesSource(PerFileSource):
     def __init__(self, name: str, files: Sequence[Path], skip_bad: bool = False):
         super().__init__(name, files, skip_bad)
         self._first, (shape, dtype) = self._probe_first(_header)
-        self._check_dtype(self._first, dtype)
+        check_real_numeric(str(self._first), dtype)
         self.shape = _sample_shape(shape)
         if 0 in self.shape:
             raise VRCurveError(f"{self._first} holds an array of shape {shape}, which has no numbers; every file must "
                                "hold one sample.")
-
-    def _check_dtype(self, path: Path, dtype: np.dtype) -> None:
-        if not is_real_numeric(dtype):
-            raise VRCurveError(f"{path} has dtype {dtype}, not a real numeric type; vrcurve needs float or integer samples.")
 
     def _shape_of(self, path: Path) -> Tuple[int, ...]:
         return _sample_shape(_header(path)[0])
@@ -63,7 +59,7 @@ class NpyFilesSource(PerFileSource):
         if not isinstance(arr, np.ndarray):
             arr.close()
             raise BadSample("a .npz archive (zip), not a .npy array")
-        self._check_dtype(path, arr.dtype)
+        check_real_numeric(str(path), arr.dtype)
         if _sample_shape(arr.shape) != shape:
             raise VRCurveError(f"samples differ in shape: {self._first} is {self.shape} but {path} is "
                                f"{_sample_shape(arr.shape)}; every file must hold one sample of the same shape.")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import BadSample, PerFileSource, is_real_numeric, natural_key
+from .base import BadSample, PerFileSource, check_real_numeric, natural_key
 from .caches import check_group_channels
 from .npy_files import _sample_shape
 
@@ -190,9 +190,7 @@ class NpzCacheSource(PerFileSource):
         out, seen = [], {}
         for k in keys:
             m = members[k]
-            if not is_real_numeric(m.dtype):
-                raise VRCurveError(f"array {k!r} of {path} has dtype {m.dtype}, not a real numeric type; vrcurve "
-                                   "needs float or integer latents.")
+            check_real_numeric(f"array {k!r} of {path}", m.dtype, "latents")
             shape = _sample_shape(m.shape)
             if not shape:
                 raise VRCurveError(f"array {k!r} of {path} is a scalar, not a latent; name the latents with --key.")

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import VRCurveError
 from .base import BadSample, natural_key
-from .caches import PerFileCacheSource, shape_mismatch
+from .caches import PerFileCacheSource, check_real_tensor, shape_mismatch
 from .npy_files import _sample_shape
 
 LATENT_NAMES = ("latents", "latent", "latent_image", "sample", "mean")
@@ -137,11 +137,7 @@ class PtFilesSource(PerFileCacheSource):
 
     @staticmethod
     def _checked_shape(path: Path, tensor) -> Tuple[int, ...]:
-        import torch
-
-        if tensor.dtype == torch.bool or tensor.is_complex():
-            raise VRCurveError(f"the latent of {path} has dtype {tensor.dtype}, not a real numeric type; vrcurve needs "
-                               "float or integer latents.")
+        check_real_tensor(f"the latent of {path}", tensor)
         shape = _sample_shape(tuple(int(s) for s in tensor.shape))
         if not shape:
             raise VRCurveError(f"the latent of {path} is a scalar; name the tensor that holds the latent with --key.")

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import VRCurveError
 from .base import BadSample, natural_key
-from .caches import PerFileCacheSource, shape_mismatch
+from .caches import PerFileCacheSource, check_real_tensor, shape_mismatch
 
 _LATENT_KEY = re.compile(r"^latents_(\d+x)?\d+x\d+_[A-Za-z0-9]+$")
 
@@ -115,6 +115,5 @@ class SafetensorsCacheSource(PerFileCacheSource):
                 tensor = f.get_tensor(key)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise BadSample(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-        if tensor.dtype == torch.bool or tensor.is_complex():
-            raise VRCurveError(f"tensor {key!r} of {path} has dtype {tensor.dtype}, not a real numeric type.")
+        check_real_tensor(f"tensor {key!r} of {path}", tensor)
         return tensor.to(torch.float32).numpy()
