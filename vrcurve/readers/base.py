@@ -194,6 +194,13 @@ class Subset(Source):
         return {**self.parent.describe(), "shape": list(self.shape), "bucket_samples_total": self.n}
 
 
+def sample_shape(file_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """The shape of the one sample a per-sample file holds: an array of 4 or more dimensions whose first axis
+    has length 1, such as (1, 4, 32, 32), is a batch of one and loses that axis, so that axis 0 of a sample is
+    its channel axis."""
+    return tuple(file_shape[1:]) if len(file_shape) >= 4 and file_shape[0] == 1 else tuple(file_shape)
+
+
 class BadSample(Exception):
     """Internal: one file could not be decoded (the reason is the message). Never reaches the user as is."""
 

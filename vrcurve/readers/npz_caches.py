@@ -25,9 +25,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import BadSample, PerFileSource, check_real_numeric, natural_key
+from .base import BadSample, PerFileSource, check_real_numeric, natural_key, sample_shape
 from .caches import check_group_channels
-from .npy_files import _sample_shape
 
 _LATENT_KEY = re.compile(r"^latents(_\d+x\d+)?$")
 _KOHYA_SIDE_KEYS = re.compile(r"^(original_size|crop_ltrb)(_\d+x\d+)?$")
@@ -179,7 +178,7 @@ class NpzCacheSource(PerFileSource):
         self.keys = [e.key for e in entries]
         self.n = len(entries)
         self._skipped_at_open = len(lacking)
-        self._file_shapes = [None if e.member is None else _sample_shape(e.member.shape) for e in entries]
+        self._file_shapes = [None if e.member is None else sample_shape(e.member.shape) for e in entries]
         first = next(i for i, e in enumerate(entries) if e.key is not None)
         self._first = entries[first].path
         self.shape = self._file_shapes[first]
@@ -191,7 +190,7 @@ class NpzCacheSource(PerFileSource):
         for k in keys:
             m = members[k]
             check_real_numeric(f"array {k!r} of {path}", m.dtype, "latents")
-            shape = _sample_shape(m.shape)
+            shape = sample_shape(m.shape)
             if not shape:
                 raise VRCurveError(f"array {k!r} of {path} is a scalar, not a latent; name the latents with --key.")
             if shape in seen:

@@ -25,9 +25,8 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import BadSample, natural_key
+from .base import BadSample, natural_key, sample_shape
 from .caches import PerFileCacheSource, check_real_tensor, shape_mismatch
-from .npy_files import _sample_shape
 
 LATENT_NAMES = ("latents", "latent", "latent_image", "sample", "mean")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -138,7 +137,7 @@ class PtFilesSource(PerFileCacheSource):
     @staticmethod
     def _checked_shape(path: Path, tensor) -> Tuple[int, ...]:
         check_real_tensor(f"the latent of {path}", tensor)
-        shape = _sample_shape(tuple(int(s) for s in tensor.shape))
+        shape = sample_shape(tuple(int(s) for s in tensor.shape))
         if not shape:
             raise VRCurveError(f"the latent of {path} is a scalar; name the tensor that holds the latent with --key.")
         return shape
