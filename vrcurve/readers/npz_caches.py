@@ -128,6 +128,11 @@ def single_cache_error(path: Path) -> Optional[VRCurveError]:
                         f"the folder that holds the caches, e.g. --data {path.parent}, to read one sample per file.")
 
 
+def _array_names(path: Path) -> str:
+    """The names of the arrays of a readable .npz file, in natural order, for a message (no header read)."""
+    return ", ".join(sorted(npz_members(path, lambda _: False), key=natural_key)) or "none"
+
+
 class _Entry(NamedTuple):
     path: Path
     key: Optional[str]  # None: the file could not be read (only kept with skip_bad)
@@ -169,10 +174,10 @@ class NpzCacheSource(PerFileSource):
         if not any(e.key is not None for e in entries):
             raise self._no_latents(files, lacking)
         if lacking and not skip_bad:
-            arrays = ", ".join(sorted(npz_members(lacking[0], lambda _: False), key=natural_key)) or "none"
-            wanted = f"no array {key!r}" if key is not None else "no latents"
-            raise VRCurveError(f"{lacking[0]} holds {wanted} (its arrays: {arrays}), unlike the other caches of "
-                               f"{name}; remove it, pass a glob that leaves it out, or pass --skip-bad to skip it.")
+            held = f"no array {key!r}" if key is not None else "no latents"
+            raise VRCurveError(f"{lacking[0]} holds {held} (its arrays: {_array_names(lacking[0])}), unlike the other "
+                               f"caches of {name}; remove it, pass a glob that leaves it out, or pass --skip-bad to "
+                               "skip it.")
         self._entries = entries
         self.files = [e.path for e in entries]
         self.keys = [e.key for e in entries]
@@ -204,7 +209,7 @@ class NpzCacheSource(PerFileSource):
         if not lacking:
             return VRCurveError(f"none of the {len(files)} .npz files of {self.name} can be read; check that the "
                                 "files are complete.")
-        arrays = ", ".join(sorted(npz_members(lacking[0], lambda _: False), key=natural_key)) or "none"
+        arrays = _array_names(lacking[0])
         if self.key is not None:
             return VRCurveError(f"none of the {len(files)} .npz files of {self.name} holds an array {self.key!r} (e.g. "
                                 f"{lacking[0]} holds {arrays}); pass one of them with --key.")
