@@ -117,7 +117,8 @@ def fingerprint(indices: np.ndarray, x: np.ndarray) -> str:
     """
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(indices, dtype="<i8").tobytes())
-    h.update(np.ascontiguousarray(x, dtype="<f4").tobytes())
+    # the array's own buffer: tobytes() would copy all the samples once more (x is float32 and contiguous here)
+    h.update(np.ascontiguousarray(x, dtype="<f4"))
     return h.hexdigest()[:16]
 
 
@@ -154,9 +155,9 @@ def apply_moments(x: np.ndarray, indices: np.ndarray, seed: int, mode: str, kind
                            f"of each sample), but {source.name} has {channels} in samples of shape {x.shape[1:]}; "
                            "drop --moments if these are latents already.")
     half = channels // 2
-    mean = x[:, :half].astype(np.float64)
     if mode == "mean":
-        return mean.astype(np.float32), None
+        return x[:, :half].astype(np.float32), None  # a copy of the mean channels, as float32 they already are
+    mean = x[:, :half].astype(np.float64)
     second = x[:, half:].astype(np.float64)
     negative = (second.reshape(len(x), -1) < 0).any(axis=1)
     if kind == "auto":
@@ -168,9 +169,15 @@ def apply_moments(x: np.ndarray, indices: np.ndarray, seed: int, mode: str, kind
                                "deviation cannot have; pass --moments-kind logvar if they are log-variances.")
         std = second
     else:
-        std = np.exp(0.5 * np.clip(second, *LOGVAR_CLAMP))
-    eps = np.stack([moments_noise(seed, int(i), mean.shape[1:]) for i in indices])
-    return (mean + std * eps).astype(np.float32), kind
+        std = np.clip(second, *LOGVAR_CLAMP, out=second)  # exp(0.5 logvar), in place in the float64 copy
+        std *= 0.5
+        np.exp(std, out=std)
+    z = np.empty_like(mean)
+    for row, i in enumerate(indices):
+        z[row] = moments_noise(seed, int(i), mean.shape[1:])
+    z *= std  # z = mean + std * eps, in place: one float64 array holds eps, then z
+    z += mean
+    return z.astype(np.float32), kind
 
 
 def normalize(x: np.ndarray, mode: str, name: str = "the data") -> tuple:
