@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .buckets import shape_text
 from .errors import VRCurveError
 from .options import Moments, MomentsKind, Normalize, choice
 from .progress import Counter, Reporter
@@ -394,8 +395,8 @@ def load_buckets(source: Source, groups: Dict[Tuple[int, ...], np.ndarray], allo
     # buckets differ in their spatial (or temporal) size only; axis 0 is the channel axis
     other = [s for s in shapes[1:] if len(s) != len(first) or (len(first) >= 2 and s[0] != first[0])]
     if other:
-        raise VRCurveError(f"{source.name} mixes samples of shape {'x'.join(map(str, first))} and "
-                           f"{'x'.join(map(str, other[0]))}, whose channel counts (or number of axes) differ; one model "
+        raise VRCurveError(f"{source.name} mixes samples of shape {shape_text(first)} and "
+                           f"{shape_text(other[0])}, whose channel counts (or number of axes) differ; one model "
                            "cannot train on both: read the latents of one model at a time.")
     counter = Counter(progress, source.read_phase,
                       sum(len(idx) if m is None else m for idx, m in zip(groups.values(), allocation)), source.read_unit)

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..buckets import shape_text
 from ..errors import VRCurveError
 
 # Paths and member names recorded in the artifact: a few shards are worth listing, a million files are not.
@@ -164,7 +165,7 @@ class Subset(Source):
         if not shapes:
             raise ValueError("a subset's samples must share one shape")
         self.shape = shapes[0]
-        self.name = f"{parent.name} [{'x'.join(str(s) for s in self.shape)}]"
+        self.name = f"{parent.name} [{shape_text(self.shape)}]"
 
     @property
     def read_phase(self) -> str:
