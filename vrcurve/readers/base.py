@@ -143,6 +143,17 @@ def to_float32(values: Any, where: str) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
+def tensor_to_float32(tensor: Any, where: str) -> np.ndarray:
+    """A CPU torch tensor of a real dtype as a float32 NumPy array; float64 goes through ``to_float32``, so that
+    values float32 cannot hold are named rather than left to become Inf. Other dtypes (bfloat16, float8, ...)
+    NumPy cannot hold are cast by torch."""
+    import torch  # only readers of torch files call this; vrcurve.readers loads no torch
+
+    if tensor.dtype == torch.float64:
+        return to_float32(tensor.numpy(), where)
+    return tensor.to(torch.float32).numpy()
+
+
 def natural_key(text: str) -> tuple:
     """Sort key that orders digit runs by value, so ``2.npy`` comes before ``10.npy``."""
     return tuple((0, int(part), part) if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text))

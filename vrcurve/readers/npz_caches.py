@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import BadSample, PerFileSource, check_real_numeric, natural_key, sample_shape
+from .base import BadSample, PerFileSource, check_real_numeric, natural_key, sample_shape, to_float32
 from .caches import check_group_channels
 
 _LATENT_KEY = re.compile(r"^latents(_\d+x\d+)?$")
@@ -255,5 +255,5 @@ class NpzCacheSource(PerFileSource):
                     arr = archive[entry.key]
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise BadSample(str(exc) or type(exc).__name__) from None
-        return np.asarray(arr, dtype=np.float32).reshape(shape)
+        return to_float32(arr, f"array {entry.key!r} of {path}").reshape(shape)
 

@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import BadSample, natural_key, sample_shape
+from .base import BadSample, natural_key, sample_shape, tensor_to_float32
 from .caches import PerFileCacheSource, check_real_tensor, shape_mismatch
 
 LATENT_NAMES = ("latents", "latent", "latent_image", "sample", "mean")
@@ -146,13 +146,12 @@ class PtFilesSource(PerFileCacheSource):
         return self._checked_shape(path, self._latent(path))
 
     def _decode(self, path: Path, shape: Tuple[int, ...]) -> np.ndarray:
-        import torch
 
         tensor = self._latent(path)
         own = self._checked_shape(path, tensor)
         if own != shape:
             raise shape_mismatch(self._first, self.shape, path, own)
         try:
-            return tensor.reshape(shape).to(torch.float32).numpy()
+            return tensor_to_float32(tensor.reshape(shape), str(path))
         except RuntimeError as exc:  # a memory-mapped file cut short shows up when its data is touched
             raise BadSample(_first_line(exc)) from None

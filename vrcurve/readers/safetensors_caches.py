@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import BadSample, natural_key
+from .base import BadSample, natural_key, tensor_to_float32
 from .caches import PerFileCacheSource, check_real_tensor, shape_mismatch
 
 _LATENT_KEY = re.compile(r"^latents_(\d+x)?\d+x\d+_[A-Za-z0-9]+$")
@@ -102,7 +102,6 @@ class SafetensorsCacheSource(PerFileCacheSource):
         return header[self._latent_key(path, header)]
 
     def _decode(self, path: Path, shape: Tuple[int, ...]) -> np.ndarray:
-        import torch
         from safetensors import SafetensorError, safe_open
 
         # One open for the header and the tensor: cache_header would open the file a second time.
@@ -116,4 +115,4 @@ class SafetensorsCacheSource(PerFileCacheSource):
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise BadSample(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
         check_real_tensor(f"tensor {key!r} of {path}", tensor)
-        return tensor.to(torch.float32).numpy()
+        return tensor_to_float32(tensor, f"tensor {key!r} of {path}")
