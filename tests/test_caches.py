@@ -318,6 +318,27 @@ def test_pt_caches_of_several_sizes_form_groups(tmp_path):
         open_source(str(folder)).read(np.arange(3))
 
 
+def test_float64_beyond_float32_in_every_cache_format(tmp_path):
+    # Each per-sample cache reader names float64 values that float32 cannot hold, as the array readers do,
+    # rather than turning them into Inf.
+    from safetensors.torch import save_file
+
+    z = np.ones(SHAPE)
+    z[1, 2, 3] = -3e40
+    (tmp_path / "kohya").mkdir()
+    (tmp_path / "pt").mkdir()
+    (tmp_path / "musubi").mkdir()
+    for i in range(3):
+        np.savez(tmp_path / "kohya" / f"img{i}_0048x0048_sdxl.npz", latents=z, original_size=np.array([48, 48]),
+                 crop_ltrb=np.array([0, 0, 48, 48]))
+        torch.save(torch.from_numpy(z), tmp_path / "pt" / f"img{i}.pt")
+        save_file({"latents_6x6_float64": torch.from_numpy(z)},
+                  str(tmp_path / "musubi" / f"img{i}_0048x0048_wan.safetensors"))
+    for data in ("kohya", "pt", "musubi"):
+        with pytest.raises(VRCurveError, match=r"img0.*holds float64 values beyond the float32 range"):
+            open_source(str(tmp_path / data)).read(np.arange(3))
+
+
 # ---- musubi-tuner: <item>_<WWWW>x<HHHH>_<arch>.safetensors ------------------------------------------------
 
 def musubi_cache(folder: Path, X, arch="wan", video=True, images=False):

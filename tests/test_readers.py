@@ -297,6 +297,15 @@ def test_import_vrcurve_stays_light():
     assert out.strip() == "[]"
 
 
+def test_reading_npy_loads_no_torch(tmp_path):
+    # The readers of NumPy-backed formats need no torch: a script that only reads data should not pay its import.
+    np.save(tmp_path / "x.npy", np.arange(12, dtype=np.float32).reshape(4, 3))
+    code = (f"import sys; from vrcurve.readers import open_source; open_source({str(tmp_path / 'x.npy')!r}).read([0, 2, 3]); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 # ---- keys ---------------------------------------------------------------------------------------------------
 
 def test_hdf5_ambiguous_key_lists_the_candidates(X, tmp_path):

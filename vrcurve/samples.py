@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .buckets import shape_text
 from .errors import VRCurveError
 from .options import Moments, MomentsKind, Normalize, choice
 from .progress import Counter, Reporter
@@ -117,7 +118,8 @@ def fingerprint(indices: np.ndarray, x: np.ndarray) -> str:
     """
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(indices, dtype="<i8").tobytes())
-    h.update(np.ascontiguousarray(x, dtype="<f4").tobytes())
+    # the array's own buffer: tobytes() would copy all the samples once more (x is float32 and contiguous here)
+    h.update(np.ascontiguousarray(x, dtype="<f4"))
     return h.hexdigest()[:16]
 
 
@@ -154,9 +156,9 @@ def apply_moments(x: np.ndarray, indices: np.ndarray, seed: int, mode: str, kind
                            f"of each sample), but {source.name} has {channels} in samples of shape {x.shape[1:]}; "
                            "drop --moments if these are latents already.")
     half = channels // 2
-    mean = x[:, :half].astype(np.float64)
     if mode == "mean":
-        return mean.astype(np.float32), None
+        return x[:, :half].astype(np.float32), None  # a copy of the mean channels, as float32 they already are
+    mean = x[:, :half].astype(np.float64)
     second = x[:, half:].astype(np.float64)
     negative = (second.reshape(len(x), -1) < 0).any(axis=1)
     if kind == "auto":
@@ -168,9 +170,15 @@ def apply_moments(x: np.ndarray, indices: np.ndarray, seed: int, mode: str, kind
                                "deviation cannot have; pass --moments-kind logvar if they are log-variances.")
         std = second
     else:
-        std = np.exp(0.5 * np.clip(second, *LOGVAR_CLAMP))
-    eps = np.stack([moments_noise(seed, int(i), mean.shape[1:]) for i in indices])
-    return (mean + std * eps).astype(np.float32), kind
+        std = np.clip(second, *LOGVAR_CLAMP, out=second)  # exp(0.5 logvar), in place in the float64 copy
+        std *= 0.5
+        np.exp(std, out=std)
+    z = np.empty_like(mean)
+    for row, i in enumerate(indices):
+        z[row] = moments_noise(seed, int(i), mean.shape[1:])
+    z *= std  # z = mean + std * eps, in place: one float64 array holds eps, then z
+    z += mean
+    return z.astype(np.float32), kind
 
 
 def normalize(x: np.ndarray, mode: str, name: str = "the data") -> tuple:
@@ -184,27 +192,52 @@ def normalize(x: np.ndarray, mode: str, name: str = "the data") -> tuple:
     Returns:
         (normalised x as float32, statistics recorded in the artifact).
     """
-    mode = choice("--normalize", mode, Normalize, "normalisation")
+    return _normalize(x, choice("--normalize", mode, Normalize, "normalisation"), name)
+
+
+def _normalize(x: np.ndarray, mode: str, name: str) -> tuple:
+    """``normalize`` for a ``mode`` already checked (``load_samples`` checks it before reading)."""
     if mode == "none":
         return x, {"mode": "none"}
+    _check_channel_axis(mode, x.shape[1:], name)
     x64 = x.astype(np.float64)
-    if mode == "global":
-        mean, std = float(x64.mean()), float(x64.std())
-        if not std > 0:
-            raise VRCurveError(f"{name}: all {len(x)} chosen samples hold the one value {mean:g} (variance 0), so "
-                               "--normalize cannot scale them; check the data, or pass --normalize none.")
-        return ((x64 - mean) / std).astype(np.float32), {"mode": "global", "mean": mean, "std": std}
-    if x.ndim < 3:
-        raise VRCurveError(f"{name}: --normalize channel needs samples with a channel axis (shape C x ...), "
-                           f"got sample shape {x.shape[1:]}; use --normalize global.")
-    axes = (0,) + tuple(range(2, x.ndim))
+    axes = _stat_axes(mode, x.ndim)
     mean, std = x64.mean(axis=axes, keepdims=True), x64.std(axis=axes, keepdims=True)
     if not (std > 0).all():
+        if mode == "global":
+            raise VRCurveError(f"{name}: all {len(x)} chosen samples hold the one value {mean.item():g} (variance 0), "
+                               "so --normalize cannot scale them; check the data, or pass --normalize none.")
         c = int(np.flatnonzero(~(std.ravel() > 0))[0])
         raise VRCurveError(f"{name}: channel {c} holds one value in all {len(x)} chosen samples (variance 0), so "
                            "--normalize channel cannot scale it; pass --normalize global or none.")
-    stats = {"mode": "channel", "mean": mean.ravel().tolist(), "std": std.ravel().tolist()}
-    return ((x64 - mean) / std).astype(np.float32), stats
+    return _standardized(x64, mean, std), _stats(mode, mean, std)
+
+
+def _check_channel_axis(mode: str, shape: Tuple[int, ...], name: str) -> None:
+    """Refuse ``--normalize channel`` for samples of ``shape`` that have no channel axis (one axis or none)."""
+    if mode == "channel" and len(shape) < 2:
+        raise VRCurveError(f"{name}: --normalize channel needs samples with a channel axis (shape C x ...), "
+                           f"got sample shape {shape}; use --normalize global.")
+
+
+def _stat_axes(mode: str, ndim: int) -> Optional[Tuple[int, ...]]:
+    """The axes of (M, *shape) that the statistics of ``global`` (all) or ``channel`` (all but axis 1) reduce."""
+    return None if mode == "global" else (0,) + tuple(range(2, ndim))
+
+
+def _standardized(x64: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(x64 - mean) / std as float32, computed in place in ``x64`` (a float64 copy the caller gives up), so that
+    normalising holds one float64 copy of the samples rather than three."""
+    x64 -= mean
+    x64 /= std
+    return x64.astype(np.float32)
+
+
+def _stats(mode: str, mean: np.ndarray, std: np.ndarray) -> Dict[str, Any]:
+    """The statistics recorded in the artifact: floats for ``global``, per-channel lists for ``channel``."""
+    if mode == "global":
+        return {"mode": "global", "mean": float(mean.item()), "std": float(std.item())}
+    return {"mode": "channel", "mean": mean.ravel().tolist(), "std": std.ravel().tolist()}
 
 
 def _read_counted(source: Source, idx: np.ndarray, counter: Counter) -> Tuple[np.ndarray, List[int]]:
@@ -290,15 +323,16 @@ def load_samples(source: Source, samples: Optional[int], seed: int, normalizatio
         VRCurveError: fewer than M samples; a chosen sample unreadable, of another shape, or holding NaN or
             Inf (named); moments that do not fit; data that cannot be normalised.
     """
+    normalization = choice("--normalize", normalization, Normalize, "normalisation")  # before any sample is read
     counter = Counter(progress, source.read_phase, source.n if samples is None else samples, source.read_unit)
     return _load(source, samples, seed, normalization, transform, counter)
 
 
 def _load(source: Source, samples: Optional[int], seed: int, normalization: str,
           transform: Optional[LatentTransform], counter: Counter) -> Samples:
-    """``load_samples``, counting the samples read on ``counter`` (which buckets share)."""
+    """``load_samples``, counting the samples read on ``counter`` (which buckets share); ``normalization`` is
+    checked by the caller."""
     transform = transform or LatentTransform()
-    normalization = choice("--normalize", normalization, Normalize, "normalisation")
     idx = choose_indices(source.n, samples, seed)
     idx, x, skipped = _read(source, idx, samples, seed, counter)
     bad = ~np.isfinite(x.reshape(len(idx), -1)).all(axis=1)
@@ -316,11 +350,15 @@ def _load(source: Source, samples: Optional[int], seed: int, normalization: str,
         x, kind = apply_moments(x, idx, seed, transform.moments, transform.moments_kind, source)
         moments = {"mode": transform.moments, "kind": kind}
     if transform.scaling_factor != 1.0 or transform.shift_factor != 0.0:
-        x = ((x.astype(np.float64) - transform.shift_factor) * transform.scaling_factor).astype(np.float32)
+        x64 = x.astype(np.float64)  # one float64 copy, rescaled in place
+        x64 -= transform.shift_factor
+        x64 *= transform.scaling_factor
+        x = x64.astype(np.float32)
+        del x64
         if not np.isfinite(x).all():
             raise VRCurveError(f"--scaling-factor {transform.scaling_factor} makes values of {source.name} overflow "
                                "float32; check the factor.")
-    x, stats = normalize(x, normalization, source.name)
+    x, stats = _normalize(x, normalization, source.name)
     stats = {**stats, "scaling_factor": transform.scaling_factor, "shift_factor": transform.shift_factor}
     return Samples(x=x, indices=idx, fingerprint=fp, normalization=stats, moments=moments, skipped=tuple(skipped),
                    skipped_names=names)
@@ -357,40 +395,34 @@ def load_buckets(source: Source, groups: Dict[Tuple[int, ...], np.ndarray], allo
     # buckets differ in their spatial (or temporal) size only; axis 0 is the channel axis
     other = [s for s in shapes[1:] if len(s) != len(first) or (len(first) >= 2 and s[0] != first[0])]
     if other:
-        raise VRCurveError(f"{source.name} mixes samples of shape {'x'.join(map(str, first))} and "
-                           f"{'x'.join(map(str, other[0]))}, whose channel counts (or number of axes) differ; one model "
+        raise VRCurveError(f"{source.name} mixes samples of shape {shape_text(first)} and "
+                           f"{shape_text(other[0])}, whose channel counts (or number of axes) differ; one model "
                            "cannot train on both: read the latents of one model at a time.")
     counter = Counter(progress, source.read_phase,
                       sum(len(idx) if m is None else m for idx, m in zip(groups.values(), allocation)), source.read_unit)
     loaded = [_load(source.subset(idx), m, seed, "none", transform, counter) for idx, m in zip(groups.values(), allocation)]
     counts = np.array([len(idx) for idx in groups.values()], dtype=np.float64)
     w = counts / counts.sum()
-    rescale = {"scaling_factor": (transform or LatentTransform()).scaling_factor,
-               "shift_factor": (transform or LatentTransform()).shift_factor}
+    transform = transform or LatentTransform()
+    rescale = {"scaling_factor": transform.scaling_factor, "shift_factor": transform.shift_factor}
     if normalization == "none":
         return loaded, {"mode": "none", "pooled": True, **rescale}
-    if normalization == "channel" and len(shapes[0]) < 2:
-        raise VRCurveError(f"{source.name}: --normalize channel needs samples with a channel axis (shape C x ...), "
-                           f"got sample shape {shapes[0]}; use --normalize global.")
-    # per bucket: mean and second central moment over its samples (and spatial axes), per channel or global
-    axes = (lambda x: (0,) + tuple(range(2, x.ndim))) if normalization == "channel" else (lambda x: None)
-    means = [s.x.astype(np.float64).mean(axis=axes(s.x)) for s in loaded]
+    _check_channel_axis(normalization, first, source.name)
+    # per bucket: mean and second central moment over its samples (and spatial axes), per channel or global;
+    # the buckets' samples have the same number of axes, so the statistics have one shape
+    axes = _stat_axes(normalization, len(first) + 1)
+    means, variances = [], []
+    for s in loaded:
+        x64 = s.x.astype(np.float64)
+        means.append(x64.mean(axis=axes, keepdims=True))
+        variances.append(x64.var(axis=axes, keepdims=True))
+        del x64  # one bucket's float64 copy at a time
     mean = sum(wb * mb for wb, mb in zip(w, means))
-    var = sum(wb * (s.x.astype(np.float64).var(axis=axes(s.x)) + (mb - mean) ** 2)
-              for wb, s, mb in zip(w, loaded, means))
+    var = sum(wb * (vb + (mb - mean) ** 2) for wb, vb, mb in zip(w, variances, means))
     std = np.sqrt(var)
     if not np.all(std > 0):
         raise VRCurveError(f"{source.name}: the chosen samples of all buckets hold one value (variance 0), so "
                            f"--normalize {normalization} cannot scale them; check the data, or pass --normalize none.")
-    out = []
-    for s in loaded:
-        shape = (1, -1) + (1,) * (s.x.ndim - 2) if normalization == "channel" else ()
-        m_, sd = (np.reshape(mean, shape), np.reshape(std, shape)) if shape else (mean, std)
-        out.append(Samples(x=((s.x.astype(np.float64) - m_) / sd).astype(np.float32), indices=s.indices,
-                           fingerprint=s.fingerprint, normalization=s.normalization, moments=s.moments,
-                           skipped=s.skipped, skipped_names=s.skipped_names))
-    if normalization == "global":
-        stats = {"mode": "global", "mean": float(mean), "std": float(std)}
-    else:
-        stats = {"mode": "channel", "mean": np.ravel(mean).tolist(), "std": np.ravel(std).tolist()}
-    return out, {**stats, "pooled": True, **rescale}
+    for b, s in enumerate(loaded):  # in place, so that a bucket's rows are let go once normalised
+        loaded[b] = replace(s, x=_standardized(s.x.astype(np.float64), mean, std))
+    return loaded, {**_stats(normalization, mean, std), "pooled": True, **rescale}

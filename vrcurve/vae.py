@@ -17,6 +17,7 @@ and imported only when a VAE is loaded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -319,15 +320,21 @@ class EncodedSource(Source):
     def sources(self) -> List[str]:
         return self.parent.sources()
 
-    def describe(self) -> Dict[str, Any]:
+    @functools.cached_property
+    def _vae_metadata(self) -> Dict[str, Any]:
+        # Once per source: hashing reads every weight byte, and a run describes its source more than once
+        # (the artifact's metadata, the ranks' agreement).
         cfg = self.located
-        return {**self.parent.describe(), "vae": {
+        return {
             "path": cfg.spec, "folder": str(cfg.folder), "class": CLASS_NAME, "config_sha256": cfg.config_hash(),
             "weights_sha256": cfg.weights_hash(), "latent_channels": cfg.latent_channels,
             "block_out_channels": list(cfg.config.get("block_out_channels", [])), "downsample": cfg.downsample,
             "scaling_factor": cfg.scaling_factor, "shift_factor": cfg.shift_factor, "dtype": self.dtype,
             "batch_size": self.batch_size,
-        }}
+        }
+
+    def describe(self) -> Dict[str, Any]:
+        return {**self.parent.describe(), "vae": dict(self._vae_metadata)}
 
 
 def encode_source(source: Source, spec: str, device: torch.device, *, dtype: str = "float32",

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..engine.plan import runs  # noqa: F401  (the one runs helper; the readers import it from here)
+from ..buckets import shape_text
 from ..errors import VRCurveError
 
 # Paths and member names recorded in the artifact: a few shards are worth listing, a million files are not.
@@ -96,13 +96,23 @@ def is_real_numeric(dtype: np.dtype) -> bool:
         dtype, np.complexfloating) and dtype.kind not in "mM"
 
 
+def not_real_numeric(where: str, dtype: Any, what: str = "samples") -> VRCurveError:
+    """The error for ``where`` holding ``dtype`` (a NumPy or torch dtype), which is not a real numeric type."""
+    return VRCurveError(f"{where} has dtype {dtype}, not a real numeric type; vrcurve needs float or integer {what}.")
+
+
+def check_real_numeric(where: str, dtype: np.dtype, what: str = "samples") -> None:
+    """Refuse a NumPy dtype that ``is_real_numeric`` refuses; ``what`` (samples, latents) ends the message."""
+    if not is_real_numeric(dtype):
+        raise not_real_numeric(where, dtype, what)
+
+
 def check_array_like(name: str, dtype: np.dtype, shape: Optional[Tuple[int, ...]]) -> None:
     """Refuse arrays that are not numeric, have no sample axis, or whose samples hold no numbers.
 
     ``shape`` None is an HDF5 null dataspace (a dataset that holds nothing, not even a shape).
     """
-    if not is_real_numeric(dtype):
-        raise VRCurveError(f"{name} has dtype {dtype}, not a real numeric type; vrcurve needs float or integer samples.")
+    check_real_numeric(name, dtype)
     if shape is None:
         raise VRCurveError(f"{name} is an empty dataset (HDF5 null dataspace) with no shape; it must be (N, ...).")
     if len(shape) < 1 or shape[0] == 0:
@@ -133,6 +143,17 @@ def to_float32(values: Any, where: str) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
+def tensor_to_float32(tensor: Any, where: str) -> np.ndarray:
+    """A CPU torch tensor of a real dtype as a float32 NumPy array; float64 goes through ``to_float32``, so that
+    values float32 cannot hold are named rather than left to become Inf. Other dtypes (bfloat16, float8, ...)
+    NumPy cannot hold are cast by torch."""
+    import torch  # only readers of torch files call this; vrcurve.readers loads no torch
+
+    if tensor.dtype == torch.float64:
+        return to_float32(tensor.numpy(), where)
+    return tensor.to(torch.float32).numpy()
+
+
 def natural_key(text: str) -> tuple:
     """Sort key that orders digit runs by value, so ``2.npy`` comes before ``10.npy``."""
     return tuple((0, int(part), part) if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text))
@@ -155,7 +176,7 @@ class Subset(Source):
         if not shapes:
             raise ValueError("a subset's samples must share one shape")
         self.shape = shapes[0]
-        self.name = f"{parent.name} [{'x'.join(str(s) for s in self.shape)}]"
+        self.name = f"{parent.name} [{shape_text(self.shape)}]"
 
     @property
     def read_phase(self) -> str:
@@ -183,6 +204,13 @@ class Subset(Source):
 
     def describe(self) -> Dict[str, Any]:
         return {**self.parent.describe(), "shape": list(self.shape), "bucket_samples_total": self.n}
+
+
+def sample_shape(file_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """The shape of the one sample a per-sample file holds: an array of 4 or more dimensions whose first axis
+    has length 1, such as (1, 4, 32, 32), is a batch of one and loses that axis, so that axis 0 of a sample is
+    its channel axis."""
+    return tuple(file_shape[1:]) if len(file_shape) >= 4 and file_shape[0] == 1 else tuple(file_shape)
 
 
 class BadSample(Exception):

@@ -10,7 +10,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import PerFileSource
+from .base import PerFileSource, not_real_numeric
 
 # <item>_<WWWW>x<HHHH>_<arch>.npz (kohya sd-scripts) or .safetensors (musubi-tuner): the item's own size padded
 # to four digits; architecture names hold no underscore.
@@ -61,6 +61,14 @@ def check_channels(name: str, named_shapes: Sequence[Tuple[str, Optional[Tuple[i
 def check_group_channels(name: str, groups: Dict[Tuple[int, ...], np.ndarray], sample_name) -> None:
     """``check_channels`` over the first sample of every group of ``Source.groups()``."""
     check_channels(name, [(sample_name(int(idx[0])), shape) for shape, idx in groups.items()])
+
+
+def check_real_tensor(where: str, tensor) -> None:
+    """Refuse a latent tensor (torch) of bool or complex dtype; ``where`` names it in the message."""
+    import torch
+
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise not_real_numeric(where, tensor.dtype, "latents")
 
 
 def shape_mismatch(first: Path, first_shape: Tuple[int, ...], path: Path, shape: Tuple[int, ...]) -> VRCurveError:

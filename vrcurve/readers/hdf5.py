@@ -21,7 +21,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import Source, check_array_like, is_real_numeric, natural_key, runs, to_float32
+from .base import Source, check_array_like, check_real_numeric, is_real_numeric, natural_key, to_float32
 
 # A group is read as one sample per member only with at least this many look-alike members; two or three
 # same-shaped datasets side by side (latents, latents_flipped) are more likely alternatives than samples.
@@ -154,6 +154,8 @@ class HDF5Source(Source):
 
     def read(self, indices):
         """The chosen rows, reading each chunk that holds any of them once (rows in one chunk in one span)."""
+        from ..engine.plan import runs  # here, not at the top: engine.plan imports torch, vrcurve.readers does not
+
         idx = np.asarray(indices, dtype=np.int64)
         out = np.empty((len(idx), *self.shape), dtype=np.float32)
         rows_per_chunk = self._ds.chunks[0] if self._ds.chunks else 1
@@ -230,9 +232,7 @@ class HDF5SamplesSource(Source):
         return obj
 
     def _check_dtype(self, index: int, ds) -> None:
-        if not is_real_numeric(ds.dtype):
-            raise VRCurveError(f"{self.sample_name(index)} has dtype {ds.dtype}, not a real numeric type; vrcurve "
-                               "needs float or integer samples.")
+        check_real_numeric(self.sample_name(index), ds.dtype)
 
     def read(self, indices):
         out = np.empty((len(indices), *self.shape), dtype=np.float32)

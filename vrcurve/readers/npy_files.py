@@ -8,7 +8,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import BadSample, PerFileSource, is_real_numeric, to_float32
+from .base import BadSample, PerFileSource, check_real_numeric, sample_shape, to_float32
 
 
 def _header(path: Path) -> Tuple[Tuple[int, ...], np.dtype]:
@@ -20,11 +20,6 @@ def _header(path: Path) -> Tuple[Tuple[int, ...], np.dtype]:
     if not isinstance(arr, np.ndarray):  # np.load opens a zip archive whatever its name
         raise BadSample("a .npz archive (zip), not a .npy array")
     return tuple(int(s) for s in arr.shape), arr.dtype
-
-
-def _sample_shape(file_shape: Tuple[int, ...]) -> Tuple[int, ...]:
-    """A file of 4 or more dimensions whose first axis has length 1 holds a batch of one: drop that axis."""
-    return tuple(file_shape[1:]) if len(file_shape) >= 4 and file_shape[0] == 1 else tuple(file_shape)
 
 
 class NpyFilesSource(PerFileSource):
@@ -42,18 +37,14 @@ class NpyFilesSource(PerFileSource):
     def __init__(self, name: str, files: Sequence[Path], skip_bad: bool = False):
         super().__init__(name, files, skip_bad)
         self._first, (shape, dtype) = self._probe_first(_header)
-        self._check_dtype(self._first, dtype)
-        self.shape = _sample_shape(shape)
+        check_real_numeric(str(self._first), dtype)
+        self.shape = sample_shape(shape)
         if 0 in self.shape:
             raise VRCurveError(f"{self._first} holds an array of shape {shape}, which has no numbers; every file must "
                                "hold one sample.")
 
-    def _check_dtype(self, path: Path, dtype: np.dtype) -> None:
-        if not is_real_numeric(dtype):
-            raise VRCurveError(f"{path} has dtype {dtype}, not a real numeric type; vrcurve needs float or integer samples.")
-
     def _shape_of(self, path: Path) -> Tuple[int, ...]:
-        return _sample_shape(_header(path)[0])
+        return sample_shape(_header(path)[0])
 
     def _decode(self, path: Path, shape: Tuple[int, ...]) -> np.ndarray:
         try:
@@ -63,10 +54,10 @@ class NpyFilesSource(PerFileSource):
         if not isinstance(arr, np.ndarray):
             arr.close()
             raise BadSample("a .npz archive (zip), not a .npy array")
-        self._check_dtype(path, arr.dtype)
-        if _sample_shape(arr.shape) != shape:
+        check_real_numeric(str(path), arr.dtype)
+        if sample_shape(arr.shape) != shape:
             raise VRCurveError(f"samples differ in shape: {self._first} is {self.shape} but {path} is "
-                               f"{_sample_shape(arr.shape)}; every file must hold one sample of the same shape.")
+                               f"{sample_shape(arr.shape)}; every file must hold one sample of the same shape.")
         if len(arr.shape) != len(shape):
             arr = arr[0]
         return to_float32(arr, str(path))

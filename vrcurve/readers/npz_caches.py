@@ -25,9 +25,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import BadSample, PerFileSource, is_real_numeric, natural_key
+from .base import BadSample, PerFileSource, check_real_numeric, natural_key, sample_shape, to_float32
 from .caches import check_group_channels
-from .npy_files import _sample_shape
 
 _LATENT_KEY = re.compile(r"^latents(_\d+x\d+)?$")
 _KOHYA_SIDE_KEYS = re.compile(r"^(original_size|crop_ltrb)(_\d+x\d+)?$")
@@ -129,6 +128,11 @@ def single_cache_error(path: Path) -> Optional[VRCurveError]:
                         f"the folder that holds the caches, e.g. --data {path.parent}, to read one sample per file.")
 
 
+def _array_names(path: Path) -> str:
+    """The names of the arrays of a readable .npz file, in natural order, for a message (no header read)."""
+    return ", ".join(sorted(npz_members(path, lambda _: False), key=natural_key)) or "none"
+
+
 class _Entry(NamedTuple):
     path: Path
     key: Optional[str]  # None: the file could not be read (only kept with skip_bad)
@@ -170,16 +174,16 @@ class NpzCacheSource(PerFileSource):
         if not any(e.key is not None for e in entries):
             raise self._no_latents(files, lacking)
         if lacking and not skip_bad:
-            arrays = ", ".join(sorted(npz_members(lacking[0], lambda _: False), key=natural_key)) or "none"
-            wanted = f"no array {key!r}" if key is not None else "no latents"
-            raise VRCurveError(f"{lacking[0]} holds {wanted} (its arrays: {arrays}), unlike the other caches of "
-                               f"{name}; remove it, pass a glob that leaves it out, or pass --skip-bad to skip it.")
+            held = f"no array {key!r}" if key is not None else "no latents"
+            raise VRCurveError(f"{lacking[0]} holds {held} (its arrays: {_array_names(lacking[0])}), unlike the other "
+                               f"caches of {name}; remove it, pass a glob that leaves it out, or pass --skip-bad to "
+                               "skip it.")
         self._entries = entries
         self.files = [e.path for e in entries]
         self.keys = [e.key for e in entries]
         self.n = len(entries)
         self._skipped_at_open = len(lacking)
-        self._file_shapes = [None if e.member is None else _sample_shape(e.member.shape) for e in entries]
+        self._file_shapes = [None if e.member is None else sample_shape(e.member.shape) for e in entries]
         first = next(i for i, e in enumerate(entries) if e.key is not None)
         self._first = entries[first].path
         self.shape = self._file_shapes[first]
@@ -190,10 +194,8 @@ class NpzCacheSource(PerFileSource):
         out, seen = [], {}
         for k in keys:
             m = members[k]
-            if not is_real_numeric(m.dtype):
-                raise VRCurveError(f"array {k!r} of {path} has dtype {m.dtype}, not a real numeric type; vrcurve "
-                                   "needs float or integer latents.")
-            shape = _sample_shape(m.shape)
+            check_real_numeric(f"array {k!r} of {path}", m.dtype, "latents")
+            shape = sample_shape(m.shape)
             if not shape:
                 raise VRCurveError(f"array {k!r} of {path} is a scalar, not a latent; name the latents with --key.")
             if shape in seen:
@@ -207,7 +209,7 @@ class NpzCacheSource(PerFileSource):
         if not lacking:
             return VRCurveError(f"none of the {len(files)} .npz files of {self.name} can be read; check that the "
                                 "files are complete.")
-        arrays = ", ".join(sorted(npz_members(lacking[0], lambda _: False), key=natural_key)) or "none"
+        arrays = _array_names(lacking[0])
         if self.key is not None:
             return VRCurveError(f"none of the {len(files)} .npz files of {self.name} holds an array {self.key!r} (e.g. "
                                 f"{lacking[0]} holds {arrays}); pass one of them with --key.")
@@ -253,5 +255,5 @@ class NpzCacheSource(PerFileSource):
                     arr = archive[entry.key]
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise BadSample(str(exc) or type(exc).__name__) from None
-        return np.asarray(arr, dtype=np.float32).reshape(shape)
+        return to_float32(arr, f"array {entry.key!r} of {path}").reshape(shape)
 

@@ -25,9 +25,8 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import BadSample, natural_key
-from .caches import PerFileCacheSource, shape_mismatch
-from .npy_files import _sample_shape
+from .base import BadSample, natural_key, sample_shape, tensor_to_float32
+from .caches import PerFileCacheSource, check_real_tensor, shape_mismatch
 
 LATENT_NAMES = ("latents", "latent", "latent_image", "sample", "mean")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -137,12 +136,8 @@ class PtFilesSource(PerFileCacheSource):
 
     @staticmethod
     def _checked_shape(path: Path, tensor) -> Tuple[int, ...]:
-        import torch
-
-        if tensor.dtype == torch.bool or tensor.is_complex():
-            raise VRCurveError(f"the latent of {path} has dtype {tensor.dtype}, not a real numeric type; vrcurve needs "
-                               "float or integer latents.")
-        shape = _sample_shape(tuple(int(s) for s in tensor.shape))
+        check_real_tensor(f"the latent of {path}", tensor)
+        shape = sample_shape(tuple(int(s) for s in tensor.shape))
         if not shape:
             raise VRCurveError(f"the latent of {path} is a scalar; name the tensor that holds the latent with --key.")
         return shape
@@ -151,13 +146,12 @@ class PtFilesSource(PerFileCacheSource):
         return self._checked_shape(path, self._latent(path))
 
     def _decode(self, path: Path, shape: Tuple[int, ...]) -> np.ndarray:
-        import torch
 
         tensor = self._latent(path)
         own = self._checked_shape(path, tensor)
         if own != shape:
             raise shape_mismatch(self._first, self.shape, path, own)
         try:
-            return tensor.reshape(shape).to(torch.float32).numpy()
+            return tensor_to_float32(tensor.reshape(shape), str(path))
         except RuntimeError as exc:  # a memory-mapped file cut short shows up when its data is touched
             raise BadSample(_first_line(exc)) from None

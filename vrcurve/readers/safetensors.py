@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import Source, natural_key, runs, to_float32
+from .base import Source, natural_key, tensor_to_float32
 
 
 def _open(path: Path):
@@ -96,7 +96,7 @@ class SafetensorsSource(Source):
         return f"row {row} of {self.files[shard]}:{self.key} (sample {index})"
 
     def read(self, indices):
-        import torch
+        from ..engine.plan import runs  # engine.plan imports torch, which reading safetensors needs anyway
 
         idx = np.asarray(indices, dtype=np.int64)
         out = np.empty((len(idx), *self.shape), dtype=np.float32)
@@ -113,8 +113,5 @@ class SafetensorsSource(Source):
                     except Exception as exc:  # the Rust reader raises its own error types on a damaged file
                         raise VRCurveError(f"cannot read rows {lo}..{hi - 1} of {path}:{self.key} ({exc}); the file "
                                            "may be truncated or corrupt.") from None
-                    if rows.dtype == torch.float64:  # float32 overflow is named, not left to become Inf
-                        out[pos[start:start + hi - lo]] = to_float32(rows.numpy(), f"{path}:{self.key}")
-                    else:
-                        out[pos[start:start + hi - lo]] = rows.to(torch.float32).numpy()
+                    out[pos[start:start + hi - lo]] = tensor_to_float32(rows, f"{path}:{self.key}")
         return out

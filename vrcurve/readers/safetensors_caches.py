@@ -20,8 +20,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
-from .base import BadSample, natural_key
-from .caches import PerFileCacheSource, shape_mismatch
+from .base import BadSample, natural_key, tensor_to_float32
+from .caches import PerFileCacheSource, check_real_tensor, shape_mismatch
 
 _LATENT_KEY = re.compile(r"^latents_(\d+x)?\d+x\d+_[A-Za-z0-9]+$")
 
@@ -32,9 +32,14 @@ def cache_header(path: Path) -> dict:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(int(s) for s in f.get_slice(k).get_shape()) for k in f.keys()}
+            return _shapes(f)
     except (SafetensorError, OSError, ValueError) as exc:
         raise BadSample(str(exc) or type(exc).__name__) from None
+
+
+def _shapes(f) -> dict:
+    """{tensor name: shape} of an open ``safe_open`` handle."""
+    return {k: tuple(int(s) for s in f.get_slice(k).get_shape()) for k in f.keys()}
 
 
 def latent_key(path: Path, header: dict, key: Optional[str]) -> Optional[str]:
@@ -97,18 +102,17 @@ class SafetensorsCacheSource(PerFileCacheSource):
         return header[self._latent_key(path, header)]
 
     def _decode(self, path: Path, shape: Tuple[int, ...]) -> np.ndarray:
-        import torch
         from safetensors import SafetensorError, safe_open
 
-        header = cache_header(path)
-        key = self._latent_key(path, header)
-        if header[key] != shape:
-            raise shape_mismatch(self._first, self.shape, path, header[key])
+        # One open for the header and the tensor: cache_header would open the file a second time.
         try:
             with safe_open(str(path), framework="pt") as f:
+                header = _shapes(f)
+                key = self._latent_key(path, header)
+                if header[key] != shape:
+                    raise shape_mismatch(self._first, self.shape, path, header[key])
                 tensor = f.get_tensor(key)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise BadSample(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-        if tensor.dtype == torch.bool or tensor.is_complex():
-            raise VRCurveError(f"tensor {key!r} of {path} has dtype {tensor.dtype}, not a real numeric type.")
-        return tensor.to(torch.float32).numpy()
+        check_real_tensor(f"tensor {key!r} of {path}", tensor)
+        return tensor_to_float32(tensor, f"tensor {key!r} of {path}")
