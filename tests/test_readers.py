@@ -297,10 +297,16 @@ def test_import_vrcurve_stays_light():
     assert out.strip() == "[]"
 
 
-def test_reading_npy_loads_no_torch(tmp_path):
+@pytest.mark.parametrize("name", ["x.npy", "x.h5"])
+def test_reading_numpy_backed_formats_loads_no_torch(tmp_path, name):
     # The readers of NumPy-backed formats need no torch: a script that only reads data should not pay its import.
-    np.save(tmp_path / "x.npy", np.arange(12, dtype=np.float32).reshape(4, 3))
-    code = (f"import sys; from vrcurve.readers import open_source; open_source({str(tmp_path / 'x.npy')!r}).read([0, 2, 3]); "
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    if name.endswith(".npy"):
+        np.save(tmp_path / name, x)
+    else:
+        with h5py.File(tmp_path / name, "w") as f:
+            f["latents"] = x
+    code = (f"import sys; from vrcurve.readers import open_source; open_source({str(tmp_path / name)!r}).read([0, 2, 3]); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -29,7 +29,7 @@ from typing import Optional, Protocol
 import numpy as np
 import torch
 
-from .plan import runs
+from ..indices import runs
 from .precision import product_dtype, work_dtype
 
 LOG2E = 1.0 / math.log(2.0)

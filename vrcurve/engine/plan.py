@@ -9,9 +9,8 @@ CPU and to fill a GPU. (What a run needs at least, checked before any work, is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
-import numpy as np
 import torch
 
 # Elements of one (timesteps x queries x samples) work block: large enough to amortise the Python overhead
@@ -98,18 +97,3 @@ def share(n: int, part: int, parts: int) -> Tuple[int, int]:
     """The contiguous block [lo, hi) of ``range(n)`` that part ``part`` of ``parts`` computes (sizes differ
     by at most one)."""
     return part * n // parts, (part + 1) * n // parts
-
-
-def runs(indices: Sequence[int]) -> List[Tuple[int, int, int]]:
-    """Split sorted, distinct ``indices`` into runs of consecutive values.
-
-    Returns:
-        (start position in ``indices``, first value, one past the last value) for each run.
-    """
-    idx = np.asarray(indices, dtype=np.int64)
-    if idx.size == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
-    starts = np.concatenate([[0], breaks])
-    ends = np.concatenate([breaks, [idx.size]])
-    return [(int(s), int(idx[s]), int(idx[e - 1]) + 1) for s, e in zip(starts, ends)]

@@ -21,6 +21,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
+from ..indices import runs
 from .base import Source, check_array_like, check_real_numeric, is_real_numeric, natural_key, to_float32
 
 # A group is read as one sample per member only with at least this many look-alike members; two or three
@@ -154,7 +155,6 @@ class HDF5Source(Source):
 
     def read(self, indices):
         """The chosen rows, reading each chunk that holds any of them once (rows in one chunk in one span)."""
-        from ..engine.plan import runs  # here, not at the top: engine.plan imports torch, vrcurve.readers does not
 
         idx = np.asarray(indices, dtype=np.int64)
         out = np.empty((len(idx), *self.shape), dtype=np.float32)

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import VRCurveError
+from ..indices import runs
 from .base import Source, natural_key, tensor_to_float32
 
 
@@ -96,7 +97,6 @@ class SafetensorsSource(Source):
         return f"row {row} of {self.files[shard]}:{self.key} (sample {index})"
 
     def read(self, indices):
-        from ..engine.plan import runs  # engine.plan imports torch, which reading safetensors needs anyway
 
         idx = np.asarray(indices, dtype=np.int64)
         out = np.empty((len(idx), *self.shape), dtype=np.float32)
